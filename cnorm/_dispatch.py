@@ -1,0 +1,57 @@
+"""Pick, once at import, the kernel build that matches this CPU.
+
+setup.py compiles each kernel module (``cnorm._lrn``, ...) at the baseline ISA
+and, on x86-64, again with ``-march=x86-64-v3`` (AVX2, FMA) and
+``-march=x86-64-v4`` (AVX-512) as ``cnorm._lrn_x86_64_v3`` and so on. This
+module imports the best one the CPU runs. ``CNORM_ISA`` in the environment
+overrides the choice: ``baseline``, ``x86-64-v3`` or ``x86-64-v4`` (a level the
+CPU lacks falls back, with a warning, to the best it has).
+
+The ISA levels give the same results within the documented tolerance but not
+bit for bit (v3 and v4 contract multiply-adds into FMA); each is bit-identical
+across thread counts.
+"""
+import importlib
+import os
+import warnings
+
+from cnorm import _openmp
+
+LEVELS = ("baseline", "x86-64-v3", "x86-64-v4")
+_SUFFIX = {"baseline": "", "x86-64-v3": "_x86_64_v3", "x86-64-v4": "_x86_64_v4"}
+_CPU_LEVEL = {"baseline": 0, "x86-64-v3": 3, "x86-64-v4": 4}
+
+
+def _built(level, module):
+    try:
+        return importlib.import_module(f"cnorm.{module}{_SUFFIX[level]}")
+    except ImportError:
+        return None
+
+
+def _choose():
+    """Return the ISA level kernels are loaded for, honouring CNORM_ISA."""
+    cpu = _openmp.cpu_level()
+    runnable = [level for level in LEVELS if _CPU_LEVEL[level] <= cpu]
+    requested = os.environ.get("CNORM_ISA", "auto").strip().lower() or "auto"
+    if requested == "auto":
+        candidates = runnable
+    elif requested in LEVELS:
+        candidates = [level for level in runnable if LEVELS.index(level) <= LEVELS.index(requested)]
+        if requested not in runnable:
+            warnings.warn(f"CNORM_ISA={requested}: this CPU does not support it; using "
+                          f"the best level it supports", RuntimeWarning, stacklevel=3)
+    else:
+        raise ImportError(f"CNORM_ISA must be one of auto, {', '.join(LEVELS)}; got {requested!r}")
+    for level in reversed(candidates):
+        if _built(level, "_lrn") is not None:
+            return level
+    return "baseline"
+
+
+ISA_LEVEL = _choose()
+
+
+def kernels(module):
+    """Return the kernel module `module` (e.g. "_lrn") built for ISA_LEVEL."""
+    return _built(ISA_LEVEL, module) or importlib.import_module(f"cnorm.{module}")

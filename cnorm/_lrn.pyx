@@ -1,0 +1,415 @@
+"""Local response normalization kernels over the (M, C) view of channels-last data.
+
+Design
+------
+Layout
+    ``x`` is a C-contiguous ``(M, C)`` array: row ``r`` holds the ``C`` channels of
+    one pixel, contiguous, so every loop over channels is innermost and unit-stride.
+Formula (canonical form of SEMANTICS.md, section 1)
+    ``S_c = sum(x_i**2, i in [c - before, c + after])`` clipped to ``[0, C)``,
+    ``D_c = k + a*S_c``, ``y_c = x_c * D_c**-beta``.  The backward is
+    ``dx_i = dy_i*D_i**-beta - 2*a*beta*x_i * sum(dy_j*x_j*D_j**(-beta-1))`` with
+    ``j`` over the MIRRORED window ``[i - after, i + before]``.
+Window sums
+    Per row, the squares go into a zero-padded scratch row (``before`` zeros in
+    front, ``after`` behind), so every window has the same width and the sum runs
+    offset by offset over contiguous channels: the compiler vectorises it, and a
+    direct sum neither drifts nor turns inf into NaN as a sliding add/subtract
+    window would.  The pads are zeroed once per call and never written.
+Accumulation
+    Squares and window sums in double for both dtypes (a float32 square is exact
+    in double).  The power ``D**-beta`` is taken in float for float32 rows whose
+    divisors all lie in [1e-12, 1e12] (so neither D**-beta nor D**(-beta-1) can
+    leave float range), in double otherwise; the result is cast once at the store.
+    beta = 0.5, 0.75 and 1 use sqrt and division instead of pow.
+Chunking and threads
+    Rows are cut into chunks of a fixed number of rows (about CHUNK_ELEMENTS
+    values), handed out by a static schedule.  Rows are independent, so the result
+    is bit-identical for every thread count.  Small inputs take a serial path that
+    never enters an OpenMP region.  Each thread owns one scratch row of a buffer
+    allocated before the parallel region (rows padded to whole cache lines).
+"""
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.math cimport pow, powf, sqrt, sqrtf
+from libc.stdlib cimport calloc, free
+
+cdef enum:
+    # About 64 KiB of float32 per chunk: a chunk's rows plus scratch stay in L2.
+    CHUNK_ELEMENTS = 16384
+    # Below this many elements the OpenMP entry cost (1-2 us warm, far more after
+    # idling) outweighs any gain from a second thread.
+    SERIAL_ELEMENTS = 32768
+
+# Divisors inside this range keep D**-beta and D**(-beta-1) inside float range.
+cdef double FLOAT_SAFE_MIN = 1e-12
+cdef double FLOAT_SAFE_MAX = 1e12
+
+cdef enum BetaPath:
+    BETA_GENERAL
+    BETA_HALF
+    BETA_THREE_QUARTERS
+    BETA_ONE
+
+
+cdef BetaPath _beta_path(double beta) noexcept nogil:
+    if beta == 0.5:
+        return BETA_HALF
+    if beta == 0.75:
+        return BETA_THREE_QUARTERS
+    if beta == 1.0:
+        return BETA_ONE
+    return BETA_GENERAL
+
+
+cdef Py_ssize_t _rows_per_chunk(Py_ssize_t n_channels) noexcept nogil:
+    return max(1, CHUNK_ELEMENTS // max(n_channels, 1))
+
+
+def n_chunks(Py_ssize_t n_rows, Py_ssize_t n_channels):
+    """Number of row chunks the kernels split an (n_rows, n_channels) input into."""
+    cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
+    return (n_rows + rows - 1) // rows
+
+
+cdef void _window_sum(const double* padded, double* out, Py_ssize_t n_channels,
+                      Py_ssize_t width) noexcept nogil:
+    # out[c] = padded[c] + padded[c+1] + ... + padded[c+width-1], summed in that order.
+    cdef Py_ssize_t c, t
+    for c in range(n_channels):
+        out[c] = padded[c]
+    for t in range(1, width):
+        for c in range(n_channels):
+            out[c] += padded[c + t]
+
+
+cdef bint _float_safe(const double* d, Py_ssize_t n_channels) noexcept nogil:
+    # True when every divisor lies in [FLOAT_SAFE_MIN, FLOAT_SAFE_MAX]; NaN is
+    # safe too (it propagates the same way on either path).
+    cdef Py_ssize_t c
+    cdef bint unsafe = False
+    for c in range(n_channels):
+        unsafe |= (d[c] < FLOAT_SAFE_MIN) | (d[c] > FLOAT_SAFE_MAX)
+    return not unsafe
+
+
+cdef void _inverse_power(const double* d, double* q, Py_ssize_t n_channels,
+                         BetaPath path, double beta, bint in_float) noexcept nogil:
+    # q[c] = d[c]**-beta, in float arithmetic when in_float (float32 data).
+    cdef Py_ssize_t c
+    cdef float df, rf
+    cdef double dd
+    if in_float:
+        if path == BETA_THREE_QUARTERS:
+            for c in range(n_channels):
+                df = <float>d[c]
+                rf = sqrtf(df)
+                q[c] = 1.0 / (rf * sqrtf(rf))
+        elif path == BETA_HALF:
+            for c in range(n_channels):
+                q[c] = 1.0 / sqrtf(<float>d[c])
+        elif path == BETA_ONE:
+            for c in range(n_channels):
+                q[c] = 1.0 / <float>d[c]
+        else:
+            for c in range(n_channels):
+                q[c] = powf(<float>d[c], <float>-beta)
+    else:
+        if path == BETA_THREE_QUARTERS:
+            for c in range(n_channels):
+                dd = sqrt(d[c])
+                q[c] = 1.0 / (dd * sqrt(dd))
+        elif path == BETA_HALF:
+            for c in range(n_channels):
+                q[c] = 1.0 / sqrt(d[c])
+        elif path == BETA_ONE:
+            for c in range(n_channels):
+                q[c] = 1.0 / d[c]
+        else:
+            for c in range(n_channels):
+                q[c] = pow(d[c], -beta)
+
+
+cdef inline void _divisor_power(const floating* x_row, double* squares, double* d,
+                                double* q, Py_ssize_t n_channels, Py_ssize_t before,
+                                Py_ssize_t width, double a, double k,
+                                BetaPath path, double beta) noexcept nogil:
+    # d = k + a * (window sums of x**2) and q = d**-beta for one row.
+    cdef Py_ssize_t c
+    for c in range(n_channels):
+        squares[before + c] = <double>x_row[c] * <double>x_row[c]
+    _window_sum(squares, d, n_channels, width)
+    for c in range(n_channels):
+        d[c] = k + a * d[c]
+    _inverse_power(d, q, n_channels, path, beta,
+                   floating is float and _float_safe(d, n_channels))
+
+
+cdef void _forward_rows(const floating* x, floating* y, double* scratch,
+                        Py_ssize_t row_start, Py_ssize_t row_stop,
+                        Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
+                        double a, double k, BetaPath path, double beta,
+                        float square_limit) noexcept nogil:
+    cdef Py_ssize_t width = before + after + 1
+    cdef double* squares = scratch                    # before + C + after, pads zero
+    cdef double* d = squares + n_channels + width - 1  # C
+    cdef double* q = d + n_channels                    # C
+    cdef float* squares_f = <float*>(q + n_channels)   # before + C + after, pads zero
+    cdef float* sums_f = squares_f + n_channels + width - 1
+    cdef Py_ssize_t r, c
+    cdef const floating* x_row
+    cdef floating* y_row
+    for r in range(row_start, row_stop):
+        x_row = x + r * n_channels
+        y_row = y + r * n_channels
+        if floating is float:
+            if square_limit > 0 and _forward_row_float(
+                    x_row, y_row, squares_f, sums_f, n_channels, before, width,
+                    <float>a, <float>k, path, <float>beta, square_limit):
+                continue
+        _divisor_power(x_row, squares, d, q, n_channels, before, width, a, k, path, beta)
+        for c in range(n_channels):
+            y_row[c] = <floating>(x_row[c] * q[c])
+
+
+cdef void _backward_rows(const floating* dy, const floating* x, floating* dx,
+                         double* scratch, Py_ssize_t row_start, Py_ssize_t row_stop,
+                         Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
+                         double a, double k, BetaPath path, double beta,
+                         float square_limit) noexcept nogil:
+    cdef Py_ssize_t width = before + after + 1
+    cdef double* squares = scratch                    # before + C + after, pads zero
+    cdef double* d = squares + n_channels + width - 1  # C
+    cdef double* q = d + n_channels                    # C
+    cdef double* p = q + n_channels                    # after + C + before, pads zero
+    cdef double* g = p + n_channels + width - 1        # C
+    cdef float* squares_f = <float*>(g + n_channels)   # before + C + after, pads zero
+    cdef float* sums_f = squares_f + n_channels + width - 1  # C, then C for q
+    cdef float* p_f = sums_f + 2 * n_channels          # after + C + before, pads zero
+    cdef double two_a_beta = 2.0 * a * beta
+    cdef Py_ssize_t r, c
+    cdef const floating* x_row
+    cdef const floating* dy_row
+    cdef floating* dx_row
+    for r in range(row_start, row_stop):
+        x_row = x + r * n_channels
+        dy_row = dy + r * n_channels
+        dx_row = dx + r * n_channels
+        if floating is float:
+            if square_limit > 0 and _backward_row_float(
+                    dy_row, x_row, dx_row, squares_f, sums_f, p_f, n_channels, before,
+                    after, width, <float>a, <float>k, path, <float>beta, square_limit):
+                continue
+        _divisor_power(x_row, squares, d, q, n_channels, before, width, a, k, path, beta)
+        # p_j = dy_j * y_j / D_j, placed so that the window sum of width
+        # `width` starting at i covers the mirrored window [i - after, i + before].
+        for c in range(n_channels):
+            p[after + c] = <double>dy_row[c] * <double>x_row[c] * (q[c] / d[c])
+        _window_sum(p, g, n_channels, width)
+        for c in range(n_channels):
+            dx_row[c] = <floating>(dy_row[c] * q[c] - two_a_beta * x_row[c] * g[c])
+
+
+# ---------------------------------------------------------------------------
+# float32 fast path: the whole row in float arithmetic, taken only when the
+# caller's square_limit says no square, sum or power can leave float range (see
+# float_square_limit), and only for rows whose squares are all <= that limit.
+# A row that fails the check is redone on the double path; nothing is written
+# before the check, so in-place calls stay exact.
+
+cdef void _window_sum_float(const float* padded, float* out, Py_ssize_t n_channels,
+                            Py_ssize_t width) noexcept nogil:
+    cdef Py_ssize_t c, t
+    for c in range(n_channels):
+        out[c] = padded[c]
+    for t in range(1, width):
+        for c in range(n_channels):
+            out[c] += padded[c + t]
+
+
+cdef inline bint _squares_float(const float* x_row, float* squares, Py_ssize_t n_channels,
+                                float square_limit) noexcept nogil:
+    # squares[c] = x_row[c]**2; True if all are <= square_limit (NaN is not).
+    cdef Py_ssize_t c
+    cdef float v
+    cdef int bad = 0
+    for c in range(n_channels):
+        v = x_row[c] * x_row[c]
+        squares[c] = v
+        bad |= not (v <= square_limit)
+    return not bad
+
+
+cdef bint _forward_row_float(const float* x_row, float* y_row, float* squares,
+                             float* sums, Py_ssize_t n_channels, Py_ssize_t before,
+                             Py_ssize_t width, float a, float k, BetaPath path,
+                             float beta, float square_limit) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef float d, r
+    if not _squares_float(x_row, squares + before, n_channels, square_limit):
+        return False
+    _window_sum_float(squares, sums, n_channels, width)
+    if path == BETA_THREE_QUARTERS:
+        for c in range(n_channels):
+            d = k + a * sums[c]
+            r = sqrtf(d)
+            y_row[c] = x_row[c] / (r * sqrtf(r))
+    elif path == BETA_HALF:
+        for c in range(n_channels):
+            y_row[c] = x_row[c] / sqrtf(k + a * sums[c])
+    elif path == BETA_ONE:
+        for c in range(n_channels):
+            y_row[c] = x_row[c] / (k + a * sums[c])
+    else:
+        for c in range(n_channels):
+            y_row[c] = x_row[c] * powf(k + a * sums[c], -beta)
+    return True
+
+
+cdef bint _backward_row_float(const float* dy_row, const float* x_row, float* dx_row,
+                              float* squares, float* sums, float* p,
+                              Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
+                              Py_ssize_t width, float a, float k, BetaPath path,
+                              float beta, float square_limit) noexcept nogil:
+    # sums holds the window sums, then (reused) the mirrored sums; q = D**-beta
+    # goes in the C floats after it.
+    cdef float* q = sums + n_channels
+    cdef Py_ssize_t c
+    cdef float d, r, q1
+    cdef float two_a_beta = 2.0 * a * beta
+    if not _squares_float(x_row, squares + before, n_channels, square_limit):
+        return False
+    _window_sum_float(squares, sums, n_channels, width)
+    # q1 = D**(-beta-1) with one division; q = D * q1.
+    if path == BETA_THREE_QUARTERS:
+        for c in range(n_channels):
+            d = k + a * sums[c]
+            r = sqrtf(d)
+            q1 = 1.0 / (d * r * sqrtf(r))
+            q[c] = d * q1
+            p[after + c] = dy_row[c] * x_row[c] * q1
+    elif path == BETA_HALF:
+        for c in range(n_channels):
+            d = k + a * sums[c]
+            q1 = 1.0 / (d * sqrtf(d))
+            q[c] = d * q1
+            p[after + c] = dy_row[c] * x_row[c] * q1
+    elif path == BETA_ONE:
+        for c in range(n_channels):
+            d = k + a * sums[c]
+            q1 = 1.0 / (d * d)
+            q[c] = d * q1
+            p[after + c] = dy_row[c] * x_row[c] * q1
+    else:
+        for c in range(n_channels):
+            d = k + a * sums[c]
+            q[c] = powf(d, -beta)
+            p[after + c] = dy_row[c] * x_row[c] * (q[c] / d)
+    _window_sum_float(p, sums, n_channels, width)
+    for c in range(n_channels):
+        dx_row[c] = dy_row[c] * q[c] - two_a_beta * x_row[c] * sums[c]
+    return True
+
+
+def float_square_limit(double a, double k, double beta, Py_ssize_t width):
+    """Largest x**2 for which the float32 fast path is exact enough, or 0 for none.
+
+    With a >= 0 every divisor lies in [k, k + a*width*limit]. The path is taken
+    when that interval keeps D**-beta and D**(-beta-1) in float's normal range
+    (|log10| <= 36 / (|beta| + 1)) and the window is at most 32 wide (float
+    sums of at most 32 terms: relative error below 32 * 2**-24).
+    """
+    if a < 0 or width > 32 or beta != beta:
+        return 0.0
+    cdef double bound = 10.0 ** (36.0 / (abs(beta) + 1.0))
+    if not (1.0 / bound <= k < bound):
+        return 0.0
+    if a == 0:
+        return 1e36
+    return min(1e36, (bound - k) / (a * width))
+
+
+cdef double* _scratch(Py_ssize_t n_threads, Py_ssize_t per_thread,
+                      Py_ssize_t* stride) except NULL:
+    # One zeroed scratch row per thread, each a whole number of cache lines
+    # plus one line of separation, so no two threads write the same line.
+    stride[0] = (per_thread + 7) // 8 * 8 + 8
+    cdef double* buffer = <double*> calloc(n_threads * stride[0], sizeof(double))
+    if buffer == NULL:
+        raise MemoryError("cnorm: cannot allocate LRN scratch")
+    return buffer
+
+
+def lrn_forward(const floating[:, ::1] x, floating[:, ::1] y, Py_ssize_t before,
+                Py_ssize_t after, double a, double k, double beta, int n_threads):
+    """y = x * (k + a * window_sum(x**2))**-beta over rows of (M, C) arrays.
+
+    The caller has validated everything: 0 <= before, after < C; x and y of the
+    same shape (y may be x); n_threads >= 1.
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1]
+    if n_rows == 0 or n_channels == 0:
+        return
+    cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
+    cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
+    cdef Py_ssize_t chunk, stride
+    cdef BetaPath path = _beta_path(beta)
+    cdef float limit = float_square_limit(a, k, beta, before + after + 1)
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* yp = &y[0, 0]
+    if n_rows * n_channels < SERIAL_ELEMENTS:
+        n_threads = 1
+    n_threads = <int>min(<Py_ssize_t>n_threads, chunks)
+    cdef double* scratch = _scratch(
+        n_threads, 5 * n_channels + 2 * (before + after), &stride)
+    try:
+        if n_threads == 1:
+            with nogil:
+                _forward_rows(xp, yp, scratch, 0, n_rows, n_channels, before, after,
+                              a, k, path, beta, limit)
+        else:
+            for chunk in prange(chunks, nogil=True, schedule="static",
+                                num_threads=n_threads):
+                _forward_rows(xp, yp, scratch + threadid() * stride, chunk * rows,
+                              min(chunk * rows + rows, n_rows), n_channels, before,
+                              after, a, k, path, beta, limit)
+    finally:
+        free(scratch)
+
+
+def lrn_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
+                 floating[:, ::1] dx, Py_ssize_t before, Py_ssize_t after, double a,
+                 double k, double beta, int n_threads):
+    """Gradient of lrn_forward with respect to x, D recomputed from x.
+
+    The caller has validated everything, as for lrn_forward; dx may be dy or x.
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1]
+    if n_rows == 0 or n_channels == 0:
+        return
+    cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
+    cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
+    cdef Py_ssize_t chunk, stride
+    cdef BetaPath path = _beta_path(beta)
+    cdef float limit = float_square_limit(a, k, beta, before + after + 1)
+    cdef const floating* dyp = &dy[0, 0]
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* dxp = &dx[0, 0]
+    if n_rows * n_channels < SERIAL_ELEMENTS:
+        n_threads = 1
+    n_threads = <int>min(<Py_ssize_t>n_threads, chunks)
+    cdef double* scratch = _scratch(
+        n_threads, 8 * n_channels + 4 * (before + after), &stride)
+    try:
+        if n_threads == 1:
+            with nogil:
+                _backward_rows(dyp, xp, dxp, scratch, 0, n_rows, n_channels, before,
+                               after, a, k, path, beta, limit)
+        else:
+            for chunk in prange(chunks, nogil=True, schedule="static",
+                                num_threads=n_threads):
+                _backward_rows(dyp, xp, dxp, scratch + threadid() * stride,
+                               chunk * rows, min(chunk * rows + rows, n_rows),
+                               n_channels, before, after, a, k, path, beta, limit)
+    finally:
+        free(scratch)

@@ -1,0 +1,251 @@
+"""Local response normalization across channels: the public API.
+
+Every function validates its arguments, views the channels-last input as an
+``(M, C)`` matrix, resolves the window and thread count and calls a kernel of
+``cnorm._lrn``. Semantics and framework conventions: README, section "LRN".
+"""
+from cnorm._dispatch import kernels
+from cnorm import _validation as check
+
+_lrn = kernels("_lrn")
+
+__all__ = ["lrn", "lrn_backward", "local_response_norm", "local_response_norm_backward"]
+
+CONVENTIONS = ("torch", "onnx", "caffe")
+
+
+def _size_window(size, convention):
+    """Return (before, after) channels of the window of `size` in `convention`."""
+    if not isinstance(convention, str) or convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    size = check.integer(size, "size", minimum=1)
+    if convention == "torch":  # front-heavy for even sizes
+        return size // 2, (size - 1) // 2
+    if convention == "onnx":  # back-heavy for even sizes
+        return (size - 1) // 2, size // 2
+    if size % 2 == 0:
+        raise ValueError(f"size must be odd with convention='caffe', got {size}")
+    return (size - 1) // 2, (size - 1) // 2
+
+
+def _run(kernel, arrays, out, before, after, a, k, beta, n_threads):
+    """Flatten to (M, C), clip the window to C - 1 and call the kernel."""
+    x = arrays[-1]
+    n_channels = x.shape[-1]
+    y = check.output_array(out, x.shape, x.dtype)
+    n_threads = check.n_threads(n_threads)
+    if x.size:
+        before = min(before, n_channels - 1)
+        after = min(after, n_channels - 1)
+        flat = [array.reshape(-1, n_channels) for array in arrays]
+        kernel(*flat, y.reshape(-1, n_channels), before, after, a, k, beta, n_threads)
+    return y
+
+
+def _lrn_params(depth_radius, bias, alpha, beta):
+    depth_radius = check.integer(depth_radius, "depth_radius", minimum=0)
+    bias = check.finite_real(bias, "bias")
+    alpha = check.finite_real(alpha, "alpha")
+    beta = check.finite_real(beta, "beta")
+    return depth_radius, bias, alpha, beta
+
+
+def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, out=None, n_threads=None):
+    """Local response normalization, as ``tf.nn.local_response_normalization``.
+
+    For every element, with channels on the last axis::
+
+        sqr_sum[..., c] = sum(x[..., c - depth_radius : c + depth_radius + 1] ** 2)
+        y = x / (bias + alpha * sqr_sum) ** beta
+
+    The window is clipped at the channel edges and alpha is NOT divided by the
+    window size (TensorFlow's convention; see `local_response_norm` for PyTorch's,
+    ONNX's and Caffe's).
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64, shape (..., C)
+        Input with channels on the last axis (NHWC for images). Any ndim >= 1.
+    depth_radius : int, default 5
+        Half-width of the window: it spans ``2 * depth_radius + 1`` channels.
+    bias : float, default 1.0
+        Constant added to the scaled sum (TensorFlow's ``bias``, PyTorch's ``k``).
+    alpha : float, default 1.0
+        Scale of the sum of squares.
+    beta : float, default 0.5
+        Exponent.
+    out : numpy.ndarray, optional
+        C-contiguous array of x's shape and dtype to write into; may be ``x``
+        itself (in-place) when x is a C-contiguous array of float32 or float64.
+    n_threads : int, optional
+        Upper bound on the threads used. None uses OpenMP's default, which
+        follows ``OMP_NUM_THREADS`` and threadpoolctl. The result is the same,
+        bit for bit, for every thread count.
+
+    Returns
+    -------
+    numpy.ndarray
+        Array of x's shape and dtype (``out`` if given).
+
+    Raises
+    ------
+    TypeError
+        If x is not float32/float64, or a parameter has the wrong type.
+    ValueError
+        If x is 0-d, depth_radius is negative, a float parameter is not finite,
+        `out` does not match x, or n_threads < 1.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> x = np.full((1, 1, 1, 3), 2.0, dtype=np.float32)
+    >>> cnorm.lrn(x, depth_radius=1, bias=0.0, alpha=1.0, beta=1.0)
+    array([[[[0.25      , 0.16666667, 0.25      ]]]], dtype=float32)
+    """
+    x = check.float_array(x, "x")
+    depth_radius, bias, alpha, beta = _lrn_params(depth_radius, bias, alpha, beta)
+    return _run(_lrn.lrn_forward, [x], out, depth_radius, depth_radius, alpha, bias,
+                beta, n_threads)
+
+
+def lrn_backward(dy, x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, out=None,
+                 n_threads=None):
+    """Gradient of `lrn` with respect to x, as TensorFlow's ``LRNGrad``.
+
+    The divisor is recomputed from `x` (TensorFlow passes the forward output too,
+    but recovering the divisor from it is unstable for small x)::
+
+        dx_i = dy_i * D_i**-beta
+               - 2 * alpha * beta * x_i * sum_j(dy_j * y_j / D_j)
+
+    with ``j`` over the channels whose window contains ``i``.
+
+    Parameters
+    ----------
+    dy : array_like, shape and dtype of x
+        Gradient of the loss with respect to ``lrn(x, ...)``.
+    x : array_like of float32 or float64, shape (..., C)
+        The forward input.
+    depth_radius, bias, alpha, beta
+        As for `lrn`.
+    out : numpy.ndarray, optional
+        C-contiguous array of x's shape and dtype to write dx into (may be dy).
+    n_threads : int, optional
+        As for `lrn`.
+
+    Returns
+    -------
+    numpy.ndarray
+        dx, of x's shape and dtype (``out`` if given).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for `lrn`, and if dy does not match x in shape or dtype.
+    """
+    x = check.float_array(x, "x")
+    dy = check.matching_array(dy, "dy", x, "x")
+    depth_radius, bias, alpha, beta = _lrn_params(depth_radius, bias, alpha, beta)
+    return _run(_lrn.lrn_backward, [dy, x], out, depth_radius, depth_radius, alpha,
+                bias, beta, n_threads)
+
+
+def _size_params(size, alpha, beta, k, convention):
+    before, after = _size_window(size, convention)
+    alpha = check.finite_real(alpha, "alpha")
+    beta = check.finite_real(beta, "beta")
+    k = check.finite_real(k, "k")
+    return before, after, alpha / size, k, beta
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="torch",
+                        out=None, n_threads=None):
+    """Size-based local response normalization (PyTorch, ONNX and Caffe).
+
+    For channel ``c``, with the window ``[c - before, c + after]`` clipped to
+    the channels that exist::
+
+        y_c = x_c / (k + alpha / size * sum(x_i ** 2 over the window)) ** beta
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64, shape (..., C)
+        Input with channels on the last axis (NHWC; transpose NCHW data first).
+    size : int
+        Number of channels in the window, >= 1.
+    alpha : float, default 1e-4
+        Scale; divided by `size`, as all three frameworks do.
+    beta : float, default 0.75
+        Exponent.
+    k : float, default 1.0
+        Additive constant (ONNX's ``bias``).
+    convention : {"torch", "onnx", "caffe"}, default "torch"
+        Where the window sits for an even size: ``"torch"``
+        (``F.local_response_norm``) puts ``size // 2`` channels before ``c`` and
+        ``(size - 1) // 2`` after; ``"onnx"`` (ONNX ``LRN``, ONNX Runtime) puts
+        ``(size - 1) // 2`` before and ``size // 2`` after; ``"caffe"`` accepts
+        odd sizes only. For odd sizes all three agree.
+    out : numpy.ndarray, optional
+        As for `lrn`.
+    n_threads : int, optional
+        As for `lrn`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Array of x's shape and dtype (``out`` if given).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for `lrn`; ValueError also if size < 1, the convention is unknown or
+        an even size is given with ``convention="caffe"``.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> x = np.arange(1.0, 6.0)
+    >>> cnorm.local_response_norm(x, 2, alpha=1.0, beta=1.0, k=1.0).round(6)
+    array([0.666667, 0.571429, 0.4     , 0.296296, 0.232558])
+    >>> cnorm.local_response_norm(x, 2, 1.0, 1.0, 1.0, convention="onnx").round(6)
+    array([0.285714, 0.266667, 0.222222, 0.186047, 0.37037 ])
+    """
+    x = check.float_array(x, "x")
+    before, after, a, k, beta = _size_params(size, alpha, beta, k, convention)
+    return _run(_lrn.lrn_forward, [x], out, before, after, a, k, beta, n_threads)
+
+
+def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
+                                 convention="torch", out=None, n_threads=None):
+    """Gradient of `local_response_norm` with respect to x.
+
+    For even sizes the sum over outputs runs over the MIRRORED window
+    ``[i - after, i + before]``, which is what PyTorch's autograd computes.
+
+    Parameters
+    ----------
+    dy : array_like, shape and dtype of x
+        Gradient of the loss with respect to the forward output.
+    x : array_like of float32 or float64, shape (..., C)
+        The forward input.
+    size, alpha, beta, k, convention
+        As for `local_response_norm`.
+    out : numpy.ndarray, optional
+        C-contiguous array of x's shape and dtype to write dx into.
+    n_threads : int, optional
+        As for `lrn`.
+
+    Returns
+    -------
+    numpy.ndarray
+        dx, of x's shape and dtype (``out`` if given).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for `local_response_norm`, and if dy does not match x.
+    """
+    x = check.float_array(x, "x")
+    dy = check.matching_array(dy, "dy", x, "x")
+    before, after, a, k, beta = _size_params(size, alpha, beta, k, convention)
+    return _run(_lrn.lrn_backward, [dy, x], out, before, after, a, k, beta, n_threads)
