@@ -1,0 +1,38 @@
+"""The one comparator of kernels against the float64 reference, and its tolerances."""
+import numpy as np
+
+# Relative tolerance per dtype: float32 results carry a few float32 roundings
+# (and the float32 fast paths sum short windows in float), float64 ones a few
+# float64 roundings; the ISA levels differ by FMA contraction.
+RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-11}
+
+
+def assert_close(actual, expected, *, scale=None, rtol_factor=1.0, err_msg=""):
+    """Assert `actual` (float32/64) matches the float64 `expected`.
+
+    Each element must satisfy |actual - expected| <= rtol * (|expected| + scale),
+    where rtol depends on actual's dtype. `scale` (array or scalar) is the size of
+    the terms that were summed to make expected: where they cancel, an error
+    relative to them is all a finite precision can promise. NaN must match NaN
+    and infinities must match exactly.
+    """
+    actual = np.asarray(actual)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    rtol = RTOL[actual.dtype] * rtol_factor
+    a = actual.astype(np.float64)
+    nan_a, nan_e = np.isnan(a), np.isnan(expected)
+    np.testing.assert_array_equal(nan_a, nan_e, err_msg=f"NaN positions differ {err_msg}")
+    inf = np.isinf(expected) | np.isinf(a)
+    np.testing.assert_array_equal(a[inf], expected[inf], err_msg=f"inf differ {err_msg}")
+    ok = ~(nan_e | inf)
+    bound = np.abs(expected) + (0.0 if scale is None else np.broadcast_to(np.abs(scale), expected.shape))
+    error = np.abs(a - expected)
+    bad = ok & (error > rtol * bound + np.finfo(actual.dtype).tiny)
+    if bad.any():
+        index = np.unravel_index(np.argmax(np.where(bad, error / np.maximum(bound, 1e-300), 0)), a.shape)
+        raise AssertionError(
+            f"{bad.sum()} of {a.size} elements differ beyond rtol={rtol:g} {err_msg}; "
+            f"worst at {index}: got {a[index]!r}, expected {expected[index]!r} "
+            f"(scale {bound[index]!r})"
+        )
