@@ -201,10 +201,11 @@ cdef void _backward_rows(const floating* dy, const floating* x, floating* dx,
                     after, width, <float>a, <float>k, path, <float>beta, square_limit):
                 continue
         _divisor_power(x_row, squares, d, q, n_channels, before, width, a, k, path, beta)
-        # p_j = dy_j * y_j / D_j, placed so that the window sum of width
+        # p_j = dy_j * y_j / D_j (in that order: D**(-beta-1) alone can overflow
+        # where y_j / D_j does not), placed so that the window sum of width
         # `width` starting at i covers the mirrored window [i - after, i + before].
         for c in range(n_channels):
-            p[after + c] = <double>dy_row[c] * <double>x_row[c] * (q[c] / d[c])
+            p[after + c] = <double>dy_row[c] * (<double>x_row[c] * q[c]) / d[c]
         _window_sum(p, g, n_channels, width)
         for c in range(n_channels):
             dx_row[c] = <floating>(dy_row[c] * q[c] - two_a_beta * x_row[c] * g[c])
