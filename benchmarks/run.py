@@ -1,0 +1,122 @@
+"""cnorm's performance suite: cnorm against the NumPy reference, the peers and the copy.
+
+    python benchmarks/run.py                      # every operation, 2 threads
+    python benchmarks/run.py --ops lrn --repeat 30 --markdown results.md
+
+For every operation and shape it times, in one run and interleaved call by call
+(so that machine noise hits every implementation alike):
+
+* cnorm, with ``out=`` given (no allocation in the timed call);
+* the same-run parallel copy of the input (one read and one write of the tensor
+  with the same thread count): the memory-bandwidth yardstick;
+* each peer framework that is installed (see benchmarks/peers.py), with the same
+  thread count;
+* the NumPy float64 reference (timed a few times only: it is slow).
+
+It prints (and with --markdown writes) a table of median milliseconds, GB/s of
+the least traffic the operation needs, the ratio to the copy and the ratio to
+the fastest peer, and says which peers were missing.
+"""
+import argparse
+import os
+import sys
+import time
+
+# OpenBLAS's spinning worker threads steal the cores cnorm is being timed on.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
+import peers  # noqa: E402
+
+
+def _interleaved_medians(functions, repeat):
+    """Median seconds of each function, timed round-robin `repeat` times."""
+    for function in functions.values():
+        function()
+        function()  # warm-up: page faults, thread pools, lazy initialisation
+    samples = {name: [] for name in functions}
+    for _ in range(repeat):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            samples[name].append(time.perf_counter() - start)
+    return {name: float(np.median(times)) for name, times in samples.items()}
+
+
+def run(ops, n_threads, repeat, reference_repeat):
+    peers.set_threads(n_threads)
+    available, missing = peers.available()
+    rows = []
+    for case in cases.all_cases(ops):
+        functions = {"copy": cases.copy_function(case, n_threads),
+                     "cnorm": case.cnorm(n_threads)}
+        for name in available:
+            function = peers.function(name, case, n_threads)
+            if function is not None:
+                functions[name] = function
+        medians = _interleaved_medians(functions, repeat)
+        if reference_repeat:
+            medians["numpy reference"] = _interleaved_medians(
+                {"reference": case.reference()}, reference_repeat)["reference"]
+        peer_times = [t for name, t in medians.items() if name in available]
+        for name, seconds in medians.items():
+            rows.append({
+                "operation": case.name,
+                "shape": "x".join(map(str, case.shape)),
+                "implementation": name,
+                "ms": seconds * 1e3,
+                "GB/s": case.traffic_bytes / seconds / 1e9,
+                "x copy": seconds / medians["copy"],
+                "x fastest peer": seconds / min(peer_times) if peer_times else None,
+            })
+        print(f"done: {case.name} {case.shape}", file=sys.stderr)
+    return rows, available, missing
+
+
+def markdown(rows, n_threads, available, missing):
+    lines = [
+        f"Threads: {n_threads}; float32; median of interleaved calls. GB/s counts the least "
+        "traffic of each operation; 'x copy' is the time over the same-run parallel copy of "
+        "the input. Peers measured: " + (", ".join(available) or "none") +
+        ("; missing: " + ", ".join(missing) if missing else "") + ".",
+        "",
+        "| operation | shape | implementation | ms | GB/s | x copy | x fastest peer |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        peer = "" if row["x fastest peer"] is None else f"{row['x fastest peer']:.2f}"
+        lines.append(
+            f"| {row['operation']} | {row['shape']} | {row['implementation']} | "
+            f"{row['ms']:.3f} | {row['GB/s']:.1f} | {row['x copy']:.2f} | {peer} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", default="all",
+                        help="comma-separated: " + ", ".join(cases.OPERATIONS) + " or all")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--reference-repeat", type=int, default=1,
+                        help="timed calls of the slow NumPy reference (0: skip it)")
+    parser.add_argument("--markdown", help="write the table to this file")
+    parser.add_argument("--png", help="write a bar chart (needs matplotlib)")
+    args = parser.parse_args(argv)
+    ops = cases.OPERATIONS if args.ops == "all" else args.ops.split(",")
+    rows, available, missing = run(ops, args.threads, args.repeat, args.reference_repeat)
+    table = markdown(rows, args.threads, available, missing)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    if args.png:
+        import chart
+        chart.write(rows, args.png, args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
