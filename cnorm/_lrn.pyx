@@ -218,14 +218,52 @@ cdef void _backward_rows(const floating* dy, const floating* x, floating* dx,
 # A row that fails the check is redone on the double path; nothing is written
 # before the check, so in-place calls stay exact.
 
+cdef inline void _window_sum_fixed(const float* padded, float* out,
+                                   Py_ssize_t n_channels, Py_ssize_t width) noexcept nogil:
+    # Called with a literal width: the compiler unrolls the window and
+    # vectorises the channel loop, one store per channel instead of one per offset.
+    cdef Py_ssize_t c, t
+    cdef float total
+    for c in range(n_channels):
+        total = padded[c]
+        for t in range(1, width):
+            total = total + padded[c + t]
+        out[c] = total
+
+
 cdef void _window_sum_float(const float* padded, float* out, Py_ssize_t n_channels,
                             Py_ssize_t width) noexcept nogil:
+    # out[c] = padded[c] + ... + padded[c+width-1], left to right for every
+    # width, so both branches below give the same bits.
     cdef Py_ssize_t c, t
-    for c in range(n_channels):
-        out[c] = padded[c]
-    for t in range(1, width):
+    if width == 1:
+        _window_sum_fixed(padded, out, n_channels, 1)
+    elif width == 2:
+        _window_sum_fixed(padded, out, n_channels, 2)
+    elif width == 3:
+        _window_sum_fixed(padded, out, n_channels, 3)
+    elif width == 4:
+        _window_sum_fixed(padded, out, n_channels, 4)
+    elif width == 5:
+        _window_sum_fixed(padded, out, n_channels, 5)
+    elif width == 6:
+        _window_sum_fixed(padded, out, n_channels, 6)
+    elif width == 7:
+        _window_sum_fixed(padded, out, n_channels, 7)
+    elif width == 8:
+        _window_sum_fixed(padded, out, n_channels, 8)
+    elif width == 9:
+        _window_sum_fixed(padded, out, n_channels, 9)
+    elif width == 10:
+        _window_sum_fixed(padded, out, n_channels, 10)
+    elif width == 11:
+        _window_sum_fixed(padded, out, n_channels, 11)
+    else:
         for c in range(n_channels):
-            out[c] += padded[c + t]
+            out[c] = padded[c]
+        for t in range(1, width):
+            for c in range(n_channels):
+                out[c] += padded[c + t]
 
 
 cdef inline bint _squares_float(const float* x_row, float* squares, Py_ssize_t n_channels,
