@@ -29,7 +29,7 @@ EXTENSIONS = ["cnorm._openmp"]
 # Kernel modules, built once per ISA level on x86-64 and picked at import time
 # by cnorm._dispatch (see README "ISA dispatch"). The suffixed copies are
 # generated under build/ from the one .pyx source.
-KERNELS = ["cnorm._lrn"]
+KERNELS = ["cnorm._lrn", "cnorm._batchnorm"]
 ISA_LEVELS = {"x86_64_v3": "-march=x86-64-v3", "x86_64_v4": "-march=x86-64-v4"}
 
 # -O2 does not vectorise with GCC 12, -O3 does; -fno-math-errno lets GCC inline

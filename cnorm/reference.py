@@ -9,7 +9,8 @@ follow SEMANTICS.md line by line.
 import numpy as np
 
 __all__ = ["lrn", "lrn_backward", "local_response_norm", "local_response_norm_backward",
-           "lrn_window"]
+           "lrn_window", "batch_norm_inference", "batch_norm_training",
+           "batch_norm_backward"]
 
 
 def lrn_window(size, convention):
@@ -80,3 +81,69 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
     """Gradient of `local_response_norm` with respect to x."""
     before, after = lrn_window(size, convention)
     return lrn_canonical_backward(dy, x, before, after, alpha / size, k, beta)
+
+
+# ---------------------------------------------------------------------------
+# Batch normalization (SEMANTICS.md, section 2), over the (M, C) view
+
+
+def _channels(value, n_channels, default):
+    if value is None:
+        return np.full(n_channels, default, dtype=np.float64)
+    return np.asarray(value, dtype=np.float64)
+
+
+def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, eps=1e-5):
+    """y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta, per channel."""
+    x = np.asarray(x, dtype=np.float64)
+    n_channels = x.shape[-1]
+    gamma = _channels(gamma, n_channels, 1.0)
+    beta = _channels(beta, n_channels, 0.0)
+    invstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
+    return gamma * (x - np.asarray(running_mean, dtype=np.float64)) * invstd + beta
+
+
+def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None,
+                        running_var=None, momentum=0.1, running_var_unbiased=True):
+    """Normalize with the batch statistics; return (y, mean, invstd).
+
+    mean and the biased variance by two passes over the data. Running statistics,
+    if given, are updated in place: ``running = (1 - momentum)*running +
+    momentum*stat``, the variance stat being var_b*m/(m-1) if
+    running_var_unbiased else var_b.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n_channels = x.shape[-1]
+    rows = x.reshape(-1, n_channels)
+    m = rows.shape[0]
+    gamma = _channels(gamma, n_channels, 1.0)
+    beta = _channels(beta, n_channels, 0.0)
+    mean = rows.mean(axis=0)
+    var_b = ((rows - mean) ** 2).mean(axis=0)
+    invstd = 1.0 / np.sqrt(var_b + eps)
+    y = gamma * (x - mean) * invstd + beta
+    if running_mean is not None:
+        stat_var = var_b * m / (m - 1) if running_var_unbiased else var_b
+        running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+        running_var[...] = (1 - momentum) * running_var + momentum * stat_var
+    return y, mean, invstd
+
+
+def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True):
+    """Return (dx, dgamma, dbeta); training=False treats mean and invstd as constants."""
+    x = np.asarray(x, dtype=np.float64)
+    n_channels = x.shape[-1]
+    g = np.asarray(dy, dtype=np.float64).reshape(-1, n_channels)
+    rows = x.reshape(-1, n_channels)
+    m = rows.shape[0]
+    mean = np.asarray(mean, dtype=np.float64)
+    invstd = np.asarray(invstd, dtype=np.float64)
+    gamma = _channels(gamma, n_channels, 1.0)
+    xhat = (rows - mean) * invstd
+    dbeta = g.sum(axis=0)
+    dgamma = (g * xhat).sum(axis=0)
+    if training:
+        dx = gamma * invstd * (g - dbeta / m - xhat * dgamma / m)
+    else:
+        dx = gamma * invstd * g
+    return dx.reshape(x.shape), dgamma, dbeta

@@ -1,0 +1,411 @@
+"""Batch normalization kernels over the (M, C) view of channels-last data.
+
+Design
+------
+Layout
+    ``x`` is a C-contiguous ``(M, C)`` array: row ``r`` holds the ``C`` channels of
+    one pixel, contiguous, so every loop over channels is innermost and unit-stride
+    and per-channel quantities are plain ``C``-long vectors.
+Formula (SEMANTICS.md, section 2)
+    ``mean = sum(x)/m``, ``var_b = sum((x - mean)**2)/m`` (m = M rows), and every
+    output is an affine map per channel whose coefficients the caller computes
+    once per call, in double, from C values (see cnorm/batchnorm.py):
+    ``affine``:          ``y = (x - center)*scale + shift``
+    ``backward_apply``:  ``dx = dy*scale + ((x - center)*x_scale + shift)``
+Passes and tensor traffic
+    inference        ``affine``: reads x once, writes y once;
+    training         ``batch_stats`` (reads x) then ``affine`` (reads x, writes y);
+    backward         ``backward_sums`` (reads dy, x) then ``backward_apply``
+                     (reads dy, x, writes dx); the frozen-statistics dx is an
+                     ``affine`` of dy alone.
+    Inside ``batch_stats`` each chunk is read twice (sum, then squared deviations
+    from the chunk mean), but the chunk (about CHUNK_ELEMENTS values) is still in
+    L2 the second time, so DRAM sees x once.
+Accumulation and reduction order
+    Sums are in double for both dtypes.  Each chunk of rows writes its partials
+    (mean and M2, or sum(dy) and sum(dy*(x - center))) to row ``chunk`` of a
+    ``(n_chunks, C)`` double array; the partials are then merged channel by
+    channel in chunk order (Chan's formula for mean and M2: ``d = mean_b -
+    mean_a; mean += d*n_b/n; M2 += M2_b + d*d*n_a*n_b/n``).  Chunks are a fixed
+    number of rows that depends only on the shape, so results are bit-identical
+    for every thread count; the two-pass chunk statistics and Chan's merge stay
+    accurate when |mean| >> std, where E[x**2] - E[x]**2 cancels.  The merge of
+    one channel never depends on another, so it is split over threads by
+    channel blocks without changing a bit.
+Elementwise arithmetic
+    float64 data: double throughout.  float32 data: ``(x - center)*scale + shift``
+    in double, rounded once at the store, except when the caller asks for the
+    inference fast path (``in_float``): ``y = x*A + B`` in float with
+    ``A = scale`` and ``B = shift - center*scale`` rounded to float.  Its error
+    is relative to |x*A| + |B| rather than to |y|, which matters only when
+    |running_mean| >> sqrt(running_var); TF and ONNX Runtime fold the same way.
+Chunking and threads
+    Rows are cut into chunks of ``_rows_per_chunk(C)`` rows, handed out by a
+    static schedule; ``n_threads`` is capped by the number of chunks, and inputs
+    below SERIAL_ELEMENTS values take a serial path (the same chunks, in order)
+    that never enters an OpenMP region.  Per-call scratch (the partials) is
+    allocated before the parallel region and freed in ``finally``; nothing is
+    kept in module state.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
+
+cdef enum:
+    # About 64 KiB of float32 per chunk, so the second pass over a chunk of
+    # batch_stats hits L2 (1 MiB per core here; 512 KiB on most x86 cores).
+    CHUNK_ELEMENTS = 16384
+    # At least this many rows per chunk, so wide layers (C = 2048) do not make
+    # n_chunks * C partials, and their serial merge, a large fraction of M * C.
+    MIN_CHUNK_ROWS = 16
+    # Below this many elements the OpenMP entry cost (1-2 us warm, far more
+    # after idling) outweighs any gain from a second thread.
+    SERIAL_ELEMENTS = 32768
+    # Channels per block of the parallel merge (a cache-friendly stripe).
+    MERGE_BLOCK = 256
+
+
+cdef Py_ssize_t _rows_per_chunk(Py_ssize_t n_channels) noexcept nogil:
+    return max(<Py_ssize_t>MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(n_channels, 1))
+
+
+def n_chunks(Py_ssize_t n_rows, Py_ssize_t n_channels):
+    """Number of row chunks the kernels split an (n_rows, n_channels) input into."""
+    cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
+    return (n_rows + rows - 1) // rows
+
+
+cdef int _threads_for(Py_ssize_t n_rows, Py_ssize_t n_channels, Py_ssize_t chunks,
+                      int n_threads) noexcept nogil:
+    if n_rows * n_channels < SERIAL_ELEMENTS:
+        return 1
+    return <int>max(<Py_ssize_t>1, min(<Py_ssize_t>n_threads, chunks))
+
+
+cdef double* _partials(Py_ssize_t chunks, Py_ssize_t n_channels) except NULL:
+    # Two (chunks, C) double arrays, back to back.
+    cdef double* buffer = <double*> malloc(2 * chunks * n_channels * sizeof(double))
+    if buffer == NULL:
+        raise MemoryError("cnorm: cannot allocate batch-norm partials")
+    return buffer
+
+
+# ---------------------------------------------------------------------------
+# Elementwise passes
+
+cdef void _affine_rows(const floating* x, floating* y, const double* center,
+                       const double* scale, const double* shift, Py_ssize_t row_start,
+                       Py_ssize_t row_stop, Py_ssize_t n_channels) noexcept nogil:
+    # y = (x - center)*scale + shift in double, rounded once at the store.
+    cdef Py_ssize_t r, c
+    cdef const floating* x_row
+    cdef floating* y_row
+    for r in range(row_start, row_stop):
+        x_row = x + r * n_channels
+        y_row = y + r * n_channels
+        for c in range(n_channels):
+            y_row[c] = <floating>((x_row[c] - center[c]) * scale[c] + shift[c])
+
+
+cdef void _affine_rows_float(const float* x, float* y, const float* a, const float* b,
+                             Py_ssize_t row_start, Py_ssize_t row_stop,
+                             Py_ssize_t n_channels) noexcept nogil:
+    # y = x*a + b in float: the float32 inference fast path.
+    cdef Py_ssize_t r, c
+    cdef const float* x_row
+    cdef float* y_row
+    for r in range(row_start, row_stop):
+        x_row = x + r * n_channels
+        y_row = y + r * n_channels
+        for c in range(n_channels):
+            y_row[c] = x_row[c] * a[c] + b[c]
+
+
+def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] center,
+           const double[::1] scale, const double[::1] shift, bint in_float,
+           int n_threads):
+    """y = (x - center)*scale + shift per channel, over rows of (M, C) arrays.
+
+    With ``in_float`` and float32 data, ``y = x*A + B`` in float instead, with
+    ``A = scale`` and ``B = shift - center*scale`` computed in double and rounded.
+    The caller has validated everything: y of x's shape (y may be x), the
+    per-channel arrays of length C, n_threads >= 1.
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1]
+    if n_rows == 0 or n_channels == 0:
+        return
+    cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
+    cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
+    cdef Py_ssize_t chunk, c
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* yp = &y[0, 0]
+    cdef const double* center_p = &center[0]
+    cdef const double* scale_p = &scale[0]
+    cdef const double* shift_p = &shift[0]
+    cdef float* folded = NULL
+    n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
+    if floating is float:
+        if in_float:
+            folded = <float*> malloc(2 * n_channels * sizeof(float))
+            if folded == NULL:
+                raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
+            for c in range(n_channels):
+                folded[c] = <float>scale_p[c]
+                folded[n_channels + c] = <float>(shift_p[c] - center_p[c] * scale_p[c])
+    try:
+        if n_threads == 1:
+            with nogil:
+                if floating is float:
+                    if folded != NULL:
+                        _affine_rows_float(xp, yp, folded, folded + n_channels, 0,
+                                           n_rows, n_channels)
+                    else:
+                        _affine_rows(xp, yp, center_p, scale_p, shift_p, 0, n_rows,
+                                     n_channels)
+                else:
+                    _affine_rows(xp, yp, center_p, scale_p, shift_p, 0, n_rows,
+                                 n_channels)
+        else:
+            for chunk in prange(chunks, nogil=True, schedule="static",
+                                num_threads=n_threads):
+                if floating is float:
+                    if folded != NULL:
+                        _affine_rows_float(xp, yp, folded, folded + n_channels,
+                                           chunk * rows, min(chunk * rows + rows, n_rows),
+                                           n_channels)
+                    else:
+                        _affine_rows(xp, yp, center_p, scale_p, shift_p, chunk * rows,
+                                     min(chunk * rows + rows, n_rows), n_channels)
+                else:
+                    _affine_rows(xp, yp, center_p, scale_p, shift_p, chunk * rows,
+                                 min(chunk * rows + rows, n_rows), n_channels)
+    finally:
+        free(folded)
+
+
+cdef void _backward_apply_rows(const floating* dy, const floating* x, floating* dx,
+                               const double* center, const double* dy_scale,
+                               const double* x_scale, const double* shift,
+                               Py_ssize_t row_start, Py_ssize_t row_stop,
+                               Py_ssize_t n_channels) noexcept nogil:
+    # dx = dy*dy_scale + ((x - center)*x_scale + shift), in double.
+    cdef Py_ssize_t r, c
+    cdef Py_ssize_t offset
+    for r in range(row_start, row_stop):
+        offset = r * n_channels
+        for c in range(n_channels):
+            dx[offset + c] = <floating>(
+                dy[offset + c] * dy_scale[c]
+                + ((x[offset + c] - center[c]) * x_scale[c] + shift[c]))
+
+
+def backward_apply(const floating[:, ::1] dy, const floating[:, ::1] x,
+                   floating[:, ::1] dx, const double[::1] center,
+                   const double[::1] dy_scale, const double[::1] x_scale,
+                   const double[::1] shift, int n_threads):
+    """dx = dy*dy_scale + (x - center)*x_scale + shift per channel (training backward).
+
+    The caller has validated everything: dy, x and dx of one shape (dx may be dy
+    or x), the per-channel arrays of length C, n_threads >= 1.
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1]
+    if n_rows == 0 or n_channels == 0:
+        return
+    cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
+    cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
+    cdef Py_ssize_t chunk
+    cdef const floating* dyp = &dy[0, 0]
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* dxp = &dx[0, 0]
+    n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
+    if n_threads == 1:
+        with nogil:
+            _backward_apply_rows(dyp, xp, dxp, &center[0], &dy_scale[0], &x_scale[0],
+                                 &shift[0], 0, n_rows, n_channels)
+    else:
+        for chunk in prange(chunks, nogil=True, schedule="static",
+                            num_threads=n_threads):
+            _backward_apply_rows(dyp, xp, dxp, &center[0], &dy_scale[0], &x_scale[0],
+                                 &shift[0], chunk * rows,
+                                 min(chunk * rows + rows, n_rows), n_channels)
+
+
+# ---------------------------------------------------------------------------
+# Reductions: per-chunk partials, merged in chunk order
+
+cdef void _chunk_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_channels,
+                       double* mean, double* m2) noexcept nogil:
+    # Mean and M2 = sum((x - mean)**2) of one chunk, by two passes over it.
+    cdef Py_ssize_t r, c
+    cdef const floating* x_row
+    cdef double d
+    for c in range(n_channels):
+        mean[c] = 0.0
+        m2[c] = 0.0
+    for r in range(n_rows):
+        x_row = x + r * n_channels
+        for c in range(n_channels):
+            mean[c] += x_row[c]
+    for c in range(n_channels):
+        mean[c] = mean[c] / n_rows
+    for r in range(n_rows):
+        x_row = x + r * n_channels
+        for c in range(n_channels):
+            d = x_row[c] - mean[c]
+            m2[c] += d * d
+
+
+cdef void _merge_stats(const double* chunk_mean, const double* chunk_m2,
+                       Py_ssize_t chunks, Py_ssize_t rows, Py_ssize_t n_rows,
+                       Py_ssize_t n_channels, Py_ssize_t c_start, Py_ssize_t c_stop,
+                       double* mean, double* var) noexcept nogil:
+    # Chan's merge of channels [c_start, c_stop) in chunk order; var = M2 / n_rows.
+    cdef Py_ssize_t k, c
+    cdef double count = <double>min(rows, n_rows), count_b, total, weight, cross, d
+    for c in range(c_start, c_stop):
+        mean[c] = chunk_mean[c]
+        var[c] = chunk_m2[c]
+    for k in range(1, chunks):
+        count_b = <double>(min(k * rows + rows, n_rows) - k * rows)
+        total = count + count_b
+        weight = count_b / total
+        cross = count * count_b / total
+        for c in range(c_start, c_stop):
+            d = chunk_mean[k * n_channels + c] - mean[c]
+            mean[c] += d * weight
+            var[c] += chunk_m2[k * n_channels + c] + d * d * cross
+        count = total
+    for c in range(c_start, c_stop):
+        var[c] = var[c] / n_rows
+
+
+def batch_stats(const floating[:, ::1] x, double[::1] mean, double[::1] var,
+                int n_threads):
+    """Per-channel mean and biased variance of an (M, C) array, into mean and var.
+
+    Bit-identical for every n_threads. The caller has validated everything:
+    M >= 1, mean and var of length C, n_threads >= 1.
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1]
+    if n_rows == 0 or n_channels == 0:
+        return
+    cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
+    cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
+    cdef Py_ssize_t blocks = (n_channels + MERGE_BLOCK - 1) // MERGE_BLOCK
+    cdef Py_ssize_t chunk, block
+    cdef const floating* xp = &x[0, 0]
+    cdef double* mean_p = &mean[0]
+    cdef double* var_p = &var[0]
+    n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
+    cdef double* chunk_mean = _partials(chunks, n_channels)
+    cdef double* chunk_m2 = chunk_mean + chunks * n_channels
+    try:
+        if n_threads == 1:
+            with nogil:
+                for chunk in range(chunks):
+                    _chunk_stats(xp + chunk * rows * n_channels,
+                                 min(rows, n_rows - chunk * rows), n_channels,
+                                 chunk_mean + chunk * n_channels,
+                                 chunk_m2 + chunk * n_channels)
+                _merge_stats(chunk_mean, chunk_m2, chunks, rows, n_rows, n_channels,
+                             0, n_channels, mean_p, var_p)
+        else:
+            for chunk in prange(chunks, nogil=True, schedule="static",
+                                num_threads=n_threads):
+                _chunk_stats(xp + chunk * rows * n_channels,
+                             min(rows, n_rows - chunk * rows), n_channels,
+                             chunk_mean + chunk * n_channels,
+                             chunk_m2 + chunk * n_channels)
+            for block in prange(blocks, nogil=True, schedule="static",
+                                num_threads=min(<Py_ssize_t>n_threads, blocks),
+                                use_threads_if=blocks > 1):
+                _merge_stats(chunk_mean, chunk_m2, chunks, rows, n_rows, n_channels,
+                             block * MERGE_BLOCK,
+                             min(block * MERGE_BLOCK + MERGE_BLOCK, n_channels),
+                             mean_p, var_p)
+    finally:
+        free(chunk_mean)
+
+
+cdef void _chunk_sums(const floating* dy, const floating* x, const double* center,
+                      Py_ssize_t n_rows, Py_ssize_t n_channels, double* sum_dy,
+                      double* sum_dy_centered) noexcept nogil:
+    # sum(dy) and sum(dy*(x - center)) over the rows of one chunk.
+    cdef Py_ssize_t r, c
+    cdef Py_ssize_t offset
+    cdef double g
+    for c in range(n_channels):
+        sum_dy[c] = 0.0
+        sum_dy_centered[c] = 0.0
+    for r in range(n_rows):
+        offset = r * n_channels
+        for c in range(n_channels):
+            g = dy[offset + c]
+            sum_dy[c] += g
+            sum_dy_centered[c] += g * (x[offset + c] - center[c])
+
+
+cdef void _merge_sums(const double* chunk_a, const double* chunk_b, Py_ssize_t chunks,
+                      Py_ssize_t n_channels, Py_ssize_t c_start, Py_ssize_t c_stop,
+                      double* total_a, double* total_b) noexcept nogil:
+    cdef Py_ssize_t k, c
+    for c in range(c_start, c_stop):
+        total_a[c] = chunk_a[c]
+        total_b[c] = chunk_b[c]
+    for k in range(1, chunks):
+        for c in range(c_start, c_stop):
+            total_a[c] += chunk_a[k * n_channels + c]
+            total_b[c] += chunk_b[k * n_channels + c]
+
+
+def backward_sums(const floating[:, ::1] dy, const floating[:, ::1] x,
+                  const double[::1] center, double[::1] sum_dy,
+                  double[::1] sum_dy_centered, int n_threads):
+    """Per-channel sum(dy) and sum(dy*(x - center)) of (M, C) arrays.
+
+    Bit-identical for every n_threads. The caller has validated everything:
+    dy and x of one shape, the per-channel arrays of length C, n_threads >= 1.
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1]
+    if n_rows == 0 or n_channels == 0:
+        return
+    cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
+    cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
+    cdef Py_ssize_t blocks = (n_channels + MERGE_BLOCK - 1) // MERGE_BLOCK
+    cdef Py_ssize_t chunk, block
+    cdef const floating* dyp = &dy[0, 0]
+    cdef const floating* xp = &x[0, 0]
+    cdef const double* center_p = &center[0]
+    cdef double* sum_dy_p = &sum_dy[0]
+    cdef double* sum_dy_centered_p = &sum_dy_centered[0]
+    n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
+    cdef double* chunk_dy = _partials(chunks, n_channels)
+    cdef double* chunk_dy_centered = chunk_dy + chunks * n_channels
+    try:
+        if n_threads == 1:
+            with nogil:
+                for chunk in range(chunks):
+                    _chunk_sums(dyp + chunk * rows * n_channels,
+                                xp + chunk * rows * n_channels, center_p,
+                                min(rows, n_rows - chunk * rows), n_channels,
+                                chunk_dy + chunk * n_channels,
+                                chunk_dy_centered + chunk * n_channels)
+                _merge_sums(chunk_dy, chunk_dy_centered, chunks, n_channels, 0,
+                            n_channels, sum_dy_p, sum_dy_centered_p)
+        else:
+            for chunk in prange(chunks, nogil=True, schedule="static",
+                                num_threads=n_threads):
+                _chunk_sums(dyp + chunk * rows * n_channels,
+                            xp + chunk * rows * n_channels, center_p,
+                            min(rows, n_rows - chunk * rows), n_channels,
+                            chunk_dy + chunk * n_channels,
+                            chunk_dy_centered + chunk * n_channels)
+            for block in prange(blocks, nogil=True, schedule="static",
+                                num_threads=min(<Py_ssize_t>n_threads, blocks),
+                                use_threads_if=blocks > 1):
+                _merge_sums(chunk_dy, chunk_dy_centered, chunks, n_channels,
+                            block * MERGE_BLOCK,
+                            min(block * MERGE_BLOCK + MERGE_BLOCK, n_channels),
+                            sum_dy_p, sum_dy_centered_p)
+    finally:
+        free(chunk_dy)

@@ -1,0 +1,387 @@
+"""Batch normalization over channels-last data: the public API.
+
+Every function validates all its arguments first (so a bad call changes
+nothing), views the input as an ``(M, C)`` matrix, computes the per-channel
+coefficients in float64 with NumPy (C values) and calls the kernels of
+``cnorm._batchnorm`` for everything that touches the tensor. Running
+statistics are updated in NumPy, after the kernels. Semantics and the
+framework conventions: BN_README.md / README, section "Batch normalization".
+"""
+import numpy as np
+
+from cnorm import _validation as check
+from cnorm._dispatch import kernels
+
+_bn = kernels("_batchnorm")
+
+__all__ = ["batch_norm_inference", "batch_norm_training", "batch_norm_backward"]
+
+
+# ---------------------------------------------------------------------------
+# Checks particular to batch norm (the shared ones are in cnorm._validation)
+
+def _input(x, name="x"):
+    x = check.float_array(x, name, min_ndim=2)
+    if x.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    return x
+
+
+def _per_channel(value, name, n_channels, default=None):
+    """Return a per-channel float32/float64 argument as a new float64 array of shape (C,)."""
+    if value is None:
+        if default is None:
+            raise TypeError(f"{name} must be an array of shape ({n_channels},), got None")
+        return np.full(n_channels, default, dtype=np.float64)
+    array = np.asarray(value)
+    if array.dtype.type not in check.SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}")
+    if array.shape != (n_channels,):
+        raise ValueError(
+            f"{name} must have shape ({n_channels},) (one value per channel), got {array.shape}"
+        )
+    return array.astype(np.float64)
+
+
+def _non_negative(array, name):
+    if np.any(array < 0):
+        raise ValueError(f"{name} must be >= 0 everywhere, got min {array.min()!r}")
+
+
+def _eps(eps):
+    eps = check.finite_real(eps, "eps")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    return eps
+
+
+def _momentum(momentum):
+    if momentum is None:
+        raise TypeError(
+            "momentum must be a real number in [0, 1], got None; for PyTorch's "
+            "momentum=None (cumulative average) pass momentum=1/num_batches_tracked"
+        )
+    momentum = check.finite_real(momentum, "momentum")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    return momentum
+
+
+def _flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _running(value, name, n_channels):
+    """Check a running statistic that will be updated in place."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray (it is updated in place), got {type(value).__name__}"
+        )
+    if value.dtype.type not in check.SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
+    if value.shape != (n_channels,):
+        raise ValueError(
+            f"{name} must have shape ({n_channels},) (one value per channel), got {value.shape}"
+        )
+    if not value.flags.writeable:
+        raise ValueError(f"{name} must be writable (it is updated in place)")
+    return value
+
+
+def _output(out, x, inputs):
+    """The output array: `out` checked against x, or a new one.
+
+    `out` may be one of `inputs` exactly (every kernel reads an element before
+    it writes the same element) but must not partly overlap any of them.
+    """
+    y = check.output_array(out, x.shape, x.dtype)
+    if out is not None:
+        for name, array in inputs.items():
+            if np.may_share_memory(y, array) and not (
+                    y.__array_interface__["data"][0] == array.__array_interface__["data"][0]
+                    and y.strides == array.strides):
+                raise ValueError(f"out must be {name} itself or not overlap it")
+    return y
+
+
+def _rows(array):
+    return array.reshape(-1, array.shape[-1])
+
+
+# ---------------------------------------------------------------------------
+# Public functions
+
+def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, eps=1e-5,
+                         *, out=None, n_threads=None):
+    """Batch normalization with fixed statistics (inference, ``model.eval()``).
+
+    Per channel ``c`` (the last axis)::
+
+        y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta
+          = x * A + B,  A = gamma / sqrt(running_var + eps),  B = beta - running_mean * A
+
+    A and B are computed once per call in float64. float64 data is normalized
+    in float64; float32 data as ``x * A + B`` in float32 with A and B rounded
+    to float32 (as TensorFlow and ONNX Runtime do), so the error is relative
+    to ``|x * A| + |B|``.
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64, shape (..., C)
+        Input with channels on the last axis (NHWC for images), ndim >= 2, not empty.
+    running_mean, running_var : array_like of float32 or float64, shape (C,)
+        The statistics to normalize with; running_var must be >= 0.
+    gamma, beta : array_like of float32 or float64, shape (C,), optional
+        Scale and shift (PyTorch's ``weight`` and ``bias``); None means 1 and 0.
+    eps : float, default 1e-5
+        Added to the variance; must be finite and > 0 (PyTorch's default; TF's
+        Keras layer uses 1e-3).
+    out : numpy.ndarray, optional
+        C-contiguous array of x's shape and dtype to write into; may be ``x``
+        itself (in-place).
+    n_threads : int, optional
+        Upper bound on the threads used; None uses OpenMP's default (which
+        follows ``OMP_NUM_THREADS`` and threadpoolctl).
+
+    Returns
+    -------
+    numpy.ndarray
+        y, of x's shape and dtype (``out`` if given).
+
+    Raises
+    ------
+    TypeError
+        If an array has a dtype other than float32/float64, or a scalar the wrong type.
+    ValueError
+        If x is empty or has ndim < 2, a per-channel array is not of shape (C,),
+        running_var has a negative value, eps is not finite and > 0, `out` does
+        not match x, or n_threads < 1.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
+    >>> cnorm.batch_norm_inference(x, [2.0, 20.0], [1.0, 100.0], eps=1e-12)
+    array([[-1., -1.],
+           [ 1.,  1.]])
+    """
+    x = _input(x)
+    n_channels = x.shape[-1]
+    running_mean = _per_channel(running_mean, "running_mean", n_channels)
+    running_var = _per_channel(running_var, "running_var", n_channels)
+    _non_negative(running_var, "running_var")
+    gamma = _per_channel(gamma, "gamma", n_channels, 1.0)
+    beta = _per_channel(beta, "beta", n_channels, 0.0)
+    eps = _eps(eps)
+    y = _output(out, x, {"x": x})
+    n_threads = check.n_threads(n_threads)
+    scale = gamma * (1.0 / np.sqrt(running_var + eps))
+    _bn.affine(_rows(x), _rows(y), running_mean, scale, beta, True, n_threads)
+    return y
+
+
+def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None,
+                        running_var=None, momentum=0.1, running_var_unbiased=True,
+                        out=None, n_threads=None):
+    """Batch normalization with the statistics of the batch (training).
+
+    Per channel ``c`` over the ``m = x.size // C`` values of the channel::
+
+        mean   = sum(x) / m
+        var_b  = sum((x - mean)**2) / m          (biased: used to normalize)
+        invstd = 1 / sqrt(var_b + eps)
+        y      = gamma * (x - mean) * invstd + beta
+
+    The statistics are accumulated in float64 by a two-pass scheme per chunk of
+    rows merged with Chan's formula: accurate when |mean| >> std, and
+    bit-identical for every thread count.
+
+    When running statistics are given they are updated in place, after the
+    normalization, as::
+
+        running_mean = (1 - momentum) * running_mean + momentum * mean
+        running_var  = (1 - momentum) * running_var  + momentum * v
+        v = var_b * m / (m - 1)  if running_var_unbiased  else  var_b
+
+    (``momentum == 1`` replaces the running statistics outright.) The defaults
+    are PyTorch's; every framework's convention is one setting:
+
+    - PyTorch ``momentum=mu``: ``momentum=mu`` (default 0.1).
+    - PyTorch ``momentum=None`` (cumulative average): ``momentum=1/n`` where n is
+      ``num_batches_tracked`` counting this batch (1 for the first batch, which
+      therefore replaces the running statistics).
+    - TensorFlow ``FusedBatchNormV3(exponential_avg_factor=f)``: ``momentum=f``
+      (TF's default f = 1.0 replaces the running statistics).
+    - Keras 3 ``BatchNormalization(momentum=mu)``: ``momentum=1 - mu`` (0.01 for
+      Keras's 0.99) and ``running_var_unbiased=False``.
+    - ONNX ``BatchNormalization(momentum=mu)``: ``momentum=1 - mu`` (0.1 for
+      ONNX's 0.9) and ``running_var_unbiased=False``.
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64, shape (..., C)
+        Input with channels on the last axis; ndim >= 2, and more than one
+        value per channel.
+    gamma, beta : array_like of float32 or float64, shape (C,), optional
+        Scale and shift; None means 1 and 0.
+    eps : float, default 1e-5
+        Added to the variance; finite and > 0.
+    running_mean, running_var : numpy.ndarray of float32 or float64, shape (C,), optional
+        Writable running statistics, updated in place; give both or neither.
+        running_var must be >= 0. Neither is touched if an error is raised.
+    momentum : float in [0, 1], default 0.1
+        Weight of the NEW batch in the update (PyTorch's meaning).
+    running_var_unbiased : bool, default True
+        Whether the running variance takes the unbiased batch variance
+        (PyTorch, TensorFlow) or the biased one (Keras 3, ONNX).
+    out : numpy.ndarray, optional
+        C-contiguous array of x's shape and dtype to write y into (may be x).
+    n_threads : int, optional
+        As for `batch_norm_inference`.
+
+    Returns
+    -------
+    y : numpy.ndarray
+        x's shape and dtype (``out`` if given).
+    mean, invstd : numpy.ndarray of float64, shape (C,)
+        The batch mean and ``1 / sqrt(var_b + eps)``, always float64 (whatever
+        x's dtype), ready for `batch_norm_backward`. ``var_b = invstd**-2 - eps``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for `batch_norm_inference`; ValueError also if there is only one
+        value per channel ("Expected more than 1 value per channel when
+        training", as PyTorch), momentum is outside [0, 1], or only one of the
+        running statistics is given; TypeError if a running statistic is not a
+        float32/float64 numpy.ndarray, ValueError if it has the wrong shape or
+        is read-only.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(4, 1)
+    >>> running_mean, running_var = np.zeros(1), np.ones(1)
+    >>> y, mean, invstd = cnorm.batch_norm_training(
+    ...     x, running_mean=running_mean, running_var=running_var, momentum=0.1)
+    >>> mean, running_var.round(5)
+    (array([2.5]), array([1.06667]))
+    """
+    x = _input(x)
+    n_channels = x.shape[-1]
+    m = x.size // n_channels
+    gamma = _per_channel(gamma, "gamma", n_channels, 1.0)
+    beta = _per_channel(beta, "beta", n_channels, 0.0)
+    eps = _eps(eps)
+    momentum = _momentum(momentum)
+    running_var_unbiased = _flag(running_var_unbiased, "running_var_unbiased")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or neither)")
+    if running_mean is not None:
+        _running(running_mean, "running_mean", n_channels)
+        _running(running_var, "running_var", n_channels)
+        _non_negative(running_var, "running_var")
+    if m == 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got x of shape {x.shape}"
+        )
+    y = _output(out, x, {"x": x})
+    n_threads = check.n_threads(n_threads)
+
+    mean = np.empty(n_channels)
+    var_biased = np.empty(n_channels)
+    _bn.batch_stats(_rows(x), mean, var_biased, n_threads)
+    invstd = 1.0 / np.sqrt(var_biased + eps)
+    _bn.affine(_rows(x), _rows(y), mean, gamma * invstd, beta, False, n_threads)
+
+    if running_mean is not None:
+        batch_var = var_biased * (m / (m - 1)) if running_var_unbiased else var_biased
+        _update_running(running_mean, mean, momentum)
+        _update_running(running_var, batch_var, momentum)
+    return y, mean, invstd
+
+
+def _update_running(running, batch_stat, momentum):
+    # In float64, rounded once into the running array's dtype; momentum 1 replaces
+    # (so an inf or NaN running value does not survive as 0 * inf).
+    if momentum == 1.0:
+        running[...] = batch_stat
+    else:
+        running[...] = (1.0 - momentum) * running.astype(np.float64) + momentum * batch_stat
+
+
+def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, out=None,
+                        n_threads=None):
+    """Gradients of batch normalization with respect to x, gamma and beta.
+
+    With ``g = dy`` and ``xhat = (x - mean) * invstd``, per channel over its m values::
+
+        dbeta  = sum(g)
+        dgamma = sum(g * xhat)
+        dx     = gamma * invstd * (g - dbeta/m - xhat * dgamma/m)   (training=True)
+        dx     = gamma * invstd * g                                 (training=False)
+
+    ``training=True`` differentiates through the batch statistics: pass the
+    ``mean`` and ``invstd`` returned by `batch_norm_training`. ``training=False``
+    treats the statistics as constants (the backward of `batch_norm_inference`):
+    pass ``running_mean`` and ``1 / sqrt(running_var + eps)``. The sums are
+    accumulated in float64 in a fixed order (bit-identical for every thread
+    count) and dx is computed in float64 and rounded once.
+
+    Parameters
+    ----------
+    dy : array_like, shape and dtype of x
+        Gradient of the loss with respect to y.
+    x : array_like of float32 or float64, shape (..., C)
+        The forward input (ndim >= 2, not empty).
+    mean, invstd : array_like of float32 or float64, shape (C,)
+        The statistics the forward normalized with (float64 as returned by
+        `batch_norm_training`; float32 is accepted too, e.g. a framework's saved
+        statistics).
+    gamma : array_like of float32 or float64, shape (C,), optional
+        The forward's scale; None means 1.
+    training : bool, default True
+        Whether the statistics were those of the batch (True) or fixed (False).
+    out : numpy.ndarray, optional
+        C-contiguous array of x's shape and dtype to write dx into (may be dy or x).
+    n_threads : int, optional
+        As for `batch_norm_inference`.
+
+    Returns
+    -------
+    dx : numpy.ndarray
+        x's shape and dtype (``out`` if given).
+    dgamma, dbeta : numpy.ndarray of float64, shape (C,)
+        Returned whether or not gamma was given.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for `batch_norm_inference`, and if dy does not match x in shape or dtype.
+    """
+    x = _input(x)
+    dy = check.matching_array(dy, "dy", x, "x")
+    n_channels = x.shape[-1]
+    m = x.size // n_channels
+    mean = _per_channel(mean, "mean", n_channels)
+    invstd = _per_channel(invstd, "invstd", n_channels)
+    gamma = _per_channel(gamma, "gamma", n_channels, 1.0)
+    training = _flag(training, "training")
+    dx = _output(out, x, {"x": x, "dy": dy})
+    n_threads = check.n_threads(n_threads)
+
+    dbeta = np.empty(n_channels)
+    sum_dy_centered = np.empty(n_channels)
+    _bn.backward_sums(_rows(dy), _rows(x), mean, dbeta, sum_dy_centered, n_threads)
+    dgamma = sum_dy_centered * invstd
+    dy_scale = gamma * invstd
+    if training:
+        # dx = k*g - k*dbeta/m - k*invstd*(x - mean)*dgamma/m with k = gamma*invstd
+        _bn.backward_apply(_rows(dy), _rows(x), _rows(dx), mean, dy_scale,
+                           -dy_scale * invstd * dgamma / m, -dy_scale * dbeta / m, n_threads)
+    else:
+        zeros = np.zeros(n_channels)
+        _bn.affine(_rows(dy), _rows(dx), zeros, dy_scale, zeros, False, n_threads)
+    return dx, dgamma, dbeta
