@@ -6,9 +6,12 @@ import numpy as np
 import cnorm
 from cnorm import _openmp, reference
 
-OPERATIONS = ("lrn_forward", "lrn_forward_beta0.6", "lrn_backward")
+OPERATIONS = ("lrn_forward", "lrn_forward_beta0.6", "lrn_backward",
+              "bn_inference", "bn_training", "bn_backward")
 LRN_SHAPES = [(16, 55, 55, 96), (16, 27, 27, 256), (1, 55, 55, 96)]
+BN_SHAPES = [(32, 56, 56, 64), (32, 28, 28, 512), (32, 7, 7, 2048), (1, 56, 56, 256)]
 ALEXNET = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
+BN_EPS = 1e-5
 
 
 @dataclass
@@ -35,6 +38,17 @@ class Case:
         if self.name == "lrn_backward":
             return lambda: cnorm.lrn_backward(a["dy"], a["x"], **self.params, out=out,
                                               n_threads=n_threads)
+        if self.name == "bn_inference":
+            return lambda: cnorm.batch_norm_inference(
+                a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS, out=out,
+                n_threads=n_threads)
+        if self.name == "bn_training":
+            return lambda: cnorm.batch_norm_training(
+                a["x"], a["gamma"], a["beta"], BN_EPS, out=out, n_threads=n_threads)
+        if self.name == "bn_backward":
+            return lambda: cnorm.batch_norm_backward(
+                a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"], out=out,
+                n_threads=n_threads)
         raise ValueError(self.name)
 
     def reference(self):
@@ -43,6 +57,14 @@ class Case:
             return lambda: reference.lrn(a["x"], **self.params)
         if self.name == "lrn_backward":
             return lambda: reference.lrn_backward(a["dy"], a["x"], **self.params)
+        if self.name == "bn_inference":
+            return lambda: reference.batch_norm_inference(
+                a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS)
+        if self.name == "bn_training":
+            return lambda: reference.batch_norm_training(a["x"], a["gamma"], a["beta"], BN_EPS)
+        if self.name == "bn_backward":
+            return lambda: reference.batch_norm_backward(
+                a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"])
         raise ValueError(self.name)
 
 
@@ -53,10 +75,28 @@ def _arrays(shape, *names):
     return arrays
 
 
+def _bn_arrays(shape, *names):
+    arrays = _arrays(shape, *names)
+    n_channels = shape[-1]
+    rng = np.random.default_rng(1)
+    arrays["x"] += rng.uniform(-2, 2, n_channels).astype(np.float32)  # per-channel means
+    arrays["mean"] = arrays["x"].reshape(-1, n_channels).mean(axis=0, dtype=np.float64)
+    arrays["var"] = arrays["x"].reshape(-1, n_channels).var(axis=0, dtype=np.float64)
+    arrays["invstd"] = 1 / np.sqrt(arrays["var"] + BN_EPS)
+    arrays["gamma"] = rng.uniform(0.5, 1.5, n_channels)
+    arrays["beta"] = rng.uniform(-1, 1, n_channels)
+    return arrays
+
+
 def all_cases(operations):
     for name in operations:
         if name not in OPERATIONS:
             raise SystemExit(f"unknown operation {name!r}; choose from {OPERATIONS}")
+        if name.startswith("bn_"):
+            for shape in BN_SHAPES:
+                names = ("x", "dy") if name == "bn_backward" else ("x",)
+                yield Case(name, shape, {}, _bn_arrays(shape, *names), reads=len(names))
+            continue
         for shape in LRN_SHAPES:
             if name == "lrn_forward":
                 yield Case(name, shape, ALEXNET, _arrays(shape, "x"))

@@ -33,12 +33,13 @@ Accumulation and reduction order
     one channel never depends on another, so it is split over threads by
     channel blocks without changing a bit.
 Elementwise arithmetic
-    float64 data: double throughout.  float32 data: ``(x - center)*scale + shift``
-    in double, rounded once at the store, except when the caller asks for the
-    inference fast path (``in_float``): ``y = x*A + B`` in float with
-    ``A = scale`` and ``B = shift - center*scale`` rounded to float.  Its error
-    is relative to |x*A| + |B| rather than to |y|, which matters only when
-    |running_mean| >> sqrt(running_var); TF and ONNX Runtime fold the same way.
+    float64 data: double throughout.  float32 data: float, in the centered form
+    ``(x - c_f)*scale_f + shift_f`` where ``c_f`` is the center rounded to float
+    and ``shift_f`` is corrected in double for that rounding (see
+    _float_coefficients): ``x - c_f`` is (nearly) exact, so the error is a few
+    float roundings relative to |y|, even where |center| >> 1/scale, unlike the
+    folded ``x*A + B``.  The reductions take every term in double (a float32 value, its square and
+    its product with another are exact in double).
 Chunking and threads
     Rows are cut into chunks of ``_rows_per_chunk(C)`` rows, handed out by a
     static schedule; ``n_threads`` is capped by the number of chunks, and inputs
@@ -107,10 +108,11 @@ cdef void _affine_rows(const floating* x, floating* y, const double* center,
             y_row[c] = <floating>((x_row[c] - center[c]) * scale[c] + shift[c])
 
 
-cdef void _affine_rows_float(const float* x, float* y, const float* a, const float* b,
+cdef void _affine_rows_float(const float* x, float* y, const float* center,
+                             const float* scale, const float* shift,
                              Py_ssize_t row_start, Py_ssize_t row_stop,
                              Py_ssize_t n_channels) noexcept nogil:
-    # y = x*a + b in float: the float32 inference fast path.
+    # y = (x - center)*scale + shift in float (see _float_coefficients).
     cdef Py_ssize_t r, c
     cdef const float* x_row
     cdef float* y_row
@@ -118,50 +120,61 @@ cdef void _affine_rows_float(const float* x, float* y, const float* a, const flo
         x_row = x + r * n_channels
         y_row = y + r * n_channels
         for c in range(n_channels):
-            y_row[c] = x_row[c] * a[c] + b[c]
+            y_row[c] = (x_row[c] - center[c]) * scale[c] + shift[c]
+
+
+cdef float* _float_coefficients(const double* center, const double* scale,
+                                const double* shift, const double* other_scale,
+                                Py_ssize_t n_channels) except NULL:
+    # float copies of (center, scale, shift[, other_scale]) for the float32 paths.
+    # The center is rounded to float and the shift corrected for that rounding
+    # in double: shift + (center_f - center)*scale. So (x - center_f) is exact
+    # or nearly (x and center_f are floats), and the float result's error is
+    # relative to |y|, not to |center*scale| as with the folded x*A + B.
+    cdef float* out = <float*> malloc(4 * n_channels * sizeof(float))
+    cdef Py_ssize_t c
+    cdef float center_f
+    if out == NULL:
+        raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
+    for c in range(n_channels):
+        center_f = <float>center[c]
+        out[c] = center_f
+        out[n_channels + c] = <float>scale[c]
+        out[2 * n_channels + c] = <float>(shift[c] + (center_f - center[c]) * scale[c])
+        if other_scale != NULL:
+            out[3 * n_channels + c] = <float>other_scale[c]
+    return out
 
 
 def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] center,
-           const double[::1] scale, const double[::1] shift, bint in_float,
-           int n_threads):
+           const double[::1] scale, const double[::1] shift, int n_threads):
     """y = (x - center)*scale + shift per channel, over rows of (M, C) arrays.
 
-    With ``in_float`` and float32 data, ``y = x*A + B`` in float instead, with
-    ``A = scale`` and ``B = shift - center*scale`` computed in double and rounded.
-    The caller has validated everything: y of x's shape (y may be x), the
-    per-channel arrays of length C, n_threads >= 1.
+    float64 data: in double. float32 data: in float, with the coefficients of
+    _float_coefficients. The caller has validated everything: y of x's shape
+    (y may be x), the per-channel arrays of length C, n_threads >= 1.
     """
     cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1]
     if n_rows == 0 or n_channels == 0:
         return
     cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
-    cdef Py_ssize_t chunk, c
+    cdef Py_ssize_t chunk
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &y[0, 0]
     cdef const double* center_p = &center[0]
     cdef const double* scale_p = &scale[0]
     cdef const double* shift_p = &shift[0]
-    cdef float* folded = NULL
+    cdef float* f = NULL
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
     if floating is float:
-        if in_float:
-            folded = <float*> malloc(2 * n_channels * sizeof(float))
-            if folded == NULL:
-                raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
-            for c in range(n_channels):
-                folded[c] = <float>scale_p[c]
-                folded[n_channels + c] = <float>(shift_p[c] - center_p[c] * scale_p[c])
+        f = _float_coefficients(center_p, scale_p, shift_p, NULL, n_channels)
     try:
         if n_threads == 1:
             with nogil:
                 if floating is float:
-                    if folded != NULL:
-                        _affine_rows_float(xp, yp, folded, folded + n_channels, 0,
-                                           n_rows, n_channels)
-                    else:
-                        _affine_rows(xp, yp, center_p, scale_p, shift_p, 0, n_rows,
-                                     n_channels)
+                    _affine_rows_float(xp, yp, f, f + n_channels, f + 2 * n_channels,
+                                       0, n_rows, n_channels)
                 else:
                     _affine_rows(xp, yp, center_p, scale_p, shift_p, 0, n_rows,
                                  n_channels)
@@ -169,18 +182,14 @@ def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] cente
             for chunk in prange(chunks, nogil=True, schedule="static",
                                 num_threads=n_threads):
                 if floating is float:
-                    if folded != NULL:
-                        _affine_rows_float(xp, yp, folded, folded + n_channels,
-                                           chunk * rows, min(chunk * rows + rows, n_rows),
-                                           n_channels)
-                    else:
-                        _affine_rows(xp, yp, center_p, scale_p, shift_p, chunk * rows,
-                                     min(chunk * rows + rows, n_rows), n_channels)
+                    _affine_rows_float(xp, yp, f, f + n_channels, f + 2 * n_channels,
+                                       chunk * rows, min(chunk * rows + rows, n_rows),
+                                       n_channels)
                 else:
                     _affine_rows(xp, yp, center_p, scale_p, shift_p, chunk * rows,
                                  min(chunk * rows + rows, n_rows), n_channels)
     finally:
-        free(folded)
+        free(f)
 
 
 cdef void _backward_apply_rows(const floating* dy, const floating* x, floating* dx,
@@ -199,14 +208,31 @@ cdef void _backward_apply_rows(const floating* dy, const floating* x, floating* 
                 + ((x[offset + c] - center[c]) * x_scale[c] + shift[c]))
 
 
+cdef void _backward_apply_rows_float(const float* dy, const float* x, float* dx,
+                                     const float* center, const float* x_scale,
+                                     const float* shift, const float* dy_scale,
+                                     Py_ssize_t row_start, Py_ssize_t row_stop,
+                                     Py_ssize_t n_channels) noexcept nogil:
+    # dx = dy*dy_scale + ((x - center)*x_scale + shift) in float.
+    cdef Py_ssize_t r, c
+    cdef Py_ssize_t offset
+    for r in range(row_start, row_stop):
+        offset = r * n_channels
+        for c in range(n_channels):
+            dx[offset + c] = (dy[offset + c] * dy_scale[c]
+                              + ((x[offset + c] - center[c]) * x_scale[c] + shift[c]))
+
+
 def backward_apply(const floating[:, ::1] dy, const floating[:, ::1] x,
                    floating[:, ::1] dx, const double[::1] center,
                    const double[::1] dy_scale, const double[::1] x_scale,
                    const double[::1] shift, int n_threads):
     """dx = dy*dy_scale + (x - center)*x_scale + shift per channel (training backward).
 
-    The caller has validated everything: dy, x and dx of one shape (dx may be dy
-    or x), the per-channel arrays of length C, n_threads >= 1.
+    float64 data: in double; float32 data: in float, with the center rounded to
+    float and the shift corrected for it (_float_coefficients). The caller has
+    validated everything: dy, x and dx of one shape (dx may be dy or x), the
+    per-channel arrays of length C, n_threads >= 1.
     """
     cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1]
     if n_rows == 0 or n_channels == 0:
@@ -217,17 +243,35 @@ def backward_apply(const floating[:, ::1] dy, const floating[:, ::1] x,
     cdef const floating* dyp = &dy[0, 0]
     cdef const floating* xp = &x[0, 0]
     cdef floating* dxp = &dx[0, 0]
+    cdef float* f = NULL
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
-    if n_threads == 1:
-        with nogil:
-            _backward_apply_rows(dyp, xp, dxp, &center[0], &dy_scale[0], &x_scale[0],
-                                 &shift[0], 0, n_rows, n_channels)
-    else:
-        for chunk in prange(chunks, nogil=True, schedule="static",
-                            num_threads=n_threads):
-            _backward_apply_rows(dyp, xp, dxp, &center[0], &dy_scale[0], &x_scale[0],
-                                 &shift[0], chunk * rows,
-                                 min(chunk * rows + rows, n_rows), n_channels)
+    if floating is float:
+        f = _float_coefficients(&center[0], &x_scale[0], &shift[0], &dy_scale[0],
+                                n_channels)
+    try:
+        if n_threads == 1:
+            with nogil:
+                if floating is float:
+                    _backward_apply_rows_float(dyp, xp, dxp, f, f + n_channels,
+                                               f + 2 * n_channels, f + 3 * n_channels,
+                                               0, n_rows, n_channels)
+                else:
+                    _backward_apply_rows(dyp, xp, dxp, &center[0], &dy_scale[0],
+                                         &x_scale[0], &shift[0], 0, n_rows, n_channels)
+        else:
+            for chunk in prange(chunks, nogil=True, schedule="static",
+                                num_threads=n_threads):
+                if floating is float:
+                    _backward_apply_rows_float(dyp, xp, dxp, f, f + n_channels,
+                                               f + 2 * n_channels, f + 3 * n_channels,
+                                               chunk * rows,
+                                               min(chunk * rows + rows, n_rows), n_channels)
+                else:
+                    _backward_apply_rows(dyp, xp, dxp, &center[0], &dy_scale[0],
+                                         &x_scale[0], &shift[0], chunk * rows,
+                                         min(chunk * rows + rows, n_rows), n_channels)
+    finally:
+        free(f)
 
 
 # ---------------------------------------------------------------------------
@@ -236,23 +280,40 @@ def backward_apply(const floating[:, ::1] dy, const floating[:, ::1] x,
 cdef void _chunk_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_channels,
                        double* mean, double* m2) noexcept nogil:
     # Mean and M2 = sum((x - mean)**2) of one chunk, by two passes over it.
-    cdef Py_ssize_t r, c
+    # Rows are taken four at a time: the four terms are added in registers and
+    # the accumulator row is loaded and stored once per four rows, not per row
+    # (the fixed grouping keeps the order, and so the bits, independent of threads).
+    cdef Py_ssize_t r, c, n = n_channels
+    cdef Py_ssize_t blocked = n_rows - n_rows % 4
     cdef const floating* x_row
-    cdef double d
+    cdef double d0, d1, d2, d3
     for c in range(n_channels):
         mean[c] = 0.0
         m2[c] = 0.0
-    for r in range(n_rows):
+    for r in range(0, blocked, 4):
+        x_row = x + r * n_channels
+        for c in range(n_channels):
+            mean[c] += ((<double>x_row[c] + <double>x_row[n + c])
+                        + (<double>x_row[2 * n + c] + <double>x_row[3 * n + c]))
+    for r in range(blocked, n_rows):
         x_row = x + r * n_channels
         for c in range(n_channels):
             mean[c] += x_row[c]
     for c in range(n_channels):
         mean[c] = mean[c] / n_rows
-    for r in range(n_rows):
+    for r in range(0, blocked, 4):
         x_row = x + r * n_channels
         for c in range(n_channels):
-            d = x_row[c] - mean[c]
-            m2[c] += d * d
+            d0 = x_row[c] - mean[c]
+            d1 = x_row[n + c] - mean[c]
+            d2 = x_row[2 * n + c] - mean[c]
+            d3 = x_row[3 * n + c] - mean[c]
+            m2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for r in range(blocked, n_rows):
+        x_row = x + r * n_channels
+        for c in range(n_channels):
+            d0 = x_row[c] - mean[c]
+            m2[c] += d0 * d0
 
 
 cdef void _merge_stats(const double* chunk_mean, const double* chunk_m2,
@@ -279,6 +340,14 @@ cdef void _merge_stats(const double* chunk_mean, const double* chunk_m2,
         var[c] = var[c] / n_rows
 
 
+cdef inline void _stats_of_chunk(const floating* x, Py_ssize_t chunk, Py_ssize_t rows,
+                                 Py_ssize_t n_rows, Py_ssize_t n_channels,
+                                 double* chunk_mean, double* chunk_m2) noexcept nogil:
+    cdef Py_ssize_t start = chunk * rows
+    _chunk_stats(x + start * n_channels, min(rows, n_rows - start), n_channels,
+                 chunk_mean + chunk * n_channels, chunk_m2 + chunk * n_channels)
+
+
 def batch_stats(const floating[:, ::1] x, double[::1] mean, double[::1] var,
                 int n_threads):
     """Per-channel mean and biased variance of an (M, C) array, into mean and var.
@@ -303,19 +372,15 @@ def batch_stats(const floating[:, ::1] x, double[::1] mean, double[::1] var,
         if n_threads == 1:
             with nogil:
                 for chunk in range(chunks):
-                    _chunk_stats(xp + chunk * rows * n_channels,
-                                 min(rows, n_rows - chunk * rows), n_channels,
-                                 chunk_mean + chunk * n_channels,
-                                 chunk_m2 + chunk * n_channels)
+                    _stats_of_chunk(xp, chunk, rows, n_rows, n_channels, chunk_mean,
+                                    chunk_m2)
                 _merge_stats(chunk_mean, chunk_m2, chunks, rows, n_rows, n_channels,
                              0, n_channels, mean_p, var_p)
         else:
             for chunk in prange(chunks, nogil=True, schedule="static",
                                 num_threads=n_threads):
-                _chunk_stats(xp + chunk * rows * n_channels,
-                             min(rows, n_rows - chunk * rows), n_channels,
-                             chunk_mean + chunk * n_channels,
-                             chunk_m2 + chunk * n_channels)
+                _stats_of_chunk(xp, chunk, rows, n_rows, n_channels, chunk_mean,
+                                chunk_m2)
             for block in prange(blocks, nogil=True, schedule="static",
                                 num_threads=min(<Py_ssize_t>n_threads, blocks),
                                 use_threads_if=blocks > 1):
@@ -330,19 +395,32 @@ def batch_stats(const floating[:, ::1] x, double[::1] mean, double[::1] var,
 cdef void _chunk_sums(const floating* dy, const floating* x, const double* center,
                       Py_ssize_t n_rows, Py_ssize_t n_channels, double* sum_dy,
                       double* sum_dy_centered) noexcept nogil:
-    # sum(dy) and sum(dy*(x - center)) over the rows of one chunk.
-    cdef Py_ssize_t r, c
-    cdef Py_ssize_t offset
-    cdef double g
+    # sum(dy) and sum(dy*(x - center)) over the rows of one chunk, four rows at a
+    # time as in _chunk_stats.
+    cdef Py_ssize_t r, c, o, n = n_channels
+    cdef Py_ssize_t blocked = n_rows - n_rows % 4
+    cdef double g0, g1, g2, g3
     for c in range(n_channels):
         sum_dy[c] = 0.0
         sum_dy_centered[c] = 0.0
-    for r in range(n_rows):
-        offset = r * n_channels
+    for r in range(0, blocked, 4):
+        o = r * n_channels
         for c in range(n_channels):
-            g = dy[offset + c]
-            sum_dy[c] += g
-            sum_dy_centered[c] += g * (x[offset + c] - center[c])
+            g0 = dy[o + c]
+            g1 = dy[o + n + c]
+            g2 = dy[o + 2 * n + c]
+            g3 = dy[o + 3 * n + c]
+            sum_dy[c] += (g0 + g1) + (g2 + g3)
+            sum_dy_centered[c] += ((g0 * (x[o + c] - center[c])
+                                    + g1 * (x[o + n + c] - center[c]))
+                                   + (g2 * (x[o + 2 * n + c] - center[c])
+                                      + g3 * (x[o + 3 * n + c] - center[c])))
+    for r in range(blocked, n_rows):
+        o = r * n_channels
+        for c in range(n_channels):
+            g0 = dy[o + c]
+            sum_dy[c] += g0
+            sum_dy_centered[c] += g0 * (x[o + c] - center[c])
 
 
 cdef void _merge_sums(const double* chunk_a, const double* chunk_b, Py_ssize_t chunks,
@@ -356,6 +434,16 @@ cdef void _merge_sums(const double* chunk_a, const double* chunk_b, Py_ssize_t c
         for c in range(c_start, c_stop):
             total_a[c] += chunk_a[k * n_channels + c]
             total_b[c] += chunk_b[k * n_channels + c]
+
+
+cdef inline void _sums_of_chunk(const floating* dy, const floating* x,
+                                const double* center, Py_ssize_t chunk, Py_ssize_t rows,
+                                Py_ssize_t n_rows, Py_ssize_t n_channels,
+                                double* chunk_dy, double* chunk_dy_centered) noexcept nogil:
+    cdef Py_ssize_t start = chunk * rows
+    _chunk_sums(dy + start * n_channels, x + start * n_channels, center,
+                min(rows, n_rows - start), n_channels, chunk_dy + chunk * n_channels,
+                chunk_dy_centered + chunk * n_channels)
 
 
 def backward_sums(const floating[:, ::1] dy, const floating[:, ::1] x,
@@ -385,21 +473,15 @@ def backward_sums(const floating[:, ::1] dy, const floating[:, ::1] x,
         if n_threads == 1:
             with nogil:
                 for chunk in range(chunks):
-                    _chunk_sums(dyp + chunk * rows * n_channels,
-                                xp + chunk * rows * n_channels, center_p,
-                                min(rows, n_rows - chunk * rows), n_channels,
-                                chunk_dy + chunk * n_channels,
-                                chunk_dy_centered + chunk * n_channels)
+                    _sums_of_chunk(dyp, xp, center_p, chunk, rows, n_rows, n_channels,
+                                   chunk_dy, chunk_dy_centered)
                 _merge_sums(chunk_dy, chunk_dy_centered, chunks, n_channels, 0,
                             n_channels, sum_dy_p, sum_dy_centered_p)
         else:
             for chunk in prange(chunks, nogil=True, schedule="static",
                                 num_threads=n_threads):
-                _chunk_sums(dyp + chunk * rows * n_channels,
-                            xp + chunk * rows * n_channels, center_p,
-                            min(rows, n_rows - chunk * rows), n_channels,
-                            chunk_dy + chunk * n_channels,
-                            chunk_dy_centered + chunk * n_channels)
+                _sums_of_chunk(dyp, xp, center_p, chunk, rows, n_rows, n_channels,
+                               chunk_dy, chunk_dy_centered)
             for block in prange(blocks, nogil=True, schedule="static",
                                 num_threads=min(<Py_ssize_t>n_threads, blocks),
                                 use_threads_if=blocks > 1):

@@ -178,7 +178,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     y = _output(out, x, {"x": x})
     n_threads = check.n_threads(n_threads)
     scale = gamma * (1.0 / np.sqrt(running_var + eps))
-    _bn.affine(_rows(x), _rows(y), running_mean, scale, beta, True, n_threads)
+    _bn.affine(_rows(x), _rows(y), running_mean, scale, beta, n_threads)
     return y
 
 
@@ -294,7 +294,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     var_biased = np.empty(n_channels)
     _bn.batch_stats(_rows(x), mean, var_biased, n_threads)
     invstd = 1.0 / np.sqrt(var_biased + eps)
-    _bn.affine(_rows(x), _rows(y), mean, gamma * invstd, beta, False, n_threads)
+    _bn.affine(_rows(x), _rows(y), mean, gamma * invstd, beta, n_threads)
 
     if running_mean is not None:
         batch_var = var_biased * (m / (m - 1)) if running_var_unbiased else var_biased
@@ -328,7 +328,9 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, out=N
     treats the statistics as constants (the backward of `batch_norm_inference`):
     pass ``running_mean`` and ``1 / sqrt(running_var + eps)``. The sums are
     accumulated in float64 in a fixed order (bit-identical for every thread
-    count) and dx is computed in float64 and rounded once.
+    count); dx is computed in x's precision from per-channel coefficients
+    computed in float64 (centered on the mean, so float32 stays accurate where
+    |mean| >> std).
 
     Parameters
     ----------
@@ -383,5 +385,5 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, out=N
                            -dy_scale * invstd * dgamma / m, -dy_scale * dbeta / m, n_threads)
     else:
         zeros = np.zeros(n_channels)
-        _bn.affine(_rows(dy), _rows(dx), zeros, dy_scale, zeros, False, n_threads)
+        _bn.affine(_rows(dy), _rows(dx), zeros, dy_scale, zeros, n_threads)
     return dx, dgamma, dbeta
