@@ -2,11 +2,29 @@
 
 Kernels in Cython with OpenMP; NumPy is the only runtime dependency.
 """
-from cnorm._config import openmp_enabled, show_config
-from cnorm.batchnorm import batch_norm_backward, batch_norm_inference, batch_norm_training
-from cnorm.lrn import local_response_norm, local_response_norm_backward, lrn, lrn_backward
+# First, before any extension module: put cnorm's OpenMP runtime into the
+# global symbol scope so that cnorm and PyTorch (or any other OpenMP user)
+# share one runtime whichever is imported first. CNORM_OPENMP_GLOBAL=0 opts
+# out. See cnorm/_openmp_runtime.py.
+from cnorm import _openmp_runtime
 
-__version__ = "0.1.0"
+_openmp_runtime.preload()
+
+from cnorm._config import openmp_enabled, show_config  # noqa: E402
+from cnorm.batchnorm import batch_norm_backward, batch_norm_inference, batch_norm_training  # noqa: E402
+from cnorm.lrn import local_response_norm, local_response_norm_backward, lrn, lrn_backward  # noqa: E402
+
+
+def _version():
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cnorm")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "__version__",

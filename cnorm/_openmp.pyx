@@ -24,6 +24,29 @@ cdef extern from *:
     int cnorm_cpu_level() noexcept nogil
 
 
+cdef extern from *:
+    """
+    /* The address of omp_get_max_threads as this module is bound to it: the
+       OpenMP runtime the kernels actually use (NULL without OpenMP). */
+    static void *cnorm_openmp_symbol(void) {
+    #if CNORM_OPENMP_ENABLED
+        return (void *)&omp_get_max_threads;
+    #else
+        return NULL;
+    #endif
+    }
+    """
+    void* cnorm_openmp_symbol() noexcept nogil
+
+
+def openmp_symbol_address():
+    """Address of the omp_get_max_threads cnorm's kernels are bound to, 0 without OpenMP.
+
+    ``cnorm._openmp_runtime.library_of`` turns it into the runtime's path.
+    """
+    return <size_t>cnorm_openmp_symbol()
+
+
 def cpu_level():
     """The x86-64 microarchitecture level of this CPU (1, 3 or 4), or 0 elsewhere.
 
