@@ -1,11 +1,12 @@
 """python -m cnorm: run cnorm's main job on made-up data and print a timing table.
 
 LRN forward and backward on an AlexNet-shaped tensor (16x55x55x96 float32,
-depth_radius 2, bias 2, alpha 1e-4, beta 0.75), checked against the NumPy
-reference, timed with 1 thread and with all threads beside the reference and a
-parallel copy of the tensor (the memory-bandwidth yardstick). GB/s counts the
-least traffic each operation needs: forward 1 read + 1 write, backward 2 reads
-+ 1 write.
+depth_radius 2, bias 2, alpha 1e-4, beta 0.75) and batch norm inference,
+training forward and backward on a ResNet-50-shaped one (32x56x56x64 float32),
+each checked against the NumPy reference and timed with 1 thread and with all
+threads beside the reference and a parallel copy of the tensor (the
+memory-bandwidth yardstick). GB/s counts the least traffic of each operation:
+each input read once and the output written once.
 """
 import argparse
 import sys
@@ -40,55 +41,89 @@ def _check(name, actual, expected, rtol, scale=None):
     return float(np.max(np.abs(actual - expected) / (np.abs(expected) + (0 if scale is None else scale) + 1e-30)))
 
 
+def _table(title, x, operations, repeat, all_threads):
+    """Time each (name, cnorm call(n_threads), reference seconds, tensors touched)."""
+    print(f"\n{title}")
+    print(f"{'operation':22s} {'implementation':26s} {'threads':>7s} {'ms':>10s} {'GB/s':>7s} {'x copy':>7s}")
+    copy_target = np.empty_like(x)
+    for name, call, reference_seconds, tensors in operations:
+        nbytes = tensors * x.nbytes
+        print(f"{name:22s} {'NumPy reference (float64)':26s} {1:7d} {reference_seconds * 1e3:10.2f} "
+              f"{nbytes / reference_seconds / 1e9:7.2f}")
+        for n in sorted({1, all_threads}):
+            copy = _median_seconds(lambda: _copy(x, copy_target, n), repeat)
+            seconds = _median_seconds(lambda: call(n), repeat)
+            print(f"{name:22s} {'cnorm':26s} {n:7d} {seconds * 1e3:10.3f} "
+                  f"{nbytes / seconds / 1e9:7.1f} {seconds / copy:7.2f}")
+
+
+def _timed(function):
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cnorm", description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10, help="timed calls per row (median)")
-    parser.add_argument("--shape", type=int, nargs=4, default=[16, 55, 55, 96], metavar=("N", "H", "W", "C"))
     args = parser.parse_args(argv)
-
-    params = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(args.shape, dtype=np.float32)
-    dy = rng.standard_normal(args.shape, dtype=np.float32)
-    y = np.empty_like(x)
-    dx = np.empty_like(x)
     all_threads = _openmp.max_threads()
-    print(f"cnorm {cnorm.__version__}: LRN on {'x'.join(map(str, args.shape))} float32, "
-          f"depth_radius=2 bias=2 alpha=1e-4 beta=0.75 ({x.nbytes / 1e6:.1f} MB)")
+    print(f"cnorm {cnorm.__version__}: ISA level {cnorm._dispatch.ISA_LEVEL}, OpenMP "
+          f"{'on' if cnorm.openmp_enabled() else 'off'}, {all_threads} threads available. "
+          "'x copy' is the time over a parallel copy of the tensor with as many threads.")
 
-    start = time.perf_counter()
-    expected_y = reference.lrn(x, **params)
-    reference_forward = time.perf_counter() - start
-    start = time.perf_counter()
-    expected_dx = reference.lrn_backward(dy, x, **params)
-    reference_backward = time.perf_counter() - start
-    error_y = _check("forward", cnorm.lrn(x, **params), expected_y, 2e-5)
+    # --- LRN, AlexNet ---------------------------------------------------------------
+    params = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
+    x = rng.standard_normal((16, 55, 55, 96), dtype=np.float32)
+    dy = rng.standard_normal(x.shape, dtype=np.float32)
+    out = np.empty_like(x)
+    expected_y, reference_forward = _timed(lambda: reference.lrn(x, **params))
+    expected_dx, reference_backward = _timed(lambda: reference.lrn_backward(dy, x, **params))
+    error_y = _check("LRN forward", cnorm.lrn(x, **params), expected_y, 2e-5)
     d = 2.0 + 1e-4 * reference._window_sum(x.astype(np.float64) ** 2, 2, 2)
     scale = np.abs(dy * d ** -0.75) + 2e-4 * 0.75 * np.abs(x) * reference._window_sum(
         np.abs(dy * x * d ** -1.75), 2, 2)
-    error_dx = _check("backward", cnorm.lrn_backward(dy, x, **params), expected_dx, 2e-5, scale)
-    print(f"checked against cnorm.reference: max relative error forward {error_y:.1e}, "
-          f"backward {error_dx:.1e}\n")
+    error_dx = _check("LRN backward", cnorm.lrn_backward(dy, x, **params), expected_dx, 2e-5, scale)
+    _table(f"LRN on 16x55x55x96 float32, depth_radius=2 bias=2 alpha=1e-4 beta=0.75 "
+           f"(max relative error: forward {error_y:.1e}, backward {error_dx:.1e})", x, [
+               ("LRN forward", lambda n: cnorm.lrn(x, **params, out=out, n_threads=n),
+                reference_forward, 2),
+               ("LRN backward", lambda n: cnorm.lrn_backward(dy, x, **params, out=out, n_threads=n),
+                reference_backward, 3),
+           ], args.repeat, all_threads)
 
-    rows = [("NumPy reference (float64)", 1, reference_forward, reference_backward)]
-    thread_counts = sorted({1, all_threads})
-    for n in thread_counts:
-        copy = _median_seconds(lambda: _copy(x, y, n), args.repeat)
-        forward = _median_seconds(lambda: cnorm.lrn(x, **params, out=y, n_threads=n), args.repeat)
-        backward = _median_seconds(
-            lambda: cnorm.lrn_backward(dy, x, **params, out=dx, n_threads=n), args.repeat)
-        rows.append((f"parallel copy (yardstick)", n, copy, None))
-        rows.append(("cnorm", n, forward, backward))
-
-    print(f"{'implementation':28s} {'threads':>7s} {'forward ms':>11s} {'GB/s':>6s} "
-          f"{'backward ms':>12s} {'GB/s':>6s}")
-    for name, n, forward, backward in rows:
-        line = f"{name:28s} {n:7d} {forward * 1e3:11.3f} {2 * x.nbytes / forward / 1e9:6.1f} "
-        if backward is not None:
-            line += f"{backward * 1e3:12.3f} {3 * x.nbytes / backward / 1e9:6.1f}"
-        print(line)
-    print(f"\n(copy row: one read + one write of x; ISA level {cnorm._dispatch.ISA_LEVEL}, "
-          f"OpenMP {'on' if cnorm.openmp_enabled() else 'off'}, {all_threads} threads available)")
+    # --- batch norm, ResNet-50 -----------------------------------------------------------
+    shape = (32, 56, 56, 64)
+    x = rng.standard_normal(shape, dtype=np.float32) + rng.uniform(-2, 2, 64).astype(np.float32)
+    dy = rng.standard_normal(shape, dtype=np.float32)
+    out = np.empty_like(x)
+    gamma, beta = rng.uniform(0.5, 1.5, 64), rng.uniform(-1, 1, 64)
+    running_mean, running_var = rng.uniform(-1, 1, 64), rng.uniform(0.5, 2, 64)
+    (ref_y), ref_inference = _timed(lambda: reference.batch_norm_inference(
+        x, running_mean, running_var, gamma, beta))
+    (ref_train, ref_mean, ref_invstd), ref_training = _timed(
+        lambda: reference.batch_norm_training(x, gamma, beta))
+    (ref_dx, _, _), ref_backward = _timed(
+        lambda: reference.batch_norm_backward(dy, x, ref_mean, ref_invstd, gamma))
+    y_scale = np.abs(gamma) + np.abs(beta)
+    errors = [
+        _check("BN inference", cnorm.batch_norm_inference(x, running_mean, running_var, gamma, beta),
+               ref_y, 2e-5, y_scale),
+        _check("BN training", cnorm.batch_norm_training(x, gamma, beta)[0], ref_train, 2e-5, y_scale),
+        _check("BN backward", cnorm.batch_norm_backward(dy, x, ref_mean, ref_invstd, gamma)[0],
+               ref_dx, 2e-5, np.abs(gamma * ref_invstd) * 4),
+    ]
+    _, mean, invstd = cnorm.batch_norm_training(x, gamma, beta)
+    _table(f"batch norm on 32x56x56x64 float32 (max relative error: inference {errors[0]:.1e}, "
+           f"training {errors[1]:.1e}, backward {errors[2]:.1e})", x, [
+               ("BN inference", lambda n: cnorm.batch_norm_inference(
+                   x, running_mean, running_var, gamma, beta, out=out, n_threads=n), ref_inference, 2),
+               ("BN training forward", lambda n: cnorm.batch_norm_training(
+                   x, gamma, beta, out=out, n_threads=n), ref_training, 2),
+               ("BN backward", lambda n: cnorm.batch_norm_backward(
+                   dy, x, mean, invstd, gamma, out=out, n_threads=n), ref_backward, 3),
+           ], args.repeat, all_threads)
     return 0
 
 
