@@ -13,6 +13,10 @@ For every operation and shape it times, in one run and interleaved call by call
   thread count;
 * the NumPy float64 reference (timed a few times only: it is slow).
 
+Each round runs every implementation in turn as a short block of calls (the
+first untimed), so noise is spread over all of them while no implementation is
+timed against another's still-spinning thread pool.
+
 It prints (and with --markdown writes) a table of median milliseconds, GB/s of
 the least traffic the operation needs, the ratio to the copy and the ratio to
 the fastest peer, and says which peers were missing.
@@ -32,17 +36,25 @@ import cases  # noqa: E402
 import peers  # noqa: E402
 
 
-def _interleaved_medians(functions, repeat):
-    """Median seconds of each function, timed round-robin `repeat` times."""
+def _interleaved_medians(functions, repeat, block=4):
+    """Median seconds per call of each function, over `repeat` rounds.
+
+    Each round runs every implementation in turn, as a block of `block` calls of
+    which the first is not timed: machine noise hits every implementation
+    alike across rounds, while each block starts once the previous
+    implementation's thread pool has stopped spinning (the untimed call absorbs
+    the switch).
+    """
     for function in functions.values():
-        function()
         function()  # warm-up: page faults, thread pools, lazy initialisation
     samples = {name: [] for name in functions}
     for _ in range(repeat):
         for name, function in functions.items():
-            start = time.perf_counter()
             function()
-            samples[name].append(time.perf_counter() - start)
+            for _ in range(block - 1):
+                start = time.perf_counter()
+                function()
+                samples[name].append(time.perf_counter() - start)
     return {name: float(np.median(times)) for name, times in samples.items()}
 
 
@@ -60,7 +72,7 @@ def run(ops, n_threads, repeat, reference_repeat):
         medians = _interleaved_medians(functions, repeat)
         if reference_repeat:
             medians["numpy reference"] = _interleaved_medians(
-                {"reference": case.reference()}, reference_repeat)["reference"]
+                {"reference": case.reference()}, reference_repeat, block=2)["reference"]
         peer_times = [t for name, t in medians.items() if name in available]
         for name, seconds in medians.items():
             rows.append({
@@ -77,6 +89,7 @@ def run(ops, n_threads, repeat, reference_repeat):
 
 
 def markdown(rows, n_threads, available, missing):
+    notes = [f"- {problem}" for problem in peers.problems()]
     lines = [
         f"Threads: {n_threads}; float32; median of interleaved calls. GB/s counts the least "
         "traffic of each operation; 'x copy' is the time over the same-run parallel copy of "
@@ -91,6 +104,8 @@ def markdown(rows, n_threads, available, missing):
         lines.append(
             f"| {row['operation']} | {row['shape']} | {row['implementation']} | "
             f"{row['ms']:.3f} | {row['GB/s']:.1f} | {row['x copy']:.2f} | {peer} |")
+    if notes:
+        lines += ["", "Peers skipped for a case:"] + notes
     return "\n".join(lines) + "\n"
 
 
@@ -99,7 +114,7 @@ def main(argv=None):
     parser.add_argument("--ops", default="all",
                         help="comma-separated: " + ", ".join(cases.OPERATIONS) + " or all")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=10, help="rounds (blocks of 3 timed calls)")
     parser.add_argument("--reference-repeat", type=int, default=1,
                         help="timed calls of the slow NumPy reference (0: skip it)")
     parser.add_argument("--markdown", help="write the table to this file")

@@ -379,3 +379,24 @@ def test_read_only_out():
     out.flags.writeable = False
     with pytest.raises(ValueError, match="out must be writable"):
         cnorm.lrn(X, out=out)
+
+
+# --- the float path's polynomial power ------------------------------------------------
+
+@pytest.mark.parametrize("beta", [0.6, 0.1, 1.3, 2.0, 0.75, -0.4])
+def test_polynomial_power_over_the_range_the_float_path_admits(beta):
+    """Every exponent the float path uses (-beta, -beta-1) over every divisor it admits."""
+    bound = 10.0 ** (36.0 / (abs(beta) + 1.0))  # float_square_limit's divisor range
+    rng = np.random.default_rng(int(beta * 100) % 97)
+    d = np.concatenate([
+        np.geomspace(1 / bound, bound, 200001),
+        np.exp(rng.uniform(np.log(1 / bound), np.log(bound), 100000)),
+        np.nextafter(np.sqrt(2.0), [0.0, 4.0]) * np.array([1.0, 1.0]),  # mantissa split
+        [1.0, 2.0, 0.5],
+    ]).astype(np.float32)
+    for exponent in (-beta, -beta - 1.0):
+        out = np.empty_like(d)
+        _lrn.power_float32(d, np.float32(exponent), out)
+        expected = d.astype(np.float64) ** np.float64(np.float32(exponent))
+        relative = np.abs(out / expected - 1.0)
+        assert relative.max() < 1e-6, (exponent, d[np.argmax(relative)], relative.max())
