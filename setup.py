@@ -95,6 +95,28 @@ def _openmp_works():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _compiler_version():
+    """First line of `<CC> --version` for the compiler setuptools will use."""
+    from setuptools._distutils.ccompiler import new_compiler
+    from setuptools._distutils.sysconfig import customize_compiler
+
+    compiler = new_compiler()
+    customize_compiler(compiler)
+    command = getattr(compiler, "compiler", None) or ["cc"]
+    try:
+        output = subprocess.run([command[0], "--version"], capture_output=True, text=True,
+                                check=True).stdout
+        return output.splitlines()[0].strip()
+    except Exception:
+        return command[0]
+
+
+def _cython_version():
+    import Cython
+
+    return Cython.__version__
+
+
 def extensions():
     from Cython.Build import cythonize
 
@@ -103,6 +125,8 @@ def extensions():
     compile_args = BASE_COMPILE_ARGS + ([OPENMP_FLAG] if openmp else [])
     link_args = [OPENMP_FLAG] if openmp else []
     build_info = {
+        "compiler": _compiler_version(),
+        "cython": _cython_version(),
         "compile_args": " ".join(compile_args),
         "openmp": openmp,
         "debug_directives": debug,

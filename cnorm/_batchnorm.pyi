@@ -17,6 +17,7 @@ def affine(
     center: _Channels,
     scale: _Channels,
     shift: _Channels,
+    reverse: bool,
     n_threads: int,
 ) -> None: ...
 def backward_apply(

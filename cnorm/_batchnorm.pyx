@@ -18,9 +18,10 @@ Passes and tensor traffic
     backward         ``backward_sums`` (reads dy, x) then ``backward_apply``
                      (reads dy, x, writes dx); the frozen-statistics dx is an
                      ``affine`` of dy alone.
-    Inside ``batch_stats`` each chunk is read twice (sum, then squared deviations
-    from the chunk mean), but the chunk (about CHUNK_ELEMENTS values) is still in
-    L2 the second time, so DRAM sees x once.
+    ``batch_stats`` reads each chunk once (shifted sums, see _chunk_stats).
+    The second pass of training and backward walks the chunks in REVERSE order:
+    the chunks read last by the first pass are then still in the last-level
+    cache, so a tensor that fits in it is read from DRAM about once.
 Accumulation and reduction order
     Sums are in double for both dtypes.  Each chunk of rows writes its partials
     (mean and M2, or sum(dy) and sum(dy*(x - center))) to row ``chunk`` of a
@@ -28,7 +29,7 @@ Accumulation and reduction order
     channel in chunk order (Chan's formula for mean and M2: ``d = mean_b -
     mean_a; mean += d*n_b/n; M2 += M2_b + d*d*n_a*n_b/n``).  Chunks are a fixed
     number of rows that depends only on the shape, so results are bit-identical
-    for every thread count; the two-pass chunk statistics and Chan's merge stay
+    for every thread count; the shifted chunk sums and Chan's merge stay
     accurate when |mean| >> std, where E[x**2] - E[x]**2 cancels.  The merge of
     one channel never depends on another, so it is split over threads by
     channel blocks without changing a bit.
@@ -66,6 +67,7 @@ cdef enum:
     MERGE_BLOCK = 256
 
 
+
 cdef Py_ssize_t _rows_per_chunk(Py_ssize_t n_channels) noexcept nogil:
     return max(<Py_ssize_t>MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(n_channels, 1))
 
@@ -81,6 +83,11 @@ cdef int _threads_for(Py_ssize_t n_rows, Py_ssize_t n_channels, Py_ssize_t chunk
     if n_rows * n_channels < SERIAL_ELEMENTS:
         return 1
     return <int>max(<Py_ssize_t>1, min(<Py_ssize_t>n_threads, chunks))
+
+
+cdef inline Py_ssize_t _chunk_at(Py_ssize_t i, Py_ssize_t chunks,
+                                 bint reverse) noexcept nogil:
+    return chunks - 1 - i if reverse else i
 
 
 cdef double* _partials(Py_ssize_t chunks, Py_ssize_t n_channels) except NULL:
@@ -147,9 +154,12 @@ cdef float* _float_coefficients(const double* center, const double* scale,
 
 
 def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] center,
-           const double[::1] scale, const double[::1] shift, int n_threads):
+           const double[::1] scale, const double[::1] shift, bint reverse,
+           int n_threads):
     """y = (x - center)*scale + shift per channel, over rows of (M, C) arrays.
 
+    ``reverse`` walks the chunks last to first: right after a pass that read x
+    first to last, the chunks read last are then still in cache.
     float64 data: in double. float32 data: in float, with the coefficients of
     _float_coefficients. The caller has validated everything: y of x's shape
     (y may be x), the per-channel arrays of length C, n_threads >= 1.
@@ -159,7 +169,7 @@ def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] cente
         return
     cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
-    cdef Py_ssize_t chunk
+    cdef Py_ssize_t i, chunk
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &y[0, 0]
     cdef const double* center_p = &center[0]
@@ -172,15 +182,19 @@ def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] cente
     try:
         if n_threads == 1:
             with nogil:
-                if floating is float:
-                    _affine_rows_float(xp, yp, f, f + n_channels, f + 2 * n_channels,
-                                       0, n_rows, n_channels)
-                else:
-                    _affine_rows(xp, yp, center_p, scale_p, shift_p, 0, n_rows,
-                                 n_channels)
+                for i in range(chunks):
+                    chunk = _chunk_at(i, chunks, reverse)
+                    if floating is float:
+                        _affine_rows_float(xp, yp, f, f + n_channels, f + 2 * n_channels,
+                                           chunk * rows, min(chunk * rows + rows, n_rows),
+                                           n_channels)
+                    else:
+                        _affine_rows(xp, yp, center_p, scale_p, shift_p, chunk * rows,
+                                     min(chunk * rows + rows, n_rows), n_channels)
         else:
-            for chunk in prange(chunks, nogil=True, schedule="static",
-                                num_threads=n_threads):
+            for i in prange(chunks, nogil=True, schedule="static",
+                            num_threads=n_threads):
+                chunk = _chunk_at(i, chunks, reverse)
                 if floating is float:
                     _affine_rows_float(xp, yp, f, f + n_channels, f + 2 * n_channels,
                                        chunk * rows, min(chunk * rows + rows, n_rows),
@@ -230,7 +244,9 @@ def backward_apply(const floating[:, ::1] dy, const floating[:, ::1] x,
     """dx = dy*dy_scale + (x - center)*x_scale + shift per channel (training backward).
 
     float64 data: in double; float32 data: in float, with the center rounded to
-    float and the shift corrected for it (_float_coefficients). The caller has
+    float and the shift corrected for it (_float_coefficients). Chunks are
+    walked last to first, right after backward_sums read them first to last
+    (see affine's ``reverse``). The caller has
     validated everything: dy, x and dx of one shape (dx may be dy or x), the
     per-channel arrays of length C, n_threads >= 1.
     """
@@ -239,7 +255,7 @@ def backward_apply(const floating[:, ::1] dy, const floating[:, ::1] x,
         return
     cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
-    cdef Py_ssize_t chunk
+    cdef Py_ssize_t i, chunk
     cdef const floating* dyp = &dy[0, 0]
     cdef const floating* xp = &x[0, 0]
     cdef floating* dxp = &dx[0, 0]
@@ -251,16 +267,22 @@ def backward_apply(const floating[:, ::1] dy, const floating[:, ::1] x,
     try:
         if n_threads == 1:
             with nogil:
-                if floating is float:
-                    _backward_apply_rows_float(dyp, xp, dxp, f, f + n_channels,
-                                               f + 2 * n_channels, f + 3 * n_channels,
-                                               0, n_rows, n_channels)
-                else:
-                    _backward_apply_rows(dyp, xp, dxp, &center[0], &dy_scale[0],
-                                         &x_scale[0], &shift[0], 0, n_rows, n_channels)
+                for i in range(chunks):
+                    chunk = chunks - 1 - i
+                    if floating is float:
+                        _backward_apply_rows_float(dyp, xp, dxp, f, f + n_channels,
+                                                   f + 2 * n_channels, f + 3 * n_channels,
+                                                   chunk * rows,
+                                                   min(chunk * rows + rows, n_rows),
+                                                   n_channels)
+                    else:
+                        _backward_apply_rows(dyp, xp, dxp, &center[0], &dy_scale[0],
+                                             &x_scale[0], &shift[0], chunk * rows,
+                                             min(chunk * rows + rows, n_rows), n_channels)
         else:
-            for chunk in prange(chunks, nogil=True, schedule="static",
-                                num_threads=n_threads):
+            for i in prange(chunks, nogil=True, schedule="static",
+                            num_threads=n_threads):
+                chunk = chunks - 1 - i
                 if floating is float:
                     _backward_apply_rows_float(dyp, xp, dxp, f, f + n_channels,
                                                f + 2 * n_channels, f + 3 * n_channels,
@@ -279,41 +301,39 @@ def backward_apply(const floating[:, ::1] dy, const floating[:, ::1] x,
 
 cdef void _chunk_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_channels,
                        double* mean, double* m2) noexcept nogil:
-    # Mean and M2 = sum((x - mean)**2) of one chunk, by two passes over it.
-    # Rows are taken four at a time: the four terms are added in registers and
-    # the accumulator row is loaded and stored once per four rows, not per row
-    # (the fixed grouping keeps the order, and so the bits, independent of threads).
+    # Mean and M2 = sum((x - mean)**2) of one chunk in one pass, by shifted
+    # sums: with the chunk's first row as per-channel shift s, S1 = sum(x - s)
+    # and S2 = sum((x - s)**2) in double, then mean = s + S1/n and
+    # M2 = S2 - S1**2/n. As s is a value of the channel, x - s is of the order
+    # of the spread, not of the mean, so nothing cancels when |mean| >> std
+    # (and for float32 data x - s is exact in double). Rows are taken four at a
+    # time, the accumulator row loaded and stored once per four rows.
     cdef Py_ssize_t r, c, n = n_channels
     cdef Py_ssize_t blocked = n_rows - n_rows % 4
     cdef const floating* x_row
-    cdef double d0, d1, d2, d3
+    cdef double s, d0, d1, d2, d3
     for c in range(n_channels):
         mean[c] = 0.0
         m2[c] = 0.0
     for r in range(0, blocked, 4):
         x_row = x + r * n_channels
         for c in range(n_channels):
-            mean[c] += ((<double>x_row[c] + <double>x_row[n + c])
-                        + (<double>x_row[2 * n + c] + <double>x_row[3 * n + c]))
-    for r in range(blocked, n_rows):
-        x_row = x + r * n_channels
-        for c in range(n_channels):
-            mean[c] += x_row[c]
-    for c in range(n_channels):
-        mean[c] = mean[c] / n_rows
-    for r in range(0, blocked, 4):
-        x_row = x + r * n_channels
-        for c in range(n_channels):
-            d0 = x_row[c] - mean[c]
-            d1 = x_row[n + c] - mean[c]
-            d2 = x_row[2 * n + c] - mean[c]
-            d3 = x_row[3 * n + c] - mean[c]
+            s = x[c]
+            d0 = x_row[c] - s
+            d1 = x_row[n + c] - s
+            d2 = x_row[2 * n + c] - s
+            d3 = x_row[3 * n + c] - s
+            mean[c] += (d0 + d1) + (d2 + d3)
             m2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
     for r in range(blocked, n_rows):
         x_row = x + r * n_channels
         for c in range(n_channels):
-            d0 = x_row[c] - mean[c]
+            d0 = x_row[c] - <double>x[c]
+            mean[c] += d0
             m2[c] += d0 * d0
+    for c in range(n_channels):
+        m2[c] = max(0.0, m2[c] - mean[c] * mean[c] / n_rows)
+        mean[c] = x[c] + mean[c] / n_rows
 
 
 cdef void _merge_stats(const double* chunk_mean, const double* chunk_m2,

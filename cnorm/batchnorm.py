@@ -122,10 +122,13 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
         y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta
           = x * A + B,  A = gamma / sqrt(running_var + eps),  B = beta - running_mean * A
 
-    A and B are computed once per call in float64. float64 data is normalized
-    in float64; float32 data as ``x * A + B`` in float32 with A and B rounded
-    to float32 (as TensorFlow and ONNX Runtime do), so the error is relative
-    to ``|x * A| + |B|``.
+    The coefficients are computed once per call in float64. float64 data is
+    normalized in float64; float32 data in float32 as ``(x - m) * A + B'``
+    with ``m`` the running mean rounded to float32 and ``B'`` corrected in
+    float64 for that rounding, so the error is a few float32 roundings
+    relative to ``|y|`` even where ``|running_mean| >> sqrt(running_var)``
+    (the folded ``x * A + B`` of TensorFlow and ONNX Runtime is relative to
+    ``|x * A| + |B|``).
 
     Parameters
     ----------
@@ -178,7 +181,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     y = _output(out, x, {"x": x})
     n_threads = check.n_threads(n_threads)
     scale = gamma * (1.0 / np.sqrt(running_var + eps))
-    _bn.affine(_rows(x), _rows(y), running_mean, scale, beta, n_threads)
+    _bn.affine(_rows(x), _rows(y), running_mean, scale, beta, False, n_threads)
     return y
 
 
@@ -194,8 +197,8 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
         invstd = 1 / sqrt(var_b + eps)
         y      = gamma * (x - mean) * invstd + beta
 
-    The statistics are accumulated in float64 by a two-pass scheme per chunk of
-    rows merged with Chan's formula: accurate when |mean| >> std, and
+    The statistics are accumulated in float64 by shifted sums (deviations from
+    a value of the channel) per chunk of rows, merged with Chan's formula: accurate when |mean| >> std, and
     bit-identical for every thread count.
 
     When running statistics are given they are updated in place, after the
@@ -294,7 +297,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     var_biased = np.empty(n_channels)
     _bn.batch_stats(_rows(x), mean, var_biased, n_threads)
     invstd = 1.0 / np.sqrt(var_biased + eps)
-    _bn.affine(_rows(x), _rows(y), mean, gamma * invstd, beta, n_threads)
+    _bn.affine(_rows(x), _rows(y), mean, gamma * invstd, beta, True, n_threads)
 
     if running_mean is not None:
         batch_var = var_biased * (m / (m - 1)) if running_var_unbiased else var_biased
@@ -385,5 +388,5 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, out=N
                            -dy_scale * invstd * dgamma / m, -dy_scale * dbeta / m, n_threads)
     else:
         zeros = np.zeros(n_channels)
-        _bn.affine(_rows(dy), _rows(dx), zeros, dy_scale, zeros, n_threads)
+        _bn.affine(_rows(dy), _rows(dx), zeros, dy_scale, zeros, False, n_threads)
     return dx, dgamma, dbeta

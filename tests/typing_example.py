@@ -43,5 +43,5 @@ def batch_norm_raw(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     var = np.empty(n_channels)
     _batchnorm.batch_stats(flat, mean, var, 1)
     out = np.empty_like(flat)
-    _batchnorm.affine(flat, out, mean, 1 / np.sqrt(var + 1e-5), np.zeros(n_channels), 1)
+    _batchnorm.affine(flat, out, mean, 1 / np.sqrt(var + 1e-5), np.zeros(n_channels), True, 1)
     return out.reshape(x.shape)
