@@ -38,7 +38,7 @@ Chunking and threads
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.math cimport pow, sqrt, sqrtf
+from libc.math cimport fabs, pow, sqrt, sqrtf
 from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport calloc, free
 
@@ -399,6 +399,12 @@ cdef bint _backward_row_float(const float* dy_row, const float* x_row, float* dx
 
 
 def float_square_limit(double a, double k, double beta, Py_ssize_t width):
+    """Largest x**2 for which the float32 fast path is exact enough, or 0 for none."""
+    return _float_square_limit(a, k, beta, width)
+
+
+cdef double _float_square_limit(double a, double k, double beta,
+                                Py_ssize_t width) noexcept nogil:
     """Largest x**2 for which the float32 fast path is exact enough, or 0 for none.
 
     With a >= 0 every divisor lies in [k, k + a*width*limit]. The path is taken
@@ -408,7 +414,7 @@ def float_square_limit(double a, double k, double beta, Py_ssize_t width):
     """
     if a < 0 or width > 32 or beta != beta:
         return 0.0
-    cdef double bound = 10.0 ** (36.0 / (abs(beta) + 1.0))
+    cdef double bound = pow(10.0, 36.0 / (fabs(beta) + 1.0))
     if not (1.0 / bound <= k < bound):
         return 0.0
     if a == 0:
@@ -441,7 +447,7 @@ def lrn_forward(const floating[:, ::1] x, floating[:, ::1] y, Py_ssize_t before,
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t chunk, stride
     cdef BetaPath path = _beta_path(beta)
-    cdef float limit = float_square_limit(a, k, beta, before + after + 1)
+    cdef float limit = <float>_float_square_limit(a, k, beta, before + after + 1)
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &y[0, 0]
     if n_rows * n_channels < SERIAL_ELEMENTS:
@@ -478,7 +484,7 @@ def lrn_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t chunk, stride
     cdef BetaPath path = _beta_path(beta)
-    cdef float limit = float_square_limit(a, k, beta, before + after + 1)
+    cdef float limit = <float>_float_square_limit(a, k, beta, before + after + 1)
     cdef const floating* dyp = &dy[0, 0]
     cdef const floating* xp = &x[0, 0]
     cdef floating* dxp = &dx[0, 0]

@@ -14,12 +14,18 @@ from cnorm import _openmp
 SUPPORTED_DTYPES = (np.float32, np.float64)
 
 
+_NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def float_array(value, name, *, min_ndim=1):
     """Return `value` as a C-contiguous float32/float64 array in native byte order.
 
     Arrays of another float width, integers, bools, complex and objects are
     rejected rather than cast: a silent cast would hide a caller's mistake.
     """
+    if (type(value) is np.ndarray and value.dtype in _NATIVE_FLOATS
+            and value.flags.c_contiguous and value.ndim >= min_ndim):
+        return value  # the common case, in a fraction of a microsecond
     array = np.asarray(value)
     if array.dtype.type not in SUPPORTED_DTYPES:
         raise TypeError(
@@ -66,9 +72,10 @@ def output_array(out, shape, dtype, name="out"):
 
 def integer(value, name, *, minimum):
     """Return `value` as an int >= minimum (bools are not integers here)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    value = int(value)
+    if type(value) is not int:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+        value = int(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -76,9 +83,10 @@ def integer(value, name, *, minimum):
 
 def finite_real(value, name):
     """Return `value` as a finite Python float."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
+    if type(value) is not float:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+        value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
@@ -88,4 +96,6 @@ def n_threads(value):
     """Resolve `n_threads`: None is OpenMP's current default, else an int >= 1."""
     if value is None:
         return _openmp.max_threads()
+    if type(value) is int and value >= 1:
+        return value
     return integer(value, "n_threads", minimum=1)
