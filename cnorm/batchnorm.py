@@ -44,7 +44,7 @@ def _per_channel(value, name, n_channels, default=None):
 
 
 def _non_negative(array, name):
-    if np.any(array < 0):
+    if (array < 0).any():  # the method: np.any's dispatch costs microseconds
         raise ValueError(f"{name} must be >= 0 everywhere, got min {array.min()!r}")
 
 

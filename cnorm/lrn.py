@@ -4,6 +4,8 @@ Every function validates its arguments, views the channels-last input as an
 ``(M, C)`` matrix, resolves the window and thread count and calls a kernel of
 ``cnorm._lrn``. Semantics and framework conventions: README, section "LRN".
 """
+import numpy as np
+
 from cnorm._dispatch import kernels
 from cnorm import _validation as check
 
@@ -28,17 +30,33 @@ def _size_window(size, convention):
     return (size - 1) // 2, (size - 1) // 2
 
 
-def _run(kernel, arrays, out, before, after, a, k, beta, n_threads):
-    """Flatten to (M, C), clip the window to C - 1 and call the kernel."""
-    x = arrays[-1]
+def _specialised(fused):
+    """{dtype: kernel}: the fused kernel's specialisations, picked once here
+    rather than by Cython's dispatch on every call (which costs microseconds)."""
+    return {np.dtype(np.float32): fused.__signatures__["float"],
+            np.dtype(np.float64): fused.__signatures__["double"]}
+
+
+_FORWARD = _specialised(_lrn.lrn_forward)
+_BACKWARD = _specialised(_lrn.lrn_backward)
+
+
+def _run(x, dy, out, before, after, a, k, beta, n_threads):
+    """Flatten to (M, C), clip the window to C - 1 and call the forward kernel
+    (dy None) or the backward one."""
     n_channels = x.shape[-1]
     y = check.output_array(out, x.shape, x.dtype)
     n_threads = check.n_threads(n_threads)
     if x.size:
         before = min(before, n_channels - 1)
         after = min(after, n_channels - 1)
-        flat = [array.reshape(-1, n_channels) for array in arrays]
-        kernel(*flat, y.reshape(-1, n_channels), before, after, a, k, beta, n_threads)
+        rows = (-1, n_channels)
+        if dy is None:
+            _FORWARD[x.dtype](x.reshape(rows), y.reshape(rows), before, after, a, k, beta,
+                              n_threads)
+        else:
+            _BACKWARD[x.dtype](dy.reshape(rows), x.reshape(rows), y.reshape(rows), before,
+                               after, a, k, beta, n_threads)
     return y
 
 
@@ -104,8 +122,7 @@ def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, out=None, n_threads
     """
     x = check.float_array(x, "x")
     depth_radius, bias, alpha, beta = _lrn_params(depth_radius, bias, alpha, beta)
-    return _run(_lrn.lrn_forward, [x], out, depth_radius, depth_radius, alpha, bias,
-                beta, n_threads)
+    return _run(x, None, out, depth_radius, depth_radius, alpha, bias, beta, n_threads)
 
 
 def lrn_backward(dy, x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, out=None,
@@ -146,8 +163,7 @@ def lrn_backward(dy, x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, out=No
     x = check.float_array(x, "x")
     dy = check.matching_array(dy, "dy", x, "x")
     depth_radius, bias, alpha, beta = _lrn_params(depth_radius, bias, alpha, beta)
-    return _run(_lrn.lrn_backward, [dy, x], out, depth_radius, depth_radius, alpha,
-                bias, beta, n_threads)
+    return _run(x, dy, out, depth_radius, depth_radius, alpha, bias, beta, n_threads)
 
 
 def _size_params(size, alpha, beta, k, convention):
@@ -212,7 +228,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="to
     """
     x = check.float_array(x, "x")
     before, after, a, k, beta = _size_params(size, alpha, beta, k, convention)
-    return _run(_lrn.lrn_forward, [x], out, before, after, a, k, beta, n_threads)
+    return _run(x, None, out, before, after, a, k, beta, n_threads)
 
 
 def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
@@ -248,4 +264,4 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
     x = check.float_array(x, "x")
     dy = check.matching_array(dy, "dy", x, "x")
     before, after, a, k, beta = _size_params(size, alpha, beta, k, convention)
-    return _run(_lrn.lrn_backward, [dy, x], out, before, after, a, k, beta, n_threads)
+    return _run(x, dy, out, before, after, a, k, beta, n_threads)
