@@ -12,23 +12,23 @@ Formula (canonical form of SEMANTICS.md, section 1)
     ``j`` over the MIRRORED window ``[i - after, i + before]``.
 Window sums
     Per row, the squares go into a zero-padded scratch row (``before`` zeros in
-    front, ``after`` behind), so every window has the same width and the sum runs
-    offset by offset over contiguous channels: the compiler vectorises it, and a
+    front, ``after`` behind), so every window has the same width and the sum adds
+    ``width`` shifted runs of contiguous channels: the compiler vectorises it, and a
     direct sum neither drifts nor turns inf into NaN as a sliding add/subtract
     window would.  The pads are zeroed once per call and never written.
 Accumulation
-    float64 data, and float32 rows off the fast path: squares, window sums and
-    the power in double (a float32 square is exact in double), cast once at the
-    store.  float32 fast path: the whole row in float, taken when the
-    parameters and the row's largest square keep every divisor D in a range
-    where D**-beta and D**(-beta-1) are normal floats (float_square_limit) and
-    the window is at most 32 wide (a float sum of at most 32 terms is within
-    2e-6 relative).  Windows up to 11 wide are summed in one unrolled pass.
+    Squares and window sums in double for both dtypes (a float32 square is
+    exact in double); windows up to 11 wide are summed in one unrolled pass.
+    float64 data: the power in double too.  float32 data: the divisor is
+    rounded once to float and the power taken in float (the float32 fast
+    path), for rows whose largest square keeps every divisor D in a range where
+    D**-beta and D**(-beta-1) are normal floats (float_square_limit); other
+    rows (huge or tiny values, k near 0) take the power in double.  The result
+    is cast once at the store.
 Power
-    beta = 0.5, 0.75 and 1 use sqrt and division (at most a few float or double
-    roundings); any other beta uses pow in double, or on the float path a
-    branch-free polynomial exp2/log2 that vectorises (_power_float, relative
-    error below 3e-6).
+    beta = 0.5, 0.75 and 1 use sqrt and division (a few roundings); any other
+    beta uses pow in double, or on the float path a branch-free polynomial
+    exp2/log2 that vectorises (_power_float, relative error below 1e-6).
 Chunking and threads
     Rows are cut into chunks of a fixed number of rows (about CHUNK_ELEMENTS
     values), handed out by a static schedule.  Rows are independent, so the result
@@ -38,7 +38,7 @@ Chunking and threads
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.math cimport fabs, pow, sqrt, sqrtf
+from libc.math cimport INFINITY, fabs, pow, sqrt, sqrtf
 from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport calloc, free
 
@@ -80,130 +80,12 @@ def n_chunks(Py_ssize_t n_rows, Py_ssize_t n_channels):
     return (n_rows + rows - 1) // rows
 
 
-cdef void _window_sum(const double* padded, double* out, Py_ssize_t n_channels,
-                      Py_ssize_t width) noexcept nogil:
-    # out[c] = padded[c] + padded[c+1] + ... + padded[c+width-1], summed in that order.
-    cdef Py_ssize_t c, t
-    for c in range(n_channels):
-        out[c] = padded[c]
-    for t in range(1, width):
-        for c in range(n_channels):
-            out[c] += padded[c + t]
-
-
-cdef void _inverse_power(const double* d, double* q, Py_ssize_t n_channels,
-                         BetaPath path, double beta) noexcept nogil:
-    # q[c] = d[c]**-beta in double.
-    cdef Py_ssize_t c
-    cdef double root
-    if path == BETA_THREE_QUARTERS:
-        for c in range(n_channels):
-            root = sqrt(d[c])
-            q[c] = 1.0 / (root * sqrt(root))
-    elif path == BETA_HALF:
-        for c in range(n_channels):
-            q[c] = 1.0 / sqrt(d[c])
-    elif path == BETA_ONE:
-        for c in range(n_channels):
-            q[c] = 1.0 / d[c]
-    else:
-        for c in range(n_channels):
-            q[c] = pow(d[c], -beta)
-
-
-cdef inline void _divisor_power(const floating* x_row, double* squares, double* d,
-                                double* q, Py_ssize_t n_channels, Py_ssize_t before,
-                                Py_ssize_t width, double a, double k,
-                                BetaPath path, double beta) noexcept nogil:
-    # d = k + a * (window sums of x**2) and q = d**-beta for one row.
-    cdef Py_ssize_t c
-    for c in range(n_channels):
-        squares[before + c] = <double>x_row[c] * <double>x_row[c]
-    _window_sum(squares, d, n_channels, width)
-    for c in range(n_channels):
-        d[c] = k + a * d[c]
-    _inverse_power(d, q, n_channels, path, beta)
-
-
-cdef void _forward_rows(const floating* x, floating* y, double* scratch,
-                        Py_ssize_t row_start, Py_ssize_t row_stop,
-                        Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
-                        double a, double k, BetaPath path, double beta,
-                        float square_limit) noexcept nogil:
-    cdef Py_ssize_t width = before + after + 1
-    cdef double* squares = scratch                    # before + C + after, pads zero
-    cdef double* d = squares + n_channels + width - 1  # C
-    cdef double* q = d + n_channels                    # C
-    cdef float* squares_f = <float*>(q + n_channels)   # before + C + after, pads zero
-    cdef float* sums_f = squares_f + n_channels + width - 1
-    cdef Py_ssize_t r, c
-    cdef const floating* x_row
-    cdef floating* y_row
-    for r in range(row_start, row_stop):
-        x_row = x + r * n_channels
-        y_row = y + r * n_channels
-        if floating is float:
-            if square_limit > 0 and _forward_row_float(
-                    x_row, y_row, squares_f, sums_f, n_channels, before, width,
-                    <float>a, <float>k, path, <float>beta, square_limit):
-                continue
-        _divisor_power(x_row, squares, d, q, n_channels, before, width, a, k, path, beta)
-        for c in range(n_channels):
-            y_row[c] = <floating>(x_row[c] * q[c])
-
-
-cdef void _backward_rows(const floating* dy, const floating* x, floating* dx,
-                         double* scratch, Py_ssize_t row_start, Py_ssize_t row_stop,
-                         Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
-                         double a, double k, BetaPath path, double beta,
-                         float square_limit) noexcept nogil:
-    cdef Py_ssize_t width = before + after + 1
-    cdef double* squares = scratch                    # before + C + after, pads zero
-    cdef double* d = squares + n_channels + width - 1  # C
-    cdef double* q = d + n_channels                    # C
-    cdef double* p = q + n_channels                    # after + C + before, pads zero
-    cdef double* g = p + n_channels + width - 1        # C
-    cdef float* squares_f = <float*>(g + n_channels)   # before + C + after, pads zero
-    cdef float* sums_f = squares_f + n_channels + width - 1  # C, then C for q
-    cdef float* p_f = sums_f + 2 * n_channels          # after + C + before, pads zero
-    cdef double two_a_beta = 2.0 * a * beta
-    cdef Py_ssize_t r, c
-    cdef const floating* x_row
-    cdef const floating* dy_row
-    cdef floating* dx_row
-    for r in range(row_start, row_stop):
-        x_row = x + r * n_channels
-        dy_row = dy + r * n_channels
-        dx_row = dx + r * n_channels
-        if floating is float:
-            if square_limit > 0 and _backward_row_float(
-                    dy_row, x_row, dx_row, squares_f, sums_f, p_f, n_channels, before,
-                    after, width, <float>a, <float>k, path, <float>beta, square_limit):
-                continue
-        _divisor_power(x_row, squares, d, q, n_channels, before, width, a, k, path, beta)
-        # p_j = dy_j * y_j / D_j (in that order: D**(-beta-1) alone can overflow
-        # where y_j / D_j does not), placed so that the window sum of width
-        # `width` starting at i covers the mirrored window [i - after, i + before].
-        for c in range(n_channels):
-            p[after + c] = <double>dy_row[c] * (<double>x_row[c] * q[c]) / d[c]
-        _window_sum(p, g, n_channels, width)
-        for c in range(n_channels):
-            dx_row[c] = <floating>(dy_row[c] * q[c] - two_a_beta * x_row[c] * g[c])
-
-
-# ---------------------------------------------------------------------------
-# float32 fast path: the whole row in float arithmetic, taken only when the
-# caller's square_limit says no square, sum or power can leave float range (see
-# float_square_limit), and only for rows whose squares are all <= that limit.
-# A row that fails the check is redone on the double path; nothing is written
-# before the check, so in-place calls stay exact.
-
-cdef inline void _window_sum_fixed(const float* padded, float* out,
+cdef inline void _window_sum_fixed(const double* padded, double* out,
                                    Py_ssize_t n_channels, Py_ssize_t width) noexcept nogil:
     # Called with a literal width: the compiler unrolls the window and
     # vectorises the channel loop, one store per channel instead of one per offset.
     cdef Py_ssize_t c, t
-    cdef float total
+    cdef double total
     for c in range(n_channels):
         total = padded[c]
         for t in range(1, width):
@@ -211,10 +93,11 @@ cdef inline void _window_sum_fixed(const float* padded, float* out,
         out[c] = total
 
 
-cdef void _window_sum_float(const float* padded, float* out, Py_ssize_t n_channels,
-                            Py_ssize_t width) noexcept nogil:
-    # out[c] = padded[c] + ... + padded[c+width-1], left to right for every
-    # width, so both branches below give the same bits.
+cdef void _window_sum(const double* padded, double* out, Py_ssize_t n_channels,
+                      Py_ssize_t width) noexcept nogil:
+    # out[c] = padded[c] + padded[c+1] + ... + padded[c+width-1], left to right
+    # for every width, so all branches give the same bits. Widths up to 11 get
+    # an unrolled single pass; wider ones go offset by offset.
     cdef Py_ssize_t c, t
     if width == 1:
         _window_sum_fixed(padded, out, n_channels, 1)
@@ -245,6 +128,123 @@ cdef void _window_sum_float(const float* padded, float* out, Py_ssize_t n_channe
             for c in range(n_channels):
                 out[c] += padded[c + t]
 
+
+cdef void _inverse_power(const double* d, double* q, Py_ssize_t n_channels,
+                         BetaPath path, double beta) noexcept nogil:
+    # q[c] = d[c]**-beta in double.
+    cdef Py_ssize_t c
+    cdef double root
+    if path == BETA_THREE_QUARTERS:
+        for c in range(n_channels):
+            root = sqrt(d[c])
+            q[c] = 1.0 / (root * sqrt(root))
+    elif path == BETA_HALF:
+        for c in range(n_channels):
+            q[c] = 1.0 / sqrt(d[c])
+    elif path == BETA_ONE:
+        for c in range(n_channels):
+            q[c] = 1.0 / d[c]
+    else:
+        for c in range(n_channels):
+            q[c] = pow(d[c], -beta)
+
+
+cdef inline bint _squares(const floating* x_row, double* squares, Py_ssize_t n_channels,
+                          double square_limit) noexcept nogil:
+    # squares[c] = x_row[c]**2 in double (exact for float32 data); True if all
+    # are <= square_limit (a NaN is not).
+    cdef Py_ssize_t c
+    cdef double v
+    cdef int bad = 0
+    for c in range(n_channels):
+        v = <double>x_row[c] * <double>x_row[c]
+        squares[c] = v
+        bad |= not (v <= square_limit)
+    return not bad
+
+
+cdef inline void _divisors(const floating* x_row, double* squares, double* d,
+                           Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t width,
+                           double a, double k) noexcept nogil:
+    # d = k + a * (window sums of x**2) for one row, in double.
+    cdef Py_ssize_t c
+    _squares(x_row, squares + before, n_channels, INFINITY)
+    _window_sum(squares, d, n_channels, width)
+    for c in range(n_channels):
+        d[c] = k + a * d[c]
+
+
+cdef void _forward_rows(const floating* x, floating* y, double* scratch,
+                        Py_ssize_t row_start, Py_ssize_t row_stop,
+                        Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
+                        double a, double k, BetaPath path, double beta,
+                        double square_limit) noexcept nogil:
+    cdef Py_ssize_t width = before + after + 1
+    cdef double* squares = scratch                    # before + C + after, pads zero
+    cdef double* d = squares + n_channels + width - 1  # C
+    cdef double* q = d + n_channels                    # C
+    cdef Py_ssize_t r, c
+    cdef const floating* x_row
+    cdef floating* y_row
+    for r in range(row_start, row_stop):
+        x_row = x + r * n_channels
+        y_row = y + r * n_channels
+        if floating is float:
+            if square_limit > 0 and _squares(x_row, squares + before, n_channels,
+                                             square_limit):
+                _window_sum(squares, d, n_channels, width)
+                _forward_power_float(x_row, y_row, d, n_channels, a, k, path, beta)
+                continue
+        _divisors(x_row, squares, d, n_channels, before, width, a, k)
+        _inverse_power(d, q, n_channels, path, beta)
+        for c in range(n_channels):
+            y_row[c] = <floating>(x_row[c] * q[c])
+
+
+cdef void _backward_rows(const floating* dy, const floating* x, floating* dx,
+                         double* scratch, Py_ssize_t row_start, Py_ssize_t row_stop,
+                         Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
+                         double a, double k, BetaPath path, double beta,
+                         double square_limit) noexcept nogil:
+    cdef Py_ssize_t width = before + after + 1
+    cdef double* squares = scratch                    # before + C + after, pads zero
+    cdef double* d = squares + n_channels + width - 1  # C
+    cdef double* q = d + n_channels                    # C
+    cdef double* p = q + n_channels                    # after + C + before, pads zero
+    cdef double* g = p + n_channels + width - 1        # C
+    cdef double two_a_beta = 2.0 * a * beta
+    cdef Py_ssize_t r, c
+    cdef const floating* x_row
+    cdef const floating* dy_row
+    cdef floating* dx_row
+    for r in range(row_start, row_stop):
+        x_row = x + r * n_channels
+        dy_row = dy + r * n_channels
+        dx_row = dx + r * n_channels
+        # p_j = dy_j * y_j / D_j is placed so that the window sum of width
+        # `width` starting at i covers the mirrored window [i - after, i + before].
+        if floating is float and square_limit > 0 and _squares(
+                x_row, squares + before, n_channels, square_limit):
+            _window_sum(squares, d, n_channels, width)
+            _backward_power_float(dy_row, x_row, d, q, p + after, n_channels, a, k,
+                                  path, beta)
+        else:
+            _divisors(x_row, squares, d, n_channels, before, width, a, k)
+            _inverse_power(d, q, n_channels, path, beta)
+            # y_j / D_j in that order: D**(-beta-1) alone can overflow where it does not.
+            for c in range(n_channels):
+                p[after + c] = <double>dy_row[c] * (<double>x_row[c] * q[c]) / d[c]
+        _window_sum(p, g, n_channels, width)
+        for c in range(n_channels):
+            dx_row[c] = <floating>(dy_row[c] * q[c] - two_a_beta * x_row[c] * g[c])
+
+
+# ---------------------------------------------------------------------------
+# float32 fast path: the sums as everywhere in double, the power in float.
+# Taken for rows whose squares are all <= square_limit (float_square_limit):
+# every divisor and its powers are then normal floats. A row that fails the
+# check goes the double way; nothing is written before the check, so in-place
+# calls stay exact.
 
 cdef union FloatBits:
     float value
@@ -311,91 +311,63 @@ def power_float32(const float[::1] d, float exponent, float[::1] out):
         out[i] = _power_float(d[i], exponent, high)
 
 
-cdef inline bint _squares_float(const float* x_row, float* squares, Py_ssize_t n_channels,
-                                float square_limit) noexcept nogil:
-    # squares[c] = x_row[c]**2; True if all are <= square_limit (NaN is not).
-    cdef Py_ssize_t c
-    cdef float v
-    cdef int bad = 0
-    for c in range(n_channels):
-        v = x_row[c] * x_row[c]
-        squares[c] = v
-        bad |= not (v <= square_limit)
-    return not bad
-
-
-cdef bint _forward_row_float(const float* x_row, float* y_row, float* squares,
-                             float* sums, Py_ssize_t n_channels, Py_ssize_t before,
-                             Py_ssize_t width, float a, float k, BetaPath path,
-                             float beta, float square_limit) noexcept nogil:
+cdef void _forward_power_float(const float* x_row, float* y_row, const double* sums,
+                               Py_ssize_t n_channels, double a, double k,
+                               BetaPath path, double beta) noexcept nogil:
+    # y = x * D**-beta with D = k + a*sums rounded once to float.
     cdef Py_ssize_t c
     cdef float d, r, high
-    if not _squares_float(x_row, squares + before, n_channels, square_limit):
-        return False
-    _window_sum_float(squares, sums, n_channels, width)
     if path == BETA_THREE_QUARTERS:
         for c in range(n_channels):
-            d = k + a * sums[c]
+            d = <float>(k + a * sums[c])
             r = sqrtf(d)
             y_row[c] = x_row[c] / (r * sqrtf(r))
     elif path == BETA_HALF:
         for c in range(n_channels):
-            y_row[c] = x_row[c] / sqrtf(k + a * sums[c])
+            y_row[c] = x_row[c] / sqrtf(<float>(k + a * sums[c]))
     elif path == BETA_ONE:
         for c in range(n_channels):
-            y_row[c] = x_row[c] / (k + a * sums[c])
+            y_row[c] = x_row[c] / <float>(k + a * sums[c])
     else:
-        high = _exponent_high(-beta)
+        high = _exponent_high(<float>-beta)
         for c in range(n_channels):
-            y_row[c] = x_row[c] * _power_float(k + a * sums[c], -beta, high)
-    return True
+            y_row[c] = x_row[c] * _power_float(<float>(k + a * sums[c]), <float>-beta, high)
 
 
-cdef bint _backward_row_float(const float* dy_row, const float* x_row, float* dx_row,
-                              float* squares, float* sums, float* p,
-                              Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
-                              Py_ssize_t width, float a, float k, BetaPath path,
-                              float beta, float square_limit) noexcept nogil:
-    # sums holds the window sums, then (reused) the mirrored sums; q = D**-beta
-    # goes in the C floats after it.
-    cdef float* q = sums + n_channels
+cdef void _backward_power_float(const float* dy_row, const float* x_row,
+                                const double* sums, double* q, double* p,
+                                Py_ssize_t n_channels, double a, double k,
+                                BetaPath path, double beta) noexcept nogil:
+    # q = D**-beta and p = dy * x * D**(-beta-1), the powers in float from
+    # D = k + a*sums rounded once to float: q1 = D**(-beta-1), q = D * q1.
     cdef Py_ssize_t c
     cdef float d, r, q1, high
-    cdef float two_a_beta = 2.0 * a * beta
-    if not _squares_float(x_row, squares + before, n_channels, square_limit):
-        return False
-    _window_sum_float(squares, sums, n_channels, width)
-    # q1 = D**(-beta-1) with one division; q = D * q1.
     if path == BETA_THREE_QUARTERS:
         for c in range(n_channels):
-            d = k + a * sums[c]
+            d = <float>(k + a * sums[c])
             r = sqrtf(d)
-            q1 = 1.0 / (d * r * sqrtf(r))
+            q1 = <float>1.0 / (d * r * sqrtf(r))
             q[c] = d * q1
-            p[after + c] = dy_row[c] * x_row[c] * q1
+            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
     elif path == BETA_HALF:
         for c in range(n_channels):
-            d = k + a * sums[c]
-            q1 = 1.0 / (d * sqrtf(d))
+            d = <float>(k + a * sums[c])
+            q1 = <float>1.0 / (d * sqrtf(d))
             q[c] = d * q1
-            p[after + c] = dy_row[c] * x_row[c] * q1
+            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
     elif path == BETA_ONE:
         for c in range(n_channels):
-            d = k + a * sums[c]
-            q1 = 1.0 / (d * d)
+            d = <float>(k + a * sums[c])
+            q1 = <float>1.0 / (d * d)
             q[c] = d * q1
-            p[after + c] = dy_row[c] * x_row[c] * q1
+            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
     else:
-        high = _exponent_high(-beta - <float>1.0)
+        high = _exponent_high(<float>(-beta - 1.0))
         for c in range(n_channels):
-            d = k + a * sums[c]
-            q1 = _power_float(d, -beta - <float>1.0, high)
+            d = <float>(k + a * sums[c])
+            q1 = _power_float(d, <float>(-beta - 1.0), high)
             q[c] = d * q1
-            p[after + c] = dy_row[c] * x_row[c] * q1
-    _window_sum_float(p, sums, n_channels, width)
-    for c in range(n_channels):
-        dx_row[c] = dy_row[c] * q[c] - two_a_beta * x_row[c] * sums[c]
-    return True
+            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
 
 
 def float_square_limit(double a, double k, double beta, Py_ssize_t width):
@@ -405,21 +377,17 @@ def float_square_limit(double a, double k, double beta, Py_ssize_t width):
 
 cdef double _float_square_limit(double a, double k, double beta,
                                 Py_ssize_t width) noexcept nogil:
-    """Largest x**2 for which the float32 fast path is exact enough, or 0 for none.
-
-    With a >= 0 every divisor lies in [k, k + a*width*limit]. The path is taken
-    when that interval keeps D**-beta and D**(-beta-1) in float's normal range
-    (|log10| <= 36 / (|beta| + 1)) and the window is at most 32 wide (float
-    sums of at most 32 terms: relative error below 32 * 2**-24).
-    """
-    if a < 0 or width > 32 or beta != beta:
+    # With a >= 0 every divisor lies in [k, k + a*width*limit]. The float path
+    # is taken when that interval keeps D**-beta and D**(-beta-1) in float's
+    # normal range: |log10 D| <= 36 / (|beta| + 1).
+    if a < 0 or beta != beta:
         return 0.0
     cdef double bound = pow(10.0, 36.0 / (fabs(beta) + 1.0))
     if not (1.0 / bound <= k < bound):
         return 0.0
     if a == 0:
-        return 1e36
-    return min(1e36, (bound - k) / (a * width))
+        return 1e300
+    return (bound - k) / (a * width)
 
 
 cdef double* _scratch(Py_ssize_t n_threads, Py_ssize_t per_thread,
@@ -447,14 +415,13 @@ def lrn_forward(const floating[:, ::1] x, floating[:, ::1] y, Py_ssize_t before,
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t chunk, stride
     cdef BetaPath path = _beta_path(beta)
-    cdef float limit = <float>_float_square_limit(a, k, beta, before + after + 1)
+    cdef double limit = _float_square_limit(a, k, beta, before + after + 1)
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &y[0, 0]
     if n_rows * n_channels < SERIAL_ELEMENTS:
         n_threads = 1
     n_threads = <int>min(<Py_ssize_t>n_threads, chunks)
-    cdef double* scratch = _scratch(
-        n_threads, 5 * n_channels + 2 * (before + after), &stride)
+    cdef double* scratch = _scratch(n_threads, 3 * n_channels + before + after, &stride)
     try:
         if n_threads == 1:
             with nogil:
@@ -484,7 +451,7 @@ def lrn_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t chunk, stride
     cdef BetaPath path = _beta_path(beta)
-    cdef float limit = <float>_float_square_limit(a, k, beta, before + after + 1)
+    cdef double limit = _float_square_limit(a, k, beta, before + after + 1)
     cdef const floating* dyp = &dy[0, 0]
     cdef const floating* xp = &x[0, 0]
     cdef floating* dxp = &dx[0, 0]
@@ -492,7 +459,7 @@ def lrn_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
         n_threads = 1
     n_threads = <int>min(<Py_ssize_t>n_threads, chunks)
     cdef double* scratch = _scratch(
-        n_threads, 8 * n_channels + 4 * (before + after), &stride)
+        n_threads, 5 * n_channels + 2 * (before + after), &stride)
     try:
         if n_threads == 1:
             with nogil:
