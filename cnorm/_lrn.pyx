@@ -226,14 +226,17 @@ cdef void _backward_rows(const floating* dy, const floating* x, floating* dx,
         if floating is float and square_limit > 0 and _squares(
                 x_row, squares + before, n_channels, square_limit):
             _window_sum(squares, d, n_channels, width)
-            _backward_power_float(dy_row, x_row, d, q, p + after, n_channels, a, k,
-                                  path, beta)
-        else:
-            _divisors(x_row, squares, d, n_channels, before, width, a, k)
-            _inverse_power(d, q, n_channels, path, beta)
-            # y_j / D_j in that order: D**(-beta-1) alone can overflow where it does not.
-            for c in range(n_channels):
-                p[after + c] = <double>dy_row[c] * (<double>x_row[c] * q[c]) / d[c]
+            _backward_power_float(dy_row, x_row, d, <float*>q, p + after, n_channels,
+                                  a, k, path, beta)
+            _window_sum(p, g, n_channels, width)
+            _backward_finish_float(dy_row, x_row, dx_row, <float*>q, g, n_channels,
+                                   <float>two_a_beta)
+            continue
+        _divisors(x_row, squares, d, n_channels, before, width, a, k)
+        _inverse_power(d, q, n_channels, path, beta)
+        # y_j / D_j in that order: D**(-beta-1) alone can overflow where it does not.
+        for c in range(n_channels):
+            p[after + c] = <double>dy_row[c] * (<double>x_row[c] * q[c]) / d[c]
         _window_sum(p, g, n_channels, width)
         for c in range(n_channels):
             dx_row[c] = <floating>(dy_row[c] * q[c] - two_a_beta * x_row[c] * g[c])
@@ -303,6 +306,15 @@ cdef inline float _power_float(float d, float exponent, float exponent_high) noe
     return q * u.value
 
 
+cdef void _backward_finish_float(const float* dy_row, const float* x_row, float* dx_row,
+                                 const float* q, const double* g, Py_ssize_t n_channels,
+                                 float two_a_beta) noexcept nogil:
+    # dx = dy*q - 2*a*beta * x * g in float, g the mirrored window sums (double).
+    cdef Py_ssize_t c
+    for c in range(n_channels):
+        dx_row[c] = dy_row[c] * q[c] - two_a_beta * x_row[c] * <float>g[c]
+
+
 def power_float32(const float[::1] d, float exponent, float[::1] out):
     """out = d**exponent by the float path's polynomial power (for the tests)."""
     cdef Py_ssize_t i
@@ -335,11 +347,12 @@ cdef void _forward_power_float(const float* x_row, float* y_row, const double* s
 
 
 cdef void _backward_power_float(const float* dy_row, const float* x_row,
-                                const double* sums, double* q, double* p,
+                                const double* sums, float* q, double* p,
                                 Py_ssize_t n_channels, double a, double k,
                                 BetaPath path, double beta) noexcept nogil:
-    # q = D**-beta and p = dy * x * D**(-beta-1), the powers in float from
-    # D = k + a*sums rounded once to float: q1 = D**(-beta-1), q = D * q1.
+    # q = D**-beta and p = dy * x * D**(-beta-1), in float from D = k + a*sums
+    # rounded once to float (q1 = D**(-beta-1), q = D * q1); p is stored in
+    # double, to be summed in double.
     cdef Py_ssize_t c
     cdef float d, r, q1, high
     if path == BETA_THREE_QUARTERS:
@@ -348,26 +361,26 @@ cdef void _backward_power_float(const float* dy_row, const float* x_row,
             r = sqrtf(d)
             q1 = <float>1.0 / (d * r * sqrtf(r))
             q[c] = d * q1
-            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
+            p[c] = dy_row[c] * x_row[c] * q1
     elif path == BETA_HALF:
         for c in range(n_channels):
             d = <float>(k + a * sums[c])
             q1 = <float>1.0 / (d * sqrtf(d))
             q[c] = d * q1
-            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
+            p[c] = dy_row[c] * x_row[c] * q1
     elif path == BETA_ONE:
         for c in range(n_channels):
             d = <float>(k + a * sums[c])
             q1 = <float>1.0 / (d * d)
             q[c] = d * q1
-            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
+            p[c] = dy_row[c] * x_row[c] * q1
     else:
         high = _exponent_high(<float>(-beta - 1.0))
         for c in range(n_channels):
             d = <float>(k + a * sums[c])
             q1 = _power_float(d, <float>(-beta - 1.0), high)
             q[c] = d * q1
-            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
+            p[c] = dy_row[c] * x_row[c] * q1
 
 
 def float_square_limit(double a, double k, double beta, Py_ssize_t width):
