@@ -36,20 +36,21 @@ import cases  # noqa: E402
 import peers  # noqa: E402
 
 
-def _interleaved_medians(functions, repeat, block=4):
+def _interleaved_medians(functions, repeat, block=4, pause=0.02):
     """Median seconds per call of each function, over `repeat` rounds.
 
     Each round runs every implementation in turn, as a block of `block` calls of
-    which the first is not timed: machine noise hits every implementation
-    alike across rounds, while each block starts once the previous
-    implementation's thread pool has stopped spinning (the untimed call absorbs
-    the switch).
+    which the first is not timed, after a `pause` of idling: machine noise hits
+    every implementation alike across rounds, while each block starts once the
+    previous implementation's thread pool has stopped spinning (the pause and
+    the untimed call absorb the switch).
     """
     for function in functions.values():
         function()  # warm-up: page faults, thread pools, lazy initialisation
     samples = {name: [] for name in functions}
     for _ in range(repeat):
         for name, function in functions.items():
+            time.sleep(pause)  # let the previous implementation's thread pool go idle
             function()
             for _ in range(block - 1):
                 start = time.perf_counter()

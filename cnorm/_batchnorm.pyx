@@ -57,9 +57,10 @@ cdef enum:
     # About 64 KiB of float32 per chunk, so the second pass over a chunk of
     # batch_stats hits L2 (1 MiB per core here; 512 KiB on most x86 cores).
     CHUNK_ELEMENTS = 16384
-    # At least this many rows per chunk, so wide layers (C = 2048) do not make
-    # n_chunks * C partials, and their serial merge, a large fraction of M * C.
-    MIN_CHUNK_ROWS = 16
+    # At least this many rows per chunk: each chunk writes 2*C double partials
+    # that the merge reads back, 4/rows of the float32 data's own traffic, so
+    # wide layers (C = 2048) need tall chunks (64 rows: 6 %, 512 KiB, in L2).
+    MIN_CHUNK_ROWS = 64
     # Below this many elements the OpenMP entry cost (1-2 us warm, far more
     # after idling) outweighs any gain from a second thread.
     SERIAL_ELEMENTS = 32768
