@@ -1,4 +1,4 @@
-"""Several Python threads calling cnorm at once.
+"""Several Python threads calling cnorm (LRN and batch norm) at once.
 
 The kernels release the GIL and allocate their scratch per call, so concurrent
 callers on different arrays must get exactly the results of serial calls.
@@ -31,10 +31,20 @@ def _jobs(rng):
 def _run(job):
     x, dy, params, n_threads = job
     size = 2 * params["depth_radius"] + 1
-    return (cnorm.lrn(x, **params, n_threads=n_threads),
-            cnorm.lrn_backward(dy, x, **params, n_threads=n_threads),
-            cnorm.local_response_norm(x, size, params["alpha"], params["beta"], params["bias"],
-                                      n_threads=n_threads))
+    results = [cnorm.lrn(x, **params, n_threads=n_threads),
+               cnorm.lrn_backward(dy, x, **params, n_threads=n_threads),
+               cnorm.local_response_norm(x, size, params["alpha"], params["beta"],
+                                         params["bias"], n_threads=n_threads)]
+    if x.ndim >= 2:  # batch norm: every operation, with its per-call partials
+        n_channels = x.shape[-1]
+        running_mean, running_var = np.zeros(n_channels), np.ones(n_channels)
+        y, mean, invstd = cnorm.batch_norm_training(
+            x, running_mean=running_mean, running_var=running_var, n_threads=n_threads)
+        results += [y, mean, invstd, running_mean, running_var,
+                    cnorm.batch_norm_inference(x, running_mean, running_var,
+                                               n_threads=n_threads),
+                    *cnorm.batch_norm_backward(dy, x, mean, invstd, n_threads=n_threads)]
+    return results
 
 
 @pytest.mark.parametrize("workers", [2, 8])
