@@ -36,3 +36,22 @@ def assert_close(actual, expected, *, scale=None, rtol_factor=1.0, err_msg=""):
             f"worst at {index}: got {a[index]!r}, expected {expected[index]!r} "
             f"(scale {bound[index]!r})"
         )
+
+
+def numerical_gradient(loss, value, step=1e-6):
+    """Central differences of the scalar `loss()` with respect to the array `value`.
+
+    `value` is perturbed in place, element by element, and restored; `loss`
+    reads it (a closure), so gradients with respect to any argument work.
+    """
+    grad = np.zeros_like(value)
+    flat, gflat = value.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        saved = flat[i]
+        flat[i] = saved + step
+        up = loss()
+        flat[i] = saved - step
+        down = loss()
+        flat[i] = saved
+        gflat[i] = (up - down) / (2 * step)
+    return grad

@@ -11,7 +11,7 @@ import cnorm
 from cnorm import reference as ref
 from cnorm._dispatch import kernels
 
-from helpers import assert_close
+from helpers import assert_close, numerical_gradient
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "data"
 
@@ -313,20 +313,6 @@ def test_momentum_zero_keeps_running_statistics():
 
 # ---------------------------------------------------------------------------
 # Gradients by finite differences of the float64 reference
-
-def numerical_gradient(f, value, step=1e-6):
-    grad = np.zeros_like(value)
-    flat, gflat = value.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        saved = flat[i]
-        flat[i] = saved + step
-        up = f()
-        flat[i] = saved - step
-        down = f()
-        flat[i] = saved
-        gflat[i] = (up - down) / (2 * step)
-    return grad
-
 
 @pytest.mark.parametrize("training", [True, False])
 def test_gradients_by_finite_differences(training, rng):

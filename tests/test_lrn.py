@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 import cnorm
 from cnorm import _lrn, reference
-from helpers import assert_close
+from helpers import assert_close, numerical_gradient
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "data")
 # Elements per chunk row count: shapes below straddle chunk edges and reach the
@@ -156,13 +156,7 @@ def test_backward_matches_finite_differences_of_the_kernel():
     dy = rng.standard_normal(x.shape)
     for depth_radius, beta in [(1, 0.75), (2, 0.5), (3, 1.0), (2, 0.6)]:
         args = (depth_radius, 0.25, 1.0, beta)
-        h = 1e-6
-        numeric = np.empty_like(x)
-        for index in np.ndindex(x.shape):
-            plus, minus = x.copy(), x.copy()
-            plus[index] += h
-            minus[index] -= h
-            numeric[index] = np.sum(dy * (cnorm.lrn(plus, *args) - cnorm.lrn(minus, *args))) / (2 * h)
+        numeric = numerical_gradient(lambda: np.sum(dy * cnorm.lrn(x, *args)), x)
         np.testing.assert_allclose(cnorm.lrn_backward(dy, x, *args), numeric, rtol=1e-6, atol=1e-7)
 
 

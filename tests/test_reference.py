@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from cnorm import reference
+from helpers import numerical_gradient
 
 
 def test_tf_example_constant_input():
@@ -54,15 +55,7 @@ def test_backward_matches_finite_differences(size, convention, beta):
     dy = rng.standard_normal(x.shape)
     params = dict(alpha=1.0 * size, beta=beta, k=0.5, convention=convention)  # a = 1
 
-    def loss(values):
-        return np.sum(dy * reference.local_response_norm(values, size, **params))
-
-    h = 1e-6
-    numeric = np.empty_like(x)
-    for index in np.ndindex(x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[index] += h
-        minus[index] -= h
-        numeric[index] = (loss(plus) - loss(minus)) / (2 * h)
+    numeric = numerical_gradient(
+        lambda: np.sum(dy * reference.local_response_norm(x, size, **params)), x)
     analytic = reference.local_response_norm_backward(dy, x, size, **params)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7)
