@@ -28,7 +28,9 @@ def _input(x, name="x"):
 
 
 def _per_channel(value, name, n_channels, default=None):
-    """Return a per-channel float32/float64 argument as a new float64 array of shape (C,)."""
+    """Return a per-channel float32/float64 argument as a float64 array of shape (C,).
+
+    The caller's array itself when it already is one (it is only read)."""
     if value is None:
         if default is None:
             raise TypeError(f"{name} must be an array of shape ({n_channels},), got None")
@@ -40,7 +42,7 @@ def _per_channel(value, name, n_channels, default=None):
         raise ValueError(
             f"{name} must have shape ({n_channels},) (one value per channel), got {array.shape}"
         )
-    return array.astype(np.float64)
+    return np.ascontiguousarray(array, dtype=np.float64)
 
 
 def _non_negative(array, name):
