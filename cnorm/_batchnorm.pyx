@@ -39,13 +39,13 @@ Elementwise arithmetic
     and ``shift_f`` is corrected in double for that rounding (see
     _float_coefficients): ``x - c_f`` is (nearly) exact, so the error is a few
     float roundings relative to |y|, even where |center| >> 1/scale, unlike the
-    folded ``x*A + B``.  The reductions take every term in double (a float32 value, its square and
-    its product with another are exact in double).
+    folded ``x*A + B``.  The reductions take every term in double (a float32
+    value, its square and its product with another are exact in double).
 Chunking and threads
     Rows are cut into chunks of ``_rows_per_chunk(C)`` rows, handed out by a
     static schedule; ``n_threads`` is capped by the number of chunks, and inputs
-    below SERIAL_ELEMENTS values take a serial path (the same chunks, in order)
-    that never enters an OpenMP region.  Per-call scratch (the partials) is
+    below SERIAL_ELEMENTS values take a serial path (the same chunks, in the
+    same order) that never enters an OpenMP region.  Per-call scratch (the partials) is
     allocated before the parallel region and freed in ``finally``; nothing is
     kept in module state.
 """
@@ -54,8 +54,9 @@ from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 
 cdef enum:
-    # About 64 KiB of float32 per chunk, so the second pass over a chunk of
-    # batch_stats hits L2 (1 MiB per core here; 512 KiB on most x86 cores).
+    # About 64 KiB of float32 per chunk (more for wide layers, see below): a
+    # chunk and its partials stay in L2 (1 MiB per core here, 512 KiB on most
+    # x86 cores), and there are chunks enough for many threads.
     CHUNK_ELEMENTS = 16384
     # At least this many rows per chunk: each chunk writes 2*C double partials
     # that the merge reads back, 4/rows of the float32 data's own traffic, so
