@@ -41,6 +41,9 @@ def float_array(value, name, *, min_ndim=1):
 
 def matching_array(value, name, like, like_name):
     """Return `value` as an array of the same shape and dtype as `like`."""
+    if (type(value) is np.ndarray and value.dtype == like.dtype and value.shape == like.shape
+            and value.flags.c_contiguous):
+        return value
     array = np.asarray(value)
     if array.dtype.type is not like.dtype.type:
         raise TypeError(

@@ -14,6 +14,19 @@ from cnorm._dispatch import kernels
 
 _bn = kernels("_batchnorm")
 
+
+def _specialised(fused):
+    """{dtype: kernel}: the fused kernel's specialisations, picked once here
+    rather than by Cython's dispatch on every call."""
+    return {np.dtype(np.float32): fused.__signatures__["float"],
+            np.dtype(np.float64): fused.__signatures__["double"]}
+
+
+_AFFINE = _specialised(_bn.affine)
+_BATCH_STATS = _specialised(_bn.batch_stats)
+_BACKWARD_SUMS = _specialised(_bn.backward_sums)
+_BACKWARD_APPLY = _specialised(_bn.backward_apply)
+
 __all__ = ["batch_norm_inference", "batch_norm_training", "batch_norm_backward"]
 
 
@@ -27,10 +40,16 @@ def _input(x, name="x"):
     return x
 
 
+_FLOAT64 = np.dtype(np.float64)
+
+
 def _per_channel(value, name, n_channels, default=None):
     """Return a per-channel float32/float64 argument as a float64 array of shape (C,).
 
     The caller's array itself when it already is one (it is only read)."""
+    if (type(value) is np.ndarray and value.dtype == _FLOAT64 and value.shape == (n_channels,)
+            and value.flags.c_contiguous):
+        return value  # the common case, checked in a fraction of a microsecond
     if value is None:
         if default is None:
             raise TypeError(f"{name} must be an array of shape ({n_channels},), got None")
@@ -183,7 +202,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     y = _output(out, x, {"x": x})
     n_threads = check.n_threads(n_threads)
     scale = gamma * (1.0 / np.sqrt(running_var + eps))
-    _bn.affine(_rows(x), _rows(y), running_mean, scale, beta, False, n_threads)
+    _AFFINE[x.dtype](_rows(x), _rows(y), running_mean, scale, beta, False, n_threads)
     return y
 
 
@@ -297,9 +316,9 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
 
     mean = np.empty(n_channels)
     var_biased = np.empty(n_channels)
-    _bn.batch_stats(_rows(x), mean, var_biased, n_threads)
+    _BATCH_STATS[x.dtype](_rows(x), mean, var_biased, n_threads)
     invstd = 1.0 / np.sqrt(var_biased + eps)
-    _bn.affine(_rows(x), _rows(y), mean, gamma * invstd, beta, True, n_threads)
+    _AFFINE[x.dtype](_rows(x), _rows(y), mean, gamma * invstd, beta, True, n_threads)
 
     if running_mean is not None:
         batch_var = var_biased * (m / (m - 1)) if running_var_unbiased else var_biased
@@ -381,14 +400,14 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, out=N
 
     dbeta = np.empty(n_channels)
     sum_dy_centered = np.empty(n_channels)
-    _bn.backward_sums(_rows(dy), _rows(x), mean, dbeta, sum_dy_centered, n_threads)
+    _BACKWARD_SUMS[x.dtype](_rows(dy), _rows(x), mean, dbeta, sum_dy_centered, n_threads)
     dgamma = sum_dy_centered * invstd
     dy_scale = gamma * invstd
     if training:
         # dx = k*g - k*dbeta/m - k*invstd*(x - mean)*dgamma/m with k = gamma*invstd
-        _bn.backward_apply(_rows(dy), _rows(x), _rows(dx), mean, dy_scale,
+        _BACKWARD_APPLY[x.dtype](_rows(dy), _rows(x), _rows(dx), mean, dy_scale,
                            -dy_scale * invstd * dgamma / m, -dy_scale * dbeta / m, n_threads)
     else:
         zeros = np.zeros(n_channels)
-        _bn.affine(_rows(dy), _rows(dx), zeros, dy_scale, zeros, False, n_threads)
+        _AFFINE[x.dtype](_rows(dy), _rows(dx), zeros, dy_scale, zeros, False, n_threads)
     return dx, dgamma, dbeta
