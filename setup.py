@@ -17,7 +17,6 @@ CNORM_BASELINE_ONLY=1
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import textwrap
 import warnings

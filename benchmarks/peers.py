@@ -17,11 +17,9 @@ operation the peer does not offer.
 """
 import importlib.util
 import os
-import sys
 
 import numpy as np
 
-from cnorm import reference
 
 PEERS = ("torch", "onnxruntime", "tensorflow", "openvino")
 _problems = []
@@ -144,7 +142,6 @@ def _torch(case, n_threads):
 # --- ONNX Runtime --------------------------------------------------------------------
 
 def _onnxruntime(case, n_threads):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -194,7 +191,6 @@ def _tensorflow(case, n_threads):
         dy = tf.constant(a["dy"])
         return (lambda: tf.raw_ops.LRNGrad(input_grads=dy, input_image=x, output_image=y,
                                            **args)), np.asarray
-    n_channels = a["x"].shape[-1]
     scale = tf.constant(a["gamma"].astype(np.float32))
     offset = tf.constant(a["beta"].astype(np.float32))
     if case.name == "bn_inference":
