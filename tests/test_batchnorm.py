@@ -155,6 +155,18 @@ TORCH_TRAIN = ["torch_bn_train_m0.1_f32", "torch_bn_train_m0.1_f64", "torch_bn_t
                "torch_bn_train_bigmean_f32"]
 
 
+def check_golden_training_backward(d, mean, invstd, name):
+    """cnorm's training backward with its own saved statistics against a golden file;
+    returns the scales of dx, dgamma and dbeta for further comparisons."""
+    dx, dgamma, dbeta = cnorm.batch_norm_backward(d["dy"], d["x"], mean, invstd, d["gamma"])
+    dx_scale, dgamma_scale, dbeta_scale = backward_scales(d["dy"], d["x"], mean, invstd,
+                                                          d["gamma"], True)
+    golden_close(dx, d["dx"], name, scale=dx_scale)
+    golden_close(dgamma, d["dgamma"], name, scale=dgamma_scale, bigmean_atol=1e-2)
+    golden_close(dbeta, d["dbeta"], name, scale=dbeta_scale)
+    return dx_scale, dgamma_scale, dbeta_scale
+
+
 def golden_close(actual, expected, name, scale=None, bigmean_atol=1.5e-3):
     """Compare with a framework's output, at the precision of the framework's dtype."""
     # Our per-channel results are float64; the framework's carry its dtype's rounding.
@@ -189,12 +201,7 @@ def test_golden_torch_training(name):
     np.testing.assert_allclose(mean, d["batch_mean"], rtol=1e-12, atol=1e-12 * np.abs(d["x"]).max())
     np.testing.assert_allclose(1.0 / invstd**2 - float(d["eps"]), d["batch_var_biased"],
                                rtol=1e-9)
-    dx, dgamma, dbeta = cnorm.batch_norm_backward(d["dy"], d["x"], mean, invstd, d["gamma"])
-    dx_scale, dgamma_scale, dbeta_scale = backward_scales(d["dy"], d["x"], mean, invstd,
-                                                          d["gamma"], True)
-    golden_close(dx, d["dx"], name, scale=dx_scale)
-    golden_close(dgamma, d["dgamma"], name, scale=dgamma_scale, bigmean_atol=1e-2)
-    golden_close(dbeta, d["dbeta"], name, scale=dbeta_scale)
+    dx_scale, dgamma_scale, dbeta_scale = check_golden_training_backward(d, mean, invstd, name)
     # the backward also accepts the framework's own (float32) saved statistics
     dx2 = cnorm.batch_norm_backward(d["dy"], d["x"], d["saved_mean"], d["saved_invstd"],
                                     d["gamma"])[0]
@@ -243,12 +250,7 @@ def test_golden_tensorflow_training(name):
     # reserve_space_1 is the batch mean, reserve_space_2 the BIASED batch variance
     golden_close(mean, d["saved_mean"], name, scale=np.abs(d["saved_mean"]).max())
     golden_close(1.0 / invstd**2 - eps, d["saved_var_or_invstd"], name)
-    dx, dgamma, dbeta = cnorm.batch_norm_backward(d["dy"], d["x"], mean, invstd, d["gamma"])
-    dx_scale, dgamma_scale, dbeta_scale = backward_scales(d["dy"], d["x"], mean, invstd,
-                                                          d["gamma"], True)
-    golden_close(dx, d["dx"], name, scale=dx_scale)
-    golden_close(dgamma, d["dgamma"], name, scale=dgamma_scale, bigmean_atol=1e-2)
-    golden_close(dbeta, d["dbeta"], name, scale=dbeta_scale)
+    check_golden_training_backward(d, mean, invstd, name)
 
 
 # ---------------------------------------------------------------------------
