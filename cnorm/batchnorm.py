@@ -10,22 +10,15 @@ framework conventions: BN_README.md / README, section "Batch normalization".
 import numpy as np
 
 from cnorm import _validation as check
-from cnorm._dispatch import kernels
+from cnorm._dispatch import kernels, specialisations
 
 _bn = kernels("_batchnorm")
 
 
-def _specialised(fused):
-    """{dtype: kernel}: the fused kernel's specialisations, picked once here
-    rather than by Cython's dispatch on every call."""
-    return {np.dtype(np.float32): fused.__signatures__["float"],
-            np.dtype(np.float64): fused.__signatures__["double"]}
-
-
-_AFFINE = _specialised(_bn.affine)
-_BATCH_STATS = _specialised(_bn.batch_stats)
-_BACKWARD_SUMS = _specialised(_bn.backward_sums)
-_BACKWARD_APPLY = _specialised(_bn.backward_apply)
+_AFFINE = specialisations(_bn.affine)
+_BATCH_STATS = specialisations(_bn.batch_stats)
+_BACKWARD_SUMS = specialisations(_bn.backward_sums)
+_BACKWARD_APPLY = specialisations(_bn.backward_apply)
 
 __all__ = ["batch_norm_inference", "batch_norm_training", "batch_norm_backward"]
 

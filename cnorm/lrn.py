@@ -4,9 +4,8 @@ Every function validates its arguments, views the channels-last input as an
 ``(M, C)`` matrix, resolves the window and thread count and calls a kernel of
 ``cnorm._lrn``. Semantics and framework conventions: README, section "LRN".
 """
-import numpy as np
 
-from cnorm._dispatch import kernels
+from cnorm._dispatch import kernels, specialisations
 from cnorm import _validation as check
 
 _lrn = kernels("_lrn")
@@ -30,15 +29,8 @@ def _size_window(size, convention):
     return (size - 1) // 2, (size - 1) // 2
 
 
-def _specialised(fused):
-    """{dtype: kernel}: the fused kernel's specialisations, picked once here
-    rather than by Cython's dispatch on every call (which costs microseconds)."""
-    return {np.dtype(np.float32): fused.__signatures__["float"],
-            np.dtype(np.float64): fused.__signatures__["double"]}
-
-
-_FORWARD = _specialised(_lrn.lrn_forward)
-_BACKWARD = _specialised(_lrn.lrn_backward)
+_FORWARD = specialisations(_lrn.lrn_forward)
+_BACKWARD = specialisations(_lrn.lrn_backward)
 
 
 def _run(x, dy, out, before, after, a, k, beta, n_threads):
