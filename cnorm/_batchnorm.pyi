@@ -20,22 +20,38 @@ def affine(
     reverse: bool,
     n_threads: int,
 ) -> None: ...
-def backward_apply(
+def batch_stats(x: npt.NDArray[_Float], mean: _Channels, var: _Channels, n_threads: int) -> None: ...
+def inference(
+    x: npt.NDArray[_Float],
+    y: npt.NDArray[_Float],
+    mean: _Channels,
+    var: _Channels,
+    gamma: _Channels | None,
+    beta: _Channels | None,
+    eps: float,
+    n_threads: int,
+) -> None: ...
+def normalize(
+    x: npt.NDArray[_Float],
+    y: npt.NDArray[_Float],
+    mean: _Channels,
+    var: _Channels,
+    gamma: _Channels | None,
+    beta: _Channels | None,
+    eps: float,
+    invstd: _Channels,
+    n_threads: int,
+) -> None: ...
+def backward(
     dy: npt.NDArray[_Float],
     x: npt.NDArray[_Float],
     dx: npt.NDArray[_Float],
-    center: _Channels,
-    dy_scale: _Channels,
-    x_scale: _Channels,
-    shift: _Channels,
+    mean: _Channels,
+    invstd: _Channels,
+    gamma: _Channels | None,
+    training: bool,
+    dgamma: _Channels,
+    dbeta: _Channels,
     n_threads: int,
 ) -> None: ...
-def batch_stats(x: npt.NDArray[_Float], mean: _Channels, var: _Channels, n_threads: int) -> None: ...
-def backward_sums(
-    dy: npt.NDArray[_Float],
-    x: npt.NDArray[_Float],
-    center: _Channels,
-    sum_dy: _Channels,
-    sum_dy_centered: _Channels,
-    n_threads: int,
-) -> None: ...
+def first_negative(values: _Channels) -> int: ...

@@ -8,16 +8,18 @@ Layout
     and per-channel quantities are plain ``C``-long vectors.
 Formula (SEMANTICS.md, section 2)
     ``mean = sum(x)/m``, ``var_b = sum((x - mean)**2)/m`` (m = M rows), and every
-    output is an affine map per channel whose coefficients the caller computes
-    once per call, in double, from C values (see cnorm/batchnorm.py):
-    ``affine``:          ``y = (x - center)*scale + shift``
-    ``backward_apply``:  ``dx = dy*scale + ((x - center)*x_scale + shift)``
+    output is an affine map per channel whose coefficients are computed once
+    per call, in double, from C values, by the entry points (``inference``,
+    ``normalize``, ``backward``; cnorm/batchnorm.py validates their arguments):
+    ``_affine``:          ``y = (x - center)*scale + shift``
+    ``_backward_apply``:  ``dx = dy*scale + ((x - center)*x_scale + shift)``
 Passes and tensor traffic
-    inference        ``affine``: reads x once, writes y once;
-    training         ``batch_stats`` (reads x) then ``affine`` (reads x, writes y);
-    backward         ``backward_sums`` (reads dy, x) then ``backward_apply``
+    inference        ``_affine``: reads x once, writes y once;
+    training         ``batch_stats`` (reads x) then ``normalize`` (``_affine``:
+                     reads x, writes y);
+    backward         ``_backward_sums`` (reads dy, x) then ``_backward_apply``
                      (reads dy, x, writes dx); the frozen-statistics dx is an
-                     ``affine`` of dy alone.
+                     ``_affine`` of dy alone.
     ``batch_stats`` reads each chunk once (shifted sums, see _chunk_stats).
     The second pass of training and backward walks the chunks in REVERSE order:
     the chunks read last by the first pass are then still in the last-level
@@ -51,7 +53,8 @@ Chunking and threads
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.stdlib cimport free, malloc
+from libc.math cimport sqrt
+from libc.stdlib cimport calloc, free, malloc
 
 cdef enum:
     # About 64 KiB of float32 per chunk (more for wide layers, see below): a
@@ -166,17 +169,83 @@ def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] cente
     _float_coefficients. The caller has validated everything: y of x's shape
     (y may be x), the per-channel arrays of length C, n_threads >= 1.
     """
-    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1]
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return
+    _affine(&x[0, 0], &y[0, 0], &center[0], &scale[0], &shift[0], x.shape[0], x.shape[1],
+            reverse, n_threads)
+
+
+def inference(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] mean,
+              const double[::1] var, const double[::1] gamma, const double[::1] beta,
+              double eps, int n_threads):
+    """Batch-norm inference, y = (x - mean)*scale + beta with scale = gamma/sqrt(var + eps).
+
+    The per-channel scale is computed here in double (as gamma * (1/sqrt(var + eps)));
+    gamma None means 1, beta None means 0. The caller has validated everything:
+    as for affine, var >= 0 and eps > 0.
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1], c
     if n_rows == 0 or n_channels == 0:
         return
+    cdef double* coefficients = <double*> malloc(2 * n_channels * sizeof(double))
+    if coefficients == NULL:
+        raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
+    cdef double* scale = coefficients
+    cdef double* shift = coefficients + n_channels
+    try:
+        for c in range(n_channels):
+            scale[c] = (1.0 if gamma is None else gamma[c]) * (1.0 / sqrt(var[c] + eps))
+            shift[c] = 0.0 if beta is None else beta[c]
+        _affine(&x[0, 0], &y[0, 0], &mean[0], scale, shift, n_rows, n_channels, False,
+                n_threads)
+    finally:
+        free(coefficients)
+
+
+def normalize(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] mean,
+              const double[::1] var, const double[::1] gamma, const double[::1] beta,
+              double eps, double[::1] invstd, int n_threads):
+    """Training's second pass: invstd = 1/sqrt(var + eps), y = (x - mean)*gamma*invstd + beta.
+
+    Chunks are walked last to first (see affine's ``reverse``), right after
+    batch_stats read them. gamma None means 1, beta None means 0. The caller
+    has validated everything: as for affine, var >= 0, eps > 0, invstd of length C.
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1], c
+    if n_rows == 0 or n_channels == 0:
+        return
+    cdef double* coefficients = <double*> malloc(2 * n_channels * sizeof(double))
+    if coefficients == NULL:
+        raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
+    cdef double* scale = coefficients
+    cdef double* shift = coefficients + n_channels
+    try:
+        for c in range(n_channels):
+            invstd[c] = 1.0 / sqrt(var[c] + eps)
+            scale[c] = invstd[c] if gamma is None else gamma[c] * invstd[c]
+            shift[c] = 0.0 if beta is None else beta[c]
+        _affine(&x[0, 0], &y[0, 0], &mean[0], scale, shift, n_rows, n_channels, True,
+                n_threads)
+    finally:
+        free(coefficients)
+
+
+def first_negative(const double[::1] values):
+    """Index of the first value < 0, or -1 (NaN is not negative)."""
+    cdef Py_ssize_t i
+    for i in range(values.shape[0]):
+        if values[i] < 0:
+            return i
+    return -1
+
+
+cdef void _affine(const floating* xp, floating* yp, const double* center_p,
+                  const double* scale_p, const double* shift_p, Py_ssize_t n_rows,
+                  Py_ssize_t n_channels, bint reverse, int n_threads) except *:
+    # The body of affine, on pointers (also for inference, normalize, backward).
     cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t i, chunk
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* yp = &y[0, 0]
-    cdef const double* center_p = &center[0]
-    cdef const double* scale_p = &scale[0]
-    cdef const double* shift_p = &shift[0]
     cdef float* f = NULL
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
     if floating is float:
@@ -239,33 +308,21 @@ cdef void _backward_apply_rows_float(const float* dy, const float* x, float* dx,
                               + ((x[offset + c] - center[c]) * x_scale[c] + shift[c]))
 
 
-def backward_apply(const floating[:, ::1] dy, const floating[:, ::1] x,
-                   floating[:, ::1] dx, const double[::1] center,
-                   const double[::1] dy_scale, const double[::1] x_scale,
-                   const double[::1] shift, int n_threads):
-    """dx = dy*dy_scale + (x - center)*x_scale + shift per channel (training backward).
-
-    float64 data: in double; float32 data: in float, with the center rounded to
-    float and the shift corrected for it (_float_coefficients). Chunks are
-    walked last to first, right after backward_sums read them first to last
-    (see affine's ``reverse``). The caller has
-    validated everything: dy, x and dx of one shape (dx may be dy or x), the
-    per-channel arrays of length C, n_threads >= 1.
-    """
-    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1]
-    if n_rows == 0 or n_channels == 0:
-        return
+cdef void _backward_apply(const floating* dyp, const floating* xp, floating* dxp,
+                          const double* center, const double* dy_scale,
+                          const double* x_scale, const double* shift, Py_ssize_t n_rows,
+                          Py_ssize_t n_channels, int n_threads) except *:
+    # dx = dy*dy_scale + (x - center)*x_scale + shift per channel (training
+    # backward); float64 data in double, float32 data in float with the
+    # coefficients of _float_coefficients. Chunks are walked last to first,
+    # right after _backward_sums read them first to last (see affine's reverse).
     cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t i, chunk
-    cdef const floating* dyp = &dy[0, 0]
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* dxp = &dx[0, 0]
     cdef float* f = NULL
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
     if floating is float:
-        f = _float_coefficients(&center[0], &x_scale[0], &shift[0], &dy_scale[0],
-                                n_channels)
+        f = _float_coefficients(center, x_scale, shift, dy_scale, n_channels)
     try:
         if n_threads == 1:
             with nogil:
@@ -278,8 +335,8 @@ def backward_apply(const floating[:, ::1] dy, const floating[:, ::1] x,
                                                    min(chunk * rows + rows, n_rows),
                                                    n_channels)
                     else:
-                        _backward_apply_rows(dyp, xp, dxp, &center[0], &dy_scale[0],
-                                             &x_scale[0], &shift[0], chunk * rows,
+                        _backward_apply_rows(dyp, xp, dxp, center, dy_scale,
+                                             x_scale, shift, chunk * rows,
                                              min(chunk * rows + rows, n_rows), n_channels)
         else:
             for i in prange(chunks, nogil=True, schedule="static",
@@ -291,8 +348,8 @@ def backward_apply(const floating[:, ::1] dy, const floating[:, ::1] x,
                                                chunk * rows,
                                                min(chunk * rows + rows, n_rows), n_channels)
                 else:
-                    _backward_apply_rows(dyp, xp, dxp, &center[0], &dy_scale[0],
-                                         &x_scale[0], &shift[0], chunk * rows,
+                    _backward_apply_rows(dyp, xp, dxp, center, dy_scale,
+                                         x_scale, shift, chunk * rows,
                                          min(chunk * rows + rows, n_rows), n_channels)
     finally:
         free(f)
@@ -468,26 +525,14 @@ cdef inline void _sums_of_chunk(const floating* dy, const floating* x,
                 chunk_dy_centered + chunk * n_channels)
 
 
-def backward_sums(const floating[:, ::1] dy, const floating[:, ::1] x,
-                  const double[::1] center, double[::1] sum_dy,
-                  double[::1] sum_dy_centered, int n_threads):
-    """Per-channel sum(dy) and sum(dy*(x - center)) of (M, C) arrays.
-
-    Bit-identical for every n_threads. The caller has validated everything:
-    dy and x of one shape, the per-channel arrays of length C, n_threads >= 1.
-    """
-    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1]
-    if n_rows == 0 or n_channels == 0:
-        return
+cdef void _backward_sums(const floating* dyp, const floating* xp, const double* center_p,
+                         double* sum_dy_p, double* sum_dy_centered_p, Py_ssize_t n_rows,
+                         Py_ssize_t n_channels, int n_threads) except *:
+    # Per-channel sum(dy) and sum(dy*(x - center)), bit-identical for every n_threads.
     cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t blocks = (n_channels + MERGE_BLOCK - 1) // MERGE_BLOCK
     cdef Py_ssize_t chunk, block
-    cdef const floating* dyp = &dy[0, 0]
-    cdef const floating* xp = &x[0, 0]
-    cdef const double* center_p = &center[0]
-    cdef double* sum_dy_p = &sum_dy[0]
-    cdef double* sum_dy_centered_p = &sum_dy_centered[0]
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
     cdef double* chunk_dy = _partials(chunks, n_channels)
     cdef double* chunk_dy_centered = chunk_dy + chunks * n_channels
@@ -513,3 +558,48 @@ def backward_sums(const floating[:, ::1] dy, const floating[:, ::1] x,
                             sum_dy_p, sum_dy_centered_p)
     finally:
         free(chunk_dy)
+
+
+def backward(const floating[:, ::1] dy, const floating[:, ::1] x, floating[:, ::1] dx,
+             const double[::1] mean, const double[::1] invstd, const double[::1] gamma,
+             bint training, double[::1] dgamma, double[::1] dbeta, int n_threads):
+    """The whole batch-norm backward: dbeta = sum(dy), dgamma = sum(dy*(x - mean))*invstd, dx.
+
+    With k = gamma*invstd (gamma None means 1) and m rows: training,
+    dx = k*dy - k*invstd*dgamma/m*(x - mean) - k*dbeta/m (_backward_sums, then
+    _backward_apply); frozen statistics, dx = k*dy (_affine of dy). The
+    per-channel coefficients are computed here in double. The caller has
+    validated everything: dy, x and dx of one shape (dx may be dy or x), the
+    per-channel arrays of length C, n_threads >= 1.
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1], c
+    if n_rows == 0 or n_channels == 0:
+        return
+    cdef double* coefficients = <double*> calloc(4 * n_channels, sizeof(double))
+    if coefficients == NULL:
+        raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
+    cdef double* dy_scale = coefficients
+    cdef double* x_scale = coefficients + n_channels
+    cdef double* shift = coefficients + 2 * n_channels
+    cdef double* sum_dy_centered = coefficients + 3 * n_channels
+    cdef double m = <double>n_rows
+    try:
+        _backward_sums(&dy[0, 0], &x[0, 0], &mean[0], &dbeta[0], sum_dy_centered, n_rows,
+                       n_channels, n_threads)
+        for c in range(n_channels):
+            dgamma[c] = sum_dy_centered[c] * invstd[c]
+            dy_scale[c] = invstd[c] if gamma is None else gamma[c] * invstd[c]
+            x_scale[c] = -dy_scale[c] * invstd[c] * dgamma[c] / m
+            shift[c] = -dy_scale[c] * dbeta[c] / m
+        if training:
+            _backward_apply(&dy[0, 0], &x[0, 0], &dx[0, 0], &mean[0], dy_scale, x_scale,
+                            shift, n_rows, n_channels, n_threads)
+        else:
+            # dx = (dy - 0)*k + 0: x_scale and shift serve as the zeros.
+            for c in range(n_channels):
+                x_scale[c] = 0.0
+                shift[c] = 0.0
+            _affine(&dy[0, 0], &dx[0, 0], x_scale, dy_scale, shift, n_rows, n_channels,
+                    False, n_threads)
+    finally:
+        free(coefficients)

@@ -1,10 +1,10 @@
 """Batch normalization over channels-last data: the public API.
 
 Every function validates all its arguments first (so a bad call changes
-nothing), views the input as an ``(M, C)`` matrix, computes the per-channel
-coefficients in float64 with NumPy (C values) and calls the kernels of
-``cnorm._batchnorm`` for everything that touches the tensor. Running
-statistics are updated in NumPy, after the kernels. Semantics and the
+nothing), views the input as an ``(M, C)`` matrix and makes one call into
+``cnorm._batchnorm`` (two in training: statistics, then normalization), which
+computes the per-channel coefficients in float64 and runs the passes over the
+tensor. Running statistics are updated in NumPy, after the kernels. Semantics and the
 framework conventions: BN_README.md / README, section "Batch normalization".
 """
 import numpy as np
@@ -15,10 +15,10 @@ from cnorm._dispatch import kernels, specialisations
 _bn = kernels("_batchnorm")
 
 
-_AFFINE = specialisations(_bn.affine)
+_INFERENCE = specialisations(_bn.inference)
+_NORMALIZE = specialisations(_bn.normalize)
+_BACKWARD = specialisations(_bn.backward)
 _BATCH_STATS = specialisations(_bn.batch_stats)
-_BACKWARD_SUMS = specialisations(_bn.backward_sums)
-_BACKWARD_APPLY = specialisations(_bn.backward_apply)
 
 __all__ = ["batch_norm_inference", "batch_norm_training", "batch_norm_backward"]
 
@@ -36,7 +36,7 @@ def _input(x, name="x"):
 _FLOAT64 = np.dtype(np.float64)
 
 
-def _per_channel(value, name, n_channels, default=None):
+def _per_channel(value, name, n_channels):
     """Return a per-channel float32/float64 argument as a float64 array of shape (C,).
 
     The caller's array itself when it already is one (it is only read)."""
@@ -44,9 +44,7 @@ def _per_channel(value, name, n_channels, default=None):
             and value.flags.c_contiguous):
         return value  # the common case, checked in a fraction of a microsecond
     if value is None:
-        if default is None:
-            raise TypeError(f"{name} must be an array of shape ({n_channels},), got None")
-        return np.full(n_channels, default, dtype=np.float64)
+        raise TypeError(f"{name} must be an array of shape ({n_channels},), got None")
     array = np.asarray(value)
     if array.dtype.type not in check.SUPPORTED_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}")
@@ -58,7 +56,12 @@ def _per_channel(value, name, n_channels, default=None):
 
 
 def _non_negative(array, name):
-    if (array < 0).any():  # the method: np.any's dispatch costs microseconds
+    """Check a float32/float64 array of shape (C,) has no negative value (NaN passes)."""
+    if array.dtype == _FLOAT64 and array.flags.c_contiguous:
+        negative = _bn.first_negative(array) >= 0  # a fraction of np.any's microseconds
+    else:
+        negative = (array < 0).any()
+    if negative:
         raise ValueError(f"{name} must be >= 0 everywhere, got min {array.min()!r}")
 
 
@@ -189,13 +192,15 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     running_mean = _per_channel(running_mean, "running_mean", n_channels)
     running_var = _per_channel(running_var, "running_var", n_channels)
     _non_negative(running_var, "running_var")
-    gamma = _per_channel(gamma, "gamma", n_channels, 1.0)
-    beta = _per_channel(beta, "beta", n_channels, 0.0)
+    if gamma is not None:  # None: the kernel takes 1 (and 0 for beta)
+        gamma = _per_channel(gamma, "gamma", n_channels)
+    if beta is not None:
+        beta = _per_channel(beta, "beta", n_channels)
     eps = _eps(eps)
     y = _output(out, x, {"x": x})
     n_threads = check.n_threads(n_threads)
-    scale = gamma * (1.0 / np.sqrt(running_var + eps))
-    _AFFINE[x.dtype](_rows(x), _rows(y), running_mean, scale, beta, False, n_threads)
+    _INFERENCE[x.dtype](_rows(x), _rows(y), running_mean, running_var, gamma, beta, eps,
+                        n_threads)
     return y
 
 
@@ -289,8 +294,10 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     x = _input(x)
     n_channels = x.shape[-1]
     m = x.size // n_channels
-    gamma = _per_channel(gamma, "gamma", n_channels, 1.0)
-    beta = _per_channel(beta, "beta", n_channels, 0.0)
+    if gamma is not None:  # None: the kernel takes 1 (and 0 for beta)
+        gamma = _per_channel(gamma, "gamma", n_channels)
+    if beta is not None:
+        beta = _per_channel(beta, "beta", n_channels)
     eps = _eps(eps)
     momentum = _momentum(momentum)
     running_var_unbiased = _flag(running_var_unbiased, "running_var_unbiased")
@@ -310,8 +317,9 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     mean = np.empty(n_channels)
     var_biased = np.empty(n_channels)
     _BATCH_STATS[x.dtype](_rows(x), mean, var_biased, n_threads)
-    invstd = 1.0 / np.sqrt(var_biased + eps)
-    _AFFINE[x.dtype](_rows(x), _rows(y), mean, gamma * invstd, beta, True, n_threads)
+    invstd = np.empty(n_channels)
+    _NORMALIZE[x.dtype](_rows(x), _rows(y), mean, var_biased, gamma, beta, eps, invstd,
+                        n_threads)
 
     if running_mean is not None:
         batch_var = var_biased * (m / (m - 1)) if running_var_unbiased else var_biased
@@ -386,21 +394,14 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, out=N
     m = x.size // n_channels
     mean = _per_channel(mean, "mean", n_channels)
     invstd = _per_channel(invstd, "invstd", n_channels)
-    gamma = _per_channel(gamma, "gamma", n_channels, 1.0)
+    if gamma is not None:  # None: the kernel takes 1
+        gamma = _per_channel(gamma, "gamma", n_channels)
     training = _flag(training, "training")
     dx = _output(out, x, {"x": x, "dy": dy})
     n_threads = check.n_threads(n_threads)
 
+    dgamma = np.empty(n_channels)
     dbeta = np.empty(n_channels)
-    sum_dy_centered = np.empty(n_channels)
-    _BACKWARD_SUMS[x.dtype](_rows(dy), _rows(x), mean, dbeta, sum_dy_centered, n_threads)
-    dgamma = sum_dy_centered * invstd
-    dy_scale = gamma * invstd
-    if training:
-        # dx = k*g - k*dbeta/m - k*invstd*(x - mean)*dgamma/m with k = gamma*invstd
-        _BACKWARD_APPLY[x.dtype](_rows(dy), _rows(x), _rows(dx), mean, dy_scale,
-                           -dy_scale * invstd * dgamma / m, -dy_scale * dbeta / m, n_threads)
-    else:
-        zeros = np.zeros(n_channels)
-        _AFFINE[x.dtype](_rows(dy), _rows(dx), zeros, dy_scale, zeros, False, n_threads)
+    _BACKWARD[x.dtype](_rows(dy), _rows(x), _rows(dx), mean, invstd, gamma, training, dgamma,
+                       dbeta, n_threads)
     return dx, dgamma, dbeta
