@@ -56,6 +56,10 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
 
+cdef extern from *:
+    # GCC and clang: a hint, never a fault (even past the end of an array).
+    void __builtin_prefetch(const void* address, int rw, int locality) noexcept nogil
+
 cdef enum:
     # About 64 KiB of float32 per chunk (more for wide layers, see below): a
     # chunk and its partials stay in L2 (1 MiB per core here, 512 KiB on most
@@ -70,6 +74,21 @@ cdef enum:
     SERIAL_ELEMENTS = 32768
     # Channels per block of the parallel merge (a cache-friendly stripe).
     MERGE_BLOCK = 256
+    # The reductions prefetch PREFETCH_BYTES ahead of the rows they read when
+    # four rows are at most PREFETCH_MAX_BLOCK bytes (narrow layers: C <= 128
+    # in float32): there the hardware prefetcher alone leaves the core waiting
+    # (measured here: the stats pass of 32x56x56x64 about 20 % faster); wide
+    # rows were slower with it.
+    PREFETCH_BYTES = 4096
+    PREFETCH_MAX_BLOCK = 2048
+
+
+cdef inline void _prefetch_block(const void* block, Py_ssize_t size) noexcept nogil:
+    # Prefetch the ``size`` bytes PREFETCH_BYTES after ``block`` into the caches.
+    cdef const char* start = <const char*> block + PREFETCH_BYTES
+    cdef Py_ssize_t offset
+    for offset in range(0, size, 64):
+        __builtin_prefetch(start + offset, 0, 0)
 
 
 
@@ -371,11 +390,15 @@ cdef void _chunk_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_channe
     cdef Py_ssize_t blocked = n_rows - n_rows % 4
     cdef const floating* x_row
     cdef double s, d0, d1, d2, d3
+    cdef Py_ssize_t block_bytes = 4 * n_channels * sizeof(floating)
+    cdef bint prefetch = block_bytes <= PREFETCH_MAX_BLOCK
     for c in range(n_channels):
         mean[c] = 0.0
         m2[c] = 0.0
     for r in range(0, blocked, 4):
         x_row = x + r * n_channels
+        if prefetch:
+            _prefetch_block(x_row, block_bytes)
         for c in range(n_channels):
             s = x[c]
             d0 = x_row[c] - s
@@ -479,11 +502,16 @@ cdef void _chunk_sums(const floating* dy, const floating* x, const double* cente
     cdef Py_ssize_t r, c, o, n = n_channels
     cdef Py_ssize_t blocked = n_rows - n_rows % 4
     cdef double g0, g1, g2, g3
+    cdef Py_ssize_t block_bytes = 4 * n_channels * sizeof(floating)
+    cdef bint prefetch = block_bytes <= PREFETCH_MAX_BLOCK
     for c in range(n_channels):
         sum_dy[c] = 0.0
         sum_dy_centered[c] = 0.0
     for r in range(0, blocked, 4):
         o = r * n_channels
+        if prefetch:
+            _prefetch_block(dy + o, block_bytes)
+            _prefetch_block(x + o, block_bytes)
         for c in range(n_channels):
             g0 = dy[o + c]
             g1 = dy[o + n + c]
