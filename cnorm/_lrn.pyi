@@ -31,3 +31,14 @@ def lrn_backward(
     beta: float,
     n_threads: int,
 ) -> None: ...
+def run(
+    x: npt.NDArray[_Float],
+    dy: npt.NDArray[_Float] | None,
+    y: npt.NDArray[_Float],
+    before: int,
+    after: int,
+    a: float,
+    k: float,
+    beta: float,
+    n_threads: int,
+) -> None: ...

@@ -1,11 +1,11 @@
 """Local response normalization across channels: the public API.
 
-Every function validates its arguments, views the channels-last input as an
-``(M, C)`` matrix, resolves the window and thread count and calls a kernel of
-``cnorm._lrn``. Semantics and framework conventions: README, section "LRN".
+Every function validates its arguments, resolves the window and thread count
+and calls ``cnorm._lrn.run``, which reads the channels-last arrays as ``(M, C)``
+matrices through the buffer protocol. Semantics and framework conventions: README, section "LRN".
 """
 
-from cnorm._dispatch import kernels, specialisations
+from cnorm._dispatch import kernels
 from cnorm import _validation as check
 
 _lrn = kernels("_lrn")
@@ -29,26 +29,15 @@ def _size_window(size, convention):
     return (size - 1) // 2, (size - 1) // 2
 
 
-_FORWARD = specialisations(_lrn.lrn_forward)
-_BACKWARD = specialisations(_lrn.lrn_backward)
-
-
 def _run(x, dy, out, before, after, a, k, beta, n_threads):
-    """Flatten to (M, C), clip the window to C - 1 and call the forward kernel
-    (dy None) or the backward one."""
+    """Clip the window to C - 1 and run the forward kernel (dy None) or the
+    backward one on the arrays as they are (channels last, no reshape)."""
     n_channels = x.shape[-1]
     y = check.output_array(out, x.shape, x.dtype)
     n_threads = check.n_threads(n_threads)
     if x.size:
-        before = min(before, n_channels - 1)
-        after = min(after, n_channels - 1)
-        rows = (-1, n_channels)
-        if dy is None:
-            _FORWARD[x.dtype](x.reshape(rows), y.reshape(rows), before, after, a, k, beta,
-                              n_threads)
-        else:
-            _BACKWARD[x.dtype](dy.reshape(rows), x.reshape(rows), y.reshape(rows), before,
-                               after, a, k, beta, n_threads)
+        _lrn.run(x, dy, y, min(before, n_channels - 1), min(after, n_channels - 1), a, k,
+                 beta, n_threads)
     return y
 
 
