@@ -391,7 +391,6 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, out=N
     x = _input(x)
     dy = check.matching_array(dy, "dy", x, "x")
     n_channels = x.shape[-1]
-    m = x.size // n_channels
     mean = _per_channel(mean, "mean", n_channels)
     invstd = _per_channel(invstd, "invstd", n_channels)
     if gamma is not None:  # None: the kernel takes 1
