@@ -1,7 +1,8 @@
 # Stub for the compiled module cnorm._batchnorm (cnorm/_batchnorm.pyx); the ISA
 # copies cnorm._batchnorm_x86_64_v3/_v4 have the same signatures. Tensors are
-# C-contiguous (M, C) float32 or float64, all of one dtype; per-channel arrays are
-# float64 of shape (C,); the caller validates them.
+# C-contiguous float32 or float64, all of one dtype, channels last (affine: (M, C);
+# the others: any ndim); per-channel arrays are float64 of shape (C,); the caller
+# validates them.
 from typing import TypeVar
 
 import numpy as np

@@ -51,6 +51,8 @@ Chunking and threads
     allocated before the parallel region and freed in ``finally``; nothing is
     kept in module state.
 """
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_Release,
+                             PyObject_GetBuffer)
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
@@ -120,6 +122,45 @@ cdef double* _partials(Py_ssize_t chunks, Py_ssize_t n_channels) except NULL:
     if buffer == NULL:
         raise MemoryError("cnorm: cannot allocate batch-norm partials")
     return buffer
+
+
+cdef class _Buffers:
+    """The buffers of one call's arrays, released when the call ends.
+
+    The entry points read their arrays through the buffer protocol: tensors of
+    any ndim (channels last) without a reshape, and no memoryview objects, so
+    a call costs little more than its work. views[0] is the first array taken.
+    """
+    cdef Py_buffer views[8]
+    cdef int count
+
+    cdef void* get(self, object array, bint writable) except? NULL:
+        # The data of a C-contiguous array; NULL for None.
+        if array is None:
+            return NULL
+        PyObject_GetBuffer(array, &self.views[self.count],
+                           PyBUF_C_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0))
+        self.count += 1
+        return self.views[self.count - 1].buf
+
+    cdef Py_ssize_t channels(self):
+        # The last dimension of views[0] (the tensor).
+        return self.views[0].shape[self.views[0].ndim - 1]
+
+    cdef Py_ssize_t rows(self):
+        # The number of rows of views[0] viewed as (M, C); 0 if it is empty.
+        cdef Py_ssize_t n_channels = self.channels()
+        return 0 if n_channels == 0 else self.views[0].len // (self.views[0].itemsize
+                                                                 * n_channels)
+
+    cdef bint single(self):
+        # Whether views[0] holds float32 (else float64).
+        return self.views[0].itemsize == sizeof(float)
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(self.count):
+            PyBuffer_Release(&self.views[i])
 
 
 # ---------------------------------------------------------------------------
@@ -194,18 +235,37 @@ def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] cente
             reverse, n_threads)
 
 
-def inference(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] mean,
-              const double[::1] var, const double[::1] gamma, const double[::1] beta,
-              double eps, int n_threads):
+def inference(x, y, mean, var, gamma, beta, double eps, int n_threads):
     """Batch-norm inference, y = (x - mean)*scale + beta with scale = gamma/sqrt(var + eps).
 
-    The per-channel scale is computed here in double (as gamma * (1/sqrt(var + eps)));
-    gamma None means 1, beta None means 0. The caller has validated everything:
-    as for affine, var >= 0 and eps > 0.
+    x and y: C-contiguous float32 or float64 tensors of one shape and dtype,
+    channels last, any ndim (y may be x); mean, var, gamma, beta: float64 of
+    shape (C,), gamma None meaning 1 and beta None 0. The per-channel scale is
+    computed here in double (as gamma * (1/sqrt(var + eps))). The caller has
+    validated everything, var >= 0 and eps > 0 included.
     """
-    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1], c
-    if n_rows == 0 or n_channels == 0:
+    cdef _Buffers b = _Buffers()
+    cdef void* xp = b.get(x, False)
+    cdef void* yp = b.get(y, True)
+    cdef const double* mean_p = <const double*> b.get(mean, False)
+    cdef const double* var_p = <const double*> b.get(var, False)
+    cdef const double* gamma_p = <const double*> b.get(gamma, False)
+    cdef const double* beta_p = <const double*> b.get(beta, False)
+    cdef Py_ssize_t n_rows = b.rows(), n_channels = b.channels()
+    if n_rows == 0:
         return
+    if b.single():
+        _inference(<const float*> xp, <float*> yp, mean_p, var_p, gamma_p, beta_p, eps,
+                   n_rows, n_channels, n_threads)
+    else:
+        _inference(<const double*> xp, <double*> yp, mean_p, var_p, gamma_p, beta_p, eps,
+                   n_rows, n_channels, n_threads)
+
+
+cdef void _inference(const floating* x, floating* y, const double* mean, const double* var,
+                     const double* gamma, const double* beta, double eps,
+                     Py_ssize_t n_rows, Py_ssize_t n_channels, int n_threads) except *:
+    cdef Py_ssize_t c
     cdef double* coefficients = <double*> malloc(2 * n_channels * sizeof(double))
     if coefficients == NULL:
         raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
@@ -213,26 +273,43 @@ def inference(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] me
     cdef double* shift = coefficients + n_channels
     try:
         for c in range(n_channels):
-            scale[c] = (1.0 if gamma is None else gamma[c]) * (1.0 / sqrt(var[c] + eps))
-            shift[c] = 0.0 if beta is None else beta[c]
-        _affine(&x[0, 0], &y[0, 0], &mean[0], scale, shift, n_rows, n_channels, False,
-                n_threads)
+            scale[c] = (1.0 if gamma == NULL else gamma[c]) * (1.0 / sqrt(var[c] + eps))
+            shift[c] = 0.0 if beta == NULL else beta[c]
+        _affine(x, y, mean, scale, shift, n_rows, n_channels, False, n_threads)
     finally:
         free(coefficients)
 
 
-def normalize(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] mean,
-              const double[::1] var, const double[::1] gamma, const double[::1] beta,
-              double eps, double[::1] invstd, int n_threads):
+def normalize(x, y, mean, var, gamma, beta, double eps, invstd, int n_threads):
     """Training's second pass: invstd = 1/sqrt(var + eps), y = (x - mean)*gamma*invstd + beta.
 
+    Arrays as for inference; invstd a writable float64 array of shape (C,).
     Chunks are walked last to first (see affine's ``reverse``), right after
-    batch_stats read them. gamma None means 1, beta None means 0. The caller
-    has validated everything: as for affine, var >= 0, eps > 0, invstd of length C.
+    batch_stats read them. The caller has validated everything.
     """
-    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1], c
-    if n_rows == 0 or n_channels == 0:
+    cdef _Buffers b = _Buffers()
+    cdef void* xp = b.get(x, False)
+    cdef void* yp = b.get(y, True)
+    cdef const double* mean_p = <const double*> b.get(mean, False)
+    cdef const double* var_p = <const double*> b.get(var, False)
+    cdef const double* gamma_p = <const double*> b.get(gamma, False)
+    cdef const double* beta_p = <const double*> b.get(beta, False)
+    cdef double* invstd_p = <double*> b.get(invstd, True)
+    cdef Py_ssize_t n_rows = b.rows(), n_channels = b.channels()
+    if n_rows == 0:
         return
+    if b.single():
+        _normalize(<const float*> xp, <float*> yp, mean_p, var_p, gamma_p, beta_p, eps,
+                   invstd_p, n_rows, n_channels, n_threads)
+    else:
+        _normalize(<const double*> xp, <double*> yp, mean_p, var_p, gamma_p, beta_p, eps,
+                   invstd_p, n_rows, n_channels, n_threads)
+
+
+cdef void _normalize(const floating* x, floating* y, const double* mean, const double* var,
+                     const double* gamma, const double* beta, double eps, double* invstd,
+                     Py_ssize_t n_rows, Py_ssize_t n_channels, int n_threads) except *:
+    cdef Py_ssize_t c
     cdef double* coefficients = <double*> malloc(2 * n_channels * sizeof(double))
     if coefficients == NULL:
         raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
@@ -241,10 +318,9 @@ def normalize(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] me
     try:
         for c in range(n_channels):
             invstd[c] = 1.0 / sqrt(var[c] + eps)
-            scale[c] = invstd[c] if gamma is None else gamma[c] * invstd[c]
-            shift[c] = 0.0 if beta is None else beta[c]
-        _affine(&x[0, 0], &y[0, 0], &mean[0], scale, shift, n_rows, n_channels, True,
-                n_threads)
+            scale[c] = invstd[c] if gamma == NULL else gamma[c] * invstd[c]
+            shift[c] = 0.0 if beta == NULL else beta[c]
+        _affine(x, y, mean, scale, shift, n_rows, n_channels, True, n_threads)
     finally:
         free(coefficients)
 
@@ -450,23 +526,33 @@ cdef inline void _stats_of_chunk(const floating* x, Py_ssize_t chunk, Py_ssize_t
                  chunk_mean + chunk * n_channels, chunk_m2 + chunk * n_channels)
 
 
-def batch_stats(const floating[:, ::1] x, double[::1] mean, double[::1] var,
-                int n_threads):
-    """Per-channel mean and biased variance of an (M, C) array, into mean and var.
+def batch_stats(x, mean, var, int n_threads):
+    """Per-channel mean and biased variance of x, into mean and var.
 
-    Bit-identical for every n_threads. The caller has validated everything:
-    M >= 1, mean and var of length C, n_threads >= 1.
+    x: a C-contiguous float32 or float64 tensor, channels last, any ndim;
+    mean and var: writable float64 arrays of shape (C,). Bit-identical for
+    every n_threads. The caller has validated everything: x not empty,
+    n_threads >= 1.
     """
-    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1]
-    if n_rows == 0 or n_channels == 0:
+    cdef _Buffers b = _Buffers()
+    cdef void* xp = b.get(x, False)
+    cdef double* mean_p = <double*> b.get(mean, True)
+    cdef double* var_p = <double*> b.get(var, True)
+    cdef Py_ssize_t n_rows = b.rows(), n_channels = b.channels()
+    if n_rows == 0:
         return
+    if b.single():
+        _batch_stats(<const float*> xp, mean_p, var_p, n_rows, n_channels, n_threads)
+    else:
+        _batch_stats(<const double*> xp, mean_p, var_p, n_rows, n_channels, n_threads)
+
+
+cdef void _batch_stats(const floating* xp, double* mean_p, double* var_p, Py_ssize_t n_rows,
+                       Py_ssize_t n_channels, int n_threads) except *:
     cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t blocks = (n_channels + MERGE_BLOCK - 1) // MERGE_BLOCK
     cdef Py_ssize_t chunk, block
-    cdef const floating* xp = &x[0, 0]
-    cdef double* mean_p = &mean[0]
-    cdef double* var_p = &var[0]
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
     cdef double* chunk_mean = _partials(chunks, n_channels)
     cdef double* chunk_m2 = chunk_mean + chunks * n_channels
@@ -588,21 +674,43 @@ cdef void _backward_sums(const floating* dyp, const floating* xp, const double* 
         free(chunk_dy)
 
 
-def backward(const floating[:, ::1] dy, const floating[:, ::1] x, floating[:, ::1] dx,
-             const double[::1] mean, const double[::1] invstd, const double[::1] gamma,
-             bint training, double[::1] dgamma, double[::1] dbeta, int n_threads):
+def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n_threads):
     """The whole batch-norm backward: dbeta = sum(dy), dgamma = sum(dy*(x - mean))*invstd, dx.
 
-    With k = gamma*invstd (gamma None means 1) and m rows: training,
+    dy, x, dx: C-contiguous float32 or float64 tensors of one shape and dtype,
+    channels last, any ndim (dx may be dy or x); mean, invstd, gamma (None
+    meaning 1): float64 of shape (C,); dgamma, dbeta: writable float64 of
+    shape (C,). With k = gamma*invstd and m rows: training,
     dx = k*dy - k*invstd*dgamma/m*(x - mean) - k*dbeta/m (_backward_sums, then
     _backward_apply); frozen statistics, dx = k*dy (_affine of dy). The
     per-channel coefficients are computed here in double. The caller has
-    validated everything: dy, x and dx of one shape (dx may be dy or x), the
-    per-channel arrays of length C, n_threads >= 1.
+    validated everything.
     """
-    cdef Py_ssize_t n_rows = x.shape[0], n_channels = x.shape[1], c
-    if n_rows == 0 or n_channels == 0:
+    cdef _Buffers b = _Buffers()
+    cdef void* dyp = b.get(dy, False)
+    cdef void* xp = b.get(x, False)
+    cdef void* dxp = b.get(dx, True)
+    cdef const double* mean_p = <const double*> b.get(mean, False)
+    cdef const double* invstd_p = <const double*> b.get(invstd, False)
+    cdef const double* gamma_p = <const double*> b.get(gamma, False)
+    cdef double* dgamma_p = <double*> b.get(dgamma, True)
+    cdef double* dbeta_p = <double*> b.get(dbeta, True)
+    cdef Py_ssize_t n_rows = b.rows(), n_channels = b.channels()
+    if n_rows == 0:
         return
+    if b.single():
+        _backward(<const float*> dyp, <const float*> xp, <float*> dxp, mean_p, invstd_p,
+                  gamma_p, training, dgamma_p, dbeta_p, n_rows, n_channels, n_threads)
+    else:
+        _backward(<const double*> dyp, <const double*> xp, <double*> dxp, mean_p, invstd_p,
+                  gamma_p, training, dgamma_p, dbeta_p, n_rows, n_channels, n_threads)
+
+
+cdef void _backward(const floating* dy, const floating* x, floating* dx, const double* mean,
+                    const double* invstd, const double* gamma, bint training,
+                    double* dgamma, double* dbeta, Py_ssize_t n_rows, Py_ssize_t n_channels,
+                    int n_threads) except *:
+    cdef Py_ssize_t c
     cdef double* coefficients = <double*> calloc(4 * n_channels, sizeof(double))
     if coefficients == NULL:
         raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
@@ -612,22 +720,20 @@ def backward(const floating[:, ::1] dy, const floating[:, ::1] x, floating[:, ::
     cdef double* sum_dy_centered = coefficients + 3 * n_channels
     cdef double m = <double>n_rows
     try:
-        _backward_sums(&dy[0, 0], &x[0, 0], &mean[0], &dbeta[0], sum_dy_centered, n_rows,
-                       n_channels, n_threads)
+        _backward_sums(dy, x, mean, dbeta, sum_dy_centered, n_rows, n_channels, n_threads)
         for c in range(n_channels):
             dgamma[c] = sum_dy_centered[c] * invstd[c]
-            dy_scale[c] = invstd[c] if gamma is None else gamma[c] * invstd[c]
+            dy_scale[c] = invstd[c] if gamma == NULL else gamma[c] * invstd[c]
             x_scale[c] = -dy_scale[c] * invstd[c] * dgamma[c] / m
             shift[c] = -dy_scale[c] * dbeta[c] / m
         if training:
-            _backward_apply(&dy[0, 0], &x[0, 0], &dx[0, 0], &mean[0], dy_scale, x_scale,
-                            shift, n_rows, n_channels, n_threads)
+            _backward_apply(dy, x, dx, mean, dy_scale, x_scale, shift, n_rows, n_channels,
+                            n_threads)
         else:
             # dx = (dy - 0)*k + 0: x_scale and shift serve as the zeros.
             for c in range(n_channels):
                 x_scale[c] = 0.0
                 shift[c] = 0.0
-            _affine(&dy[0, 0], &dx[0, 0], x_scale, dy_scale, shift, n_rows, n_channels,
-                    False, n_threads)
+            _affine(dy, dx, x_scale, dy_scale, shift, n_rows, n_channels, False, n_threads)
     finally:
         free(coefficients)

@@ -55,15 +55,3 @@ ISA_LEVEL = _choose()
 def kernels(module):
     """Return the kernel module `module` (e.g. "_lrn") built for ISA_LEVEL."""
     return _built(ISA_LEVEL, module) or importlib.import_module(f"cnorm.{module}")
-
-
-def specialisations(fused):
-    """{dtype: function}: the float and double specialisations of a fused kernel.
-
-    Picked once at import by the public modules, so that a call does not pay
-    Cython's fused-type dispatch (a microsecond or more per call).
-    """
-    import numpy as np
-
-    return {np.dtype(np.float32): fused.__signatures__["float"],
-            np.dtype(np.float64): fused.__signatures__["double"]}

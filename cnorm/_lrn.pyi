@@ -1,6 +1,7 @@
 # Stub for the compiled module cnorm._lrn (cnorm/_lrn.pyx); the ISA copies
 # cnorm._lrn_x86_64_v3/_v4 have the same signatures. Arrays are C-contiguous
-# (M, C) float32 or float64, all of one dtype; the caller validates them.
+# float32 or float64, all of one dtype, channels last ((M, C) for lrn_forward and
+# lrn_backward, any ndim for run); the caller validates them.
 from typing import TypeVar
 
 import numpy as np

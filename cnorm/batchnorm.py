@@ -1,24 +1,20 @@
 """Batch normalization over channels-last data: the public API.
 
 Every function validates all its arguments first (so a bad call changes
-nothing), views the input as an ``(M, C)`` matrix and makes one call into
-``cnorm._batchnorm`` (two in training: statistics, then normalization), which
-computes the per-channel coefficients in float64 and runs the passes over the
-tensor. Running statistics are updated in NumPy, after the kernels. Semantics and the
+nothing), then makes one call into ``cnorm._batchnorm`` (two in training:
+statistics, then normalization), which reads the channels-last arrays as
+``(M, C)`` matrices through the buffer protocol, computes the per-channel
+coefficients in float64 and runs the passes over the tensor. Running statistics are updated in NumPy, after the kernels. Semantics and the
 framework conventions: BN_README.md / README, section "Batch normalization".
 """
 import numpy as np
 
 from cnorm import _validation as check
-from cnorm._dispatch import kernels, specialisations
+from cnorm._dispatch import kernels
 
 _bn = kernels("_batchnorm")
 
 
-_INFERENCE = specialisations(_bn.inference)
-_NORMALIZE = specialisations(_bn.normalize)
-_BACKWARD = specialisations(_bn.backward)
-_BATCH_STATS = specialisations(_bn.batch_stats)
 
 __all__ = ["batch_norm_inference", "batch_norm_training", "batch_norm_backward"]
 
@@ -123,10 +119,6 @@ def _output(out, x, inputs):
     return y
 
 
-def _rows(array):
-    return array.reshape(-1, array.shape[-1])
-
-
 # ---------------------------------------------------------------------------
 # Public functions
 
@@ -199,8 +191,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     eps = _eps(eps)
     y = _output(out, x, {"x": x})
     n_threads = check.n_threads(n_threads)
-    _INFERENCE[x.dtype](_rows(x), _rows(y), running_mean, running_var, gamma, beta, eps,
-                        n_threads)
+    _bn.inference(x, y, running_mean, running_var, gamma, beta, eps, n_threads)
     return y
 
 
@@ -316,10 +307,9 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
 
     mean = np.empty(n_channels)
     var_biased = np.empty(n_channels)
-    _BATCH_STATS[x.dtype](_rows(x), mean, var_biased, n_threads)
+    _bn.batch_stats(x, mean, var_biased, n_threads)
     invstd = np.empty(n_channels)
-    _NORMALIZE[x.dtype](_rows(x), _rows(y), mean, var_biased, gamma, beta, eps, invstd,
-                        n_threads)
+    _bn.normalize(x, y, mean, var_biased, gamma, beta, eps, invstd, n_threads)
 
     if running_mean is not None:
         batch_var = var_biased * (m / (m - 1)) if running_var_unbiased else var_biased
@@ -401,6 +391,5 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, out=N
 
     dgamma = np.empty(n_channels)
     dbeta = np.empty(n_channels)
-    _BACKWARD[x.dtype](_rows(dy), _rows(x), _rows(dx), mean, invstd, gamma, training, dgamma,
-                       dbeta, n_threads)
+    _bn.backward(dy, x, dx, mean, invstd, gamma, training, dgamma, dbeta, n_threads)
     return dx, dgamma, dbeta
