@@ -22,16 +22,6 @@ def affine(
     n_threads: int,
 ) -> None: ...
 def batch_stats(x: npt.NDArray[_Float], mean: _Channels, var: _Channels, n_threads: int) -> None: ...
-def inference(
-    x: npt.NDArray[_Float],
-    y: npt.NDArray[_Float],
-    mean: _Channels,
-    var: _Channels,
-    gamma: _Channels | None,
-    beta: _Channels | None,
-    eps: float,
-    n_threads: int,
-) -> None: ...
 def normalize(
     x: npt.NDArray[_Float],
     y: npt.NDArray[_Float],
@@ -40,7 +30,8 @@ def normalize(
     gamma: _Channels | None,
     beta: _Channels | None,
     eps: float,
-    invstd: _Channels,
+    invstd: _Channels | None,
+    reverse: bool,
     n_threads: int,
 ) -> None: ...
 def backward(

@@ -9,12 +9,12 @@ Layout
 Formula (SEMANTICS.md, section 2)
     ``mean = sum(x)/m``, ``var_b = sum((x - mean)**2)/m`` (m = M rows), and every
     output is an affine map per channel whose coefficients are computed once
-    per call, in double, from C values, by the entry points (``inference``,
-    ``normalize``, ``backward``; cnorm/batchnorm.py validates their arguments):
+    per call, in double, from C values, by the entry points (``normalize``,
+    ``backward``; cnorm/batchnorm.py validates their arguments):
     ``_affine``:          ``y = (x - center)*scale + shift``
     ``_backward_apply``:  ``dx = dy*scale + ((x - center)*x_scale + shift)``
 Passes and tensor traffic
-    inference        ``_affine``: reads x once, writes y once;
+    inference        ``normalize`` (``_affine``): reads x once, writes y once;
     training         ``batch_stats`` (reads x) then ``normalize`` (``_affine``:
                      reads x, writes y);
     backward         ``_backward_sums`` (reads dy, x) then ``_backward_apply``
@@ -235,57 +235,18 @@ def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] cente
             reverse, n_threads)
 
 
-def inference(x, y, mean, var, gamma, beta, double eps, int n_threads):
-    """Batch-norm inference, y = (x - mean)*scale + beta with scale = gamma/sqrt(var + eps).
+def normalize(x, y, mean, var, gamma, beta, double eps, invstd, bint reverse,
+              int n_threads):
+    """y = (x - mean)*gamma*invstd + beta with invstd = 1/sqrt(var + eps), per channel.
 
-    x and y: C-contiguous float32 or float64 tensors of one shape and dtype,
-    channels last, any ndim (y may be x); mean, var, gamma, beta: float64 of
-    shape (C,), gamma None meaning 1 and beta None 0. The per-channel scale is
-    computed here in double (as gamma * (1/sqrt(var + eps))). The caller has
-    validated everything, var >= 0 and eps > 0 included.
-    """
-    cdef _Buffers b = _Buffers()
-    cdef void* xp = b.get(x, False)
-    cdef void* yp = b.get(y, True)
-    cdef const double* mean_p = <const double*> b.get(mean, False)
-    cdef const double* var_p = <const double*> b.get(var, False)
-    cdef const double* gamma_p = <const double*> b.get(gamma, False)
-    cdef const double* beta_p = <const double*> b.get(beta, False)
-    cdef Py_ssize_t n_rows = b.rows(), n_channels = b.channels()
-    if n_rows == 0:
-        return
-    if b.single():
-        _inference(<const float*> xp, <float*> yp, mean_p, var_p, gamma_p, beta_p, eps,
-                   n_rows, n_channels, n_threads)
-    else:
-        _inference(<const double*> xp, <double*> yp, mean_p, var_p, gamma_p, beta_p, eps,
-                   n_rows, n_channels, n_threads)
-
-
-cdef void _inference(const floating* x, floating* y, const double* mean, const double* var,
-                     const double* gamma, const double* beta, double eps,
-                     Py_ssize_t n_rows, Py_ssize_t n_channels, int n_threads) except *:
-    cdef Py_ssize_t c
-    cdef double* coefficients = <double*> malloc(2 * n_channels * sizeof(double))
-    if coefficients == NULL:
-        raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
-    cdef double* scale = coefficients
-    cdef double* shift = coefficients + n_channels
-    try:
-        for c in range(n_channels):
-            scale[c] = (1.0 if gamma == NULL else gamma[c]) * (1.0 / sqrt(var[c] + eps))
-            shift[c] = 0.0 if beta == NULL else beta[c]
-        _affine(x, y, mean, scale, shift, n_rows, n_channels, False, n_threads)
-    finally:
-        free(coefficients)
-
-
-def normalize(x, y, mean, var, gamma, beta, double eps, invstd, int n_threads):
-    """Training's second pass: invstd = 1/sqrt(var + eps), y = (x - mean)*gamma*invstd + beta.
-
-    Arrays as for inference; invstd a writable float64 array of shape (C,).
-    Chunks are walked last to first (see affine's ``reverse``), right after
-    batch_stats read them. The caller has validated everything.
+    Batch-norm inference (running statistics) and training's second pass
+    (batch statistics, ``reverse`` True: chunks last to first, right after
+    batch_stats read them; see affine). x and y: C-contiguous float32 or
+    float64 tensors of one shape and dtype, channels last, any ndim (y may be
+    x); mean, var, gamma, beta: float64 of shape (C,), gamma None meaning 1 and
+    beta None 0; invstd: None or a writable float64 array of shape (C,) that
+    receives 1/sqrt(var + eps). The coefficients are computed here in double.
+    The caller has validated everything, var >= 0 and eps > 0 included.
     """
     cdef _Buffers b = _Buffers()
     cdef void* xp = b.get(x, False)
@@ -300,16 +261,18 @@ def normalize(x, y, mean, var, gamma, beta, double eps, invstd, int n_threads):
         return
     if b.single():
         _normalize(<const float*> xp, <float*> yp, mean_p, var_p, gamma_p, beta_p, eps,
-                   invstd_p, n_rows, n_channels, n_threads)
+                   invstd_p, reverse, n_rows, n_channels, n_threads)
     else:
         _normalize(<const double*> xp, <double*> yp, mean_p, var_p, gamma_p, beta_p, eps,
-                   invstd_p, n_rows, n_channels, n_threads)
+                   invstd_p, reverse, n_rows, n_channels, n_threads)
 
 
 cdef void _normalize(const floating* x, floating* y, const double* mean, const double* var,
                      const double* gamma, const double* beta, double eps, double* invstd,
-                     Py_ssize_t n_rows, Py_ssize_t n_channels, int n_threads) except *:
+                     bint reverse, Py_ssize_t n_rows, Py_ssize_t n_channels,
+                     int n_threads) except *:
     cdef Py_ssize_t c
+    cdef double inverse
     cdef double* coefficients = <double*> malloc(2 * n_channels * sizeof(double))
     if coefficients == NULL:
         raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
@@ -317,10 +280,12 @@ cdef void _normalize(const floating* x, floating* y, const double* mean, const d
     cdef double* shift = coefficients + n_channels
     try:
         for c in range(n_channels):
-            invstd[c] = 1.0 / sqrt(var[c] + eps)
-            scale[c] = invstd[c] if gamma == NULL else gamma[c] * invstd[c]
+            inverse = 1.0 / sqrt(var[c] + eps)
+            if invstd != NULL:
+                invstd[c] = inverse
+            scale[c] = inverse if gamma == NULL else gamma[c] * inverse
             shift[c] = 0.0 if beta == NULL else beta[c]
-        _affine(x, y, mean, scale, shift, n_rows, n_channels, True, n_threads)
+        _affine(x, y, mean, scale, shift, n_rows, n_channels, reverse, n_threads)
     finally:
         free(coefficients)
 
@@ -337,7 +302,7 @@ def first_negative(const double[::1] values):
 cdef void _affine(const floating* xp, floating* yp, const double* center_p,
                   const double* scale_p, const double* shift_p, Py_ssize_t n_rows,
                   Py_ssize_t n_channels, bint reverse, int n_threads) except *:
-    # The body of affine, on pointers (also for inference, normalize, backward).
+    # The body of affine, on pointers (also for normalize and backward).
     cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t i, chunk

@@ -191,7 +191,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     eps = _eps(eps)
     y = _output(out, x, {"x": x})
     n_threads = check.n_threads(n_threads)
-    _bn.inference(x, y, running_mean, running_var, gamma, beta, eps, n_threads)
+    _bn.normalize(x, y, running_mean, running_var, gamma, beta, eps, None, False, n_threads)
     return y
 
 
@@ -309,7 +309,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     var_biased = np.empty(n_channels)
     _bn.batch_stats(x, mean, var_biased, n_threads)
     invstd = np.empty(n_channels)
-    _bn.normalize(x, y, mean, var_biased, gamma, beta, eps, invstd, n_threads)
+    _bn.normalize(x, y, mean, var_biased, gamma, beta, eps, invstd, True, n_threads)
 
     if running_mean is not None:
         batch_var = var_biased * (m / (m - 1)) if running_var_unbiased else var_biased
