@@ -10,16 +10,19 @@ Formula (SEMANTICS.md, section 2)
     ``mean = sum(x)/m``, ``var_b = sum((x - mean)**2)/m`` (m = M rows), and every
     output is an affine map per channel whose coefficients are computed once
     per call, in double, from C values, by the entry points (``normalize``,
-    ``backward``; cnorm/batchnorm.py validates their arguments):
-    ``_affine``:          ``y = (x - center)*scale + shift``
-    ``_backward_apply``:  ``dx = dy*scale + ((x - center)*x_scale + shift)``
+    ``backward``; cnorm/batchnorm.py validates their arguments), and applied
+    by one elementwise driver, ``_apply``:
+    ``y = (x - center)*scale + shift``, and for the training backward
+    ``dx = dy*dy_scale + ((x - center)*scale + shift)``.
+    One reduction driver, ``_reduce``, gives mean and variance or the two
+    backward sums.
 Passes and tensor traffic
-    inference        ``normalize`` (``_affine``): reads x once, writes y once;
-    training         ``batch_stats`` (reads x) then ``normalize`` (``_affine``:
-                     reads x, writes y);
-    backward         ``_backward_sums`` (reads dy, x) then ``_backward_apply``
-                     (reads dy, x, writes dx); the frozen-statistics dx is an
-                     ``_affine`` of dy alone.
+    inference        ``normalize`` (``_apply``): reads x once, writes y once;
+    training         ``batch_stats`` (``_reduce``: reads x) then ``normalize``
+                     (reads x, writes y);
+    backward         ``_reduce`` (reads dy, x) then ``_apply`` (reads dy, x,
+                     writes dx); the frozen-statistics dx is an ``_apply`` of
+                     dy alone.
     ``batch_stats`` reads each chunk once (shifted sums, see _chunk_stats).
     The second pass of training and backward walks the chunks in REVERSE order:
     the chunks read last by the first pass are then still in the last-level
@@ -39,7 +42,7 @@ Elementwise arithmetic
     float64 data: double throughout.  float32 data: float, in the centered form
     ``(x - c_f)*scale_f + shift_f`` where ``c_f`` is the center rounded to float
     and ``shift_f`` is corrected in double for that rounding (see
-    _float_coefficients): ``x - c_f`` is (nearly) exact, so the error is a few
+    _coefficients): ``x - c_f`` is (nearly) exact, so the error is a few
     float roundings relative to |y|, even where |center| >> 1/scale, unlike the
     folded ``x*A + B``.  The reductions take every term in double (a float32
     value, its square and its product with another are exact in double).
@@ -166,55 +169,52 @@ cdef class _Buffers:
 # ---------------------------------------------------------------------------
 # Elementwise passes
 
-cdef void _affine_rows(const floating* x, floating* y, const double* center,
-                       const double* scale, const double* shift, Py_ssize_t row_start,
-                       Py_ssize_t row_stop, Py_ssize_t n_channels) noexcept nogil:
-    # y = (x - center)*scale + shift in double, rounded once at the store.
-    cdef Py_ssize_t r, c
-    cdef const floating* x_row
-    cdef floating* y_row
+cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
+                      const floating* coefficients, Py_ssize_t row_start,
+                      Py_ssize_t row_stop, Py_ssize_t n_channels) noexcept nogil:
+    # out = (x - center)*scale + shift, plus dy*dy_scale when dy is not NULL, in
+    # the data's precision; coefficients holds center, scale, shift, dy_scale
+    # (C values each, see _coefficients).
+    cdef Py_ssize_t r, c, n = n_channels
+    cdef const floating* center = coefficients
+    cdef const floating* scale = coefficients + n
+    cdef const floating* shift = coefficients + 2 * n
+    cdef const floating* dy_scale = coefficients + 3 * n
+    cdef Py_ssize_t offset
     for r in range(row_start, row_stop):
-        x_row = x + r * n_channels
-        y_row = y + r * n_channels
-        for c in range(n_channels):
-            y_row[c] = <floating>((x_row[c] - center[c]) * scale[c] + shift[c])
+        offset = r * n
+        if dy == NULL:
+            for c in range(n):
+                out[offset + c] = (x[offset + c] - center[c]) * scale[c] + shift[c]
+        else:
+            for c in range(n):
+                out[offset + c] = (dy[offset + c] * dy_scale[c]
+                                   + ((x[offset + c] - center[c]) * scale[c] + shift[c]))
 
 
-cdef void _affine_rows_float(const float* x, float* y, const float* center,
-                             const float* scale, const float* shift,
-                             Py_ssize_t row_start, Py_ssize_t row_stop,
-                             Py_ssize_t n_channels) noexcept nogil:
-    # y = (x - center)*scale + shift in float (see _float_coefficients).
-    cdef Py_ssize_t r, c
-    cdef const float* x_row
-    cdef float* y_row
-    for r in range(row_start, row_stop):
-        x_row = x + r * n_channels
-        y_row = y + r * n_channels
-        for c in range(n_channels):
-            y_row[c] = (x_row[c] - center[c]) * scale[c] + shift[c]
-
-
-cdef float* _float_coefficients(const double* center, const double* scale,
-                                const double* shift, const double* other_scale,
-                                Py_ssize_t n_channels) except NULL:
-    # float copies of (center, scale, shift[, other_scale]) for the float32 paths.
-    # The center is rounded to float and the shift corrected for that rounding
-    # in double: shift + (center_f - center)*scale. So (x - center_f) is exact
-    # or nearly (x and center_f are floats), and the float result's error is
+cdef floating* _coefficients(const floating* kind, const double* center,
+                             const double* scale, const double* shift,
+                             const double* dy_scale, Py_ssize_t n_channels) except NULL:
+    # The (center, scale, shift, dy_scale) block of _apply_rows in the data's
+    # type (``kind`` only selects it; dy_scale NULL gives zeros). float32: the
+    # center is rounded to float and the shift corrected for that rounding in
+    # double, shift + (center_f - center)*scale, so x - center_f is exact or
+    # nearly (x and center_f are floats) and the float result's error is
     # relative to |y|, not to |center*scale| as with the folded x*A + B.
-    cdef float* out = <float*> malloc(4 * n_channels * sizeof(float))
+    cdef floating* out = <floating*> malloc(4 * n_channels * sizeof(floating))
     cdef Py_ssize_t c
-    cdef float center_f
+    cdef floating rounded
     if out == NULL:
         raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
     for c in range(n_channels):
-        center_f = <float>center[c]
-        out[c] = center_f
-        out[n_channels + c] = <float>scale[c]
-        out[2 * n_channels + c] = <float>(shift[c] + (center_f - center[c]) * scale[c])
-        if other_scale != NULL:
-            out[3 * n_channels + c] = <float>other_scale[c]
+        rounded = <floating>center[c]
+        out[c] = rounded
+        out[n_channels + c] = <floating>scale[c]
+        if floating is float:
+            out[2 * n_channels + c] = <floating>(shift[c] + (rounded - center[c]) * scale[c])
+        else:
+            out[2 * n_channels + c] = shift[c]
+        out[3 * n_channels + c] = 0 if dy_scale == NULL else <floating>dy_scale[c]
     return out
 
 
@@ -226,13 +226,13 @@ def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] cente
     ``reverse`` walks the chunks last to first: right after a pass that read x
     first to last, the chunks read last are then still in cache.
     float64 data: in double. float32 data: in float, with the coefficients of
-    _float_coefficients. The caller has validated everything: y of x's shape
+    _coefficients. The caller has validated everything: y of x's shape
     (y may be x), the per-channel arrays of length C, n_threads >= 1.
     """
     if x.shape[0] == 0 or x.shape[1] == 0:
         return
-    _affine(&x[0, 0], &y[0, 0], &center[0], &scale[0], &shift[0], x.shape[0], x.shape[1],
-            reverse, n_threads)
+    _apply(<const floating*> NULL, &x[0, 0], &y[0, 0], &center[0], &scale[0], &shift[0],
+           NULL, x.shape[0], x.shape[1], reverse, n_threads)
 
 
 def normalize(x, y, mean, var, gamma, beta, double eps, invstd, bint reverse,
@@ -285,7 +285,8 @@ cdef void _normalize(const floating* x, floating* y, const double* mean, const d
                 invstd[c] = inverse
             scale[c] = inverse if gamma == NULL else gamma[c] * inverse
             shift[c] = 0.0 if beta == NULL else beta[c]
-        _affine(x, y, mean, scale, shift, n_rows, n_channels, reverse, n_threads)
+        _apply(<const floating*> NULL, x, y, mean, scale, shift, NULL, n_rows, n_channels,
+               reverse, n_threads)
     finally:
         free(coefficients)
 
@@ -299,120 +300,34 @@ def first_negative(const double[::1] values):
     return -1
 
 
-cdef void _affine(const floating* xp, floating* yp, const double* center_p,
-                  const double* scale_p, const double* shift_p, Py_ssize_t n_rows,
-                  Py_ssize_t n_channels, bint reverse, int n_threads) except *:
-    # The body of affine, on pointers (also for normalize and backward).
+cdef void _apply(const floating* dy, const floating* x, floating* out, const double* center,
+                 const double* scale, const double* shift, const double* dy_scale,
+                 Py_ssize_t n_rows, Py_ssize_t n_channels, bint reverse,
+                 int n_threads) except *:
+    # out = (x - center)*scale + shift [+ dy*dy_scale if dy is not NULL] per
+    # channel: the body of affine, normalize and backward. ``reverse`` walks
+    # the chunks last to first (see affine).
     cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t i, chunk
-    cdef float* f = NULL
+    cdef floating* coefficients = _coefficients(x, center, scale, shift, dy_scale,
+                                                n_channels)
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
-    if floating is float:
-        f = _float_coefficients(center_p, scale_p, shift_p, NULL, n_channels)
     try:
         if n_threads == 1:
             with nogil:
                 for i in range(chunks):
                     chunk = _chunk_at(i, chunks, reverse)
-                    if floating is float:
-                        _affine_rows_float(xp, yp, f, f + n_channels, f + 2 * n_channels,
-                                           chunk * rows, min(chunk * rows + rows, n_rows),
-                                           n_channels)
-                    else:
-                        _affine_rows(xp, yp, center_p, scale_p, shift_p, chunk * rows,
-                                     min(chunk * rows + rows, n_rows), n_channels)
+                    _apply_rows(dy, x, out, coefficients, chunk * rows,
+                                min(chunk * rows + rows, n_rows), n_channels)
         else:
             for i in prange(chunks, nogil=True, schedule="static",
                             num_threads=n_threads):
                 chunk = _chunk_at(i, chunks, reverse)
-                if floating is float:
-                    _affine_rows_float(xp, yp, f, f + n_channels, f + 2 * n_channels,
-                                       chunk * rows, min(chunk * rows + rows, n_rows),
-                                       n_channels)
-                else:
-                    _affine_rows(xp, yp, center_p, scale_p, shift_p, chunk * rows,
-                                 min(chunk * rows + rows, n_rows), n_channels)
+                _apply_rows(dy, x, out, coefficients, chunk * rows,
+                            min(chunk * rows + rows, n_rows), n_channels)
     finally:
-        free(f)
-
-
-cdef void _backward_apply_rows(const floating* dy, const floating* x, floating* dx,
-                               const double* center, const double* dy_scale,
-                               const double* x_scale, const double* shift,
-                               Py_ssize_t row_start, Py_ssize_t row_stop,
-                               Py_ssize_t n_channels) noexcept nogil:
-    # dx = dy*dy_scale + ((x - center)*x_scale + shift), in double.
-    cdef Py_ssize_t r, c
-    cdef Py_ssize_t offset
-    for r in range(row_start, row_stop):
-        offset = r * n_channels
-        for c in range(n_channels):
-            dx[offset + c] = <floating>(
-                dy[offset + c] * dy_scale[c]
-                + ((x[offset + c] - center[c]) * x_scale[c] + shift[c]))
-
-
-cdef void _backward_apply_rows_float(const float* dy, const float* x, float* dx,
-                                     const float* center, const float* x_scale,
-                                     const float* shift, const float* dy_scale,
-                                     Py_ssize_t row_start, Py_ssize_t row_stop,
-                                     Py_ssize_t n_channels) noexcept nogil:
-    # dx = dy*dy_scale + ((x - center)*x_scale + shift) in float.
-    cdef Py_ssize_t r, c
-    cdef Py_ssize_t offset
-    for r in range(row_start, row_stop):
-        offset = r * n_channels
-        for c in range(n_channels):
-            dx[offset + c] = (dy[offset + c] * dy_scale[c]
-                              + ((x[offset + c] - center[c]) * x_scale[c] + shift[c]))
-
-
-cdef void _backward_apply(const floating* dyp, const floating* xp, floating* dxp,
-                          const double* center, const double* dy_scale,
-                          const double* x_scale, const double* shift, Py_ssize_t n_rows,
-                          Py_ssize_t n_channels, int n_threads) except *:
-    # dx = dy*dy_scale + (x - center)*x_scale + shift per channel (training
-    # backward); float64 data in double, float32 data in float with the
-    # coefficients of _float_coefficients. Chunks are walked last to first,
-    # right after _backward_sums read them first to last (see affine's reverse).
-    cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
-    cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
-    cdef Py_ssize_t i, chunk
-    cdef float* f = NULL
-    n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
-    if floating is float:
-        f = _float_coefficients(center, x_scale, shift, dy_scale, n_channels)
-    try:
-        if n_threads == 1:
-            with nogil:
-                for i in range(chunks):
-                    chunk = chunks - 1 - i
-                    if floating is float:
-                        _backward_apply_rows_float(dyp, xp, dxp, f, f + n_channels,
-                                                   f + 2 * n_channels, f + 3 * n_channels,
-                                                   chunk * rows,
-                                                   min(chunk * rows + rows, n_rows),
-                                                   n_channels)
-                    else:
-                        _backward_apply_rows(dyp, xp, dxp, center, dy_scale,
-                                             x_scale, shift, chunk * rows,
-                                             min(chunk * rows + rows, n_rows), n_channels)
-        else:
-            for i in prange(chunks, nogil=True, schedule="static",
-                            num_threads=n_threads):
-                chunk = chunks - 1 - i
-                if floating is float:
-                    _backward_apply_rows_float(dyp, xp, dxp, f, f + n_channels,
-                                               f + 2 * n_channels, f + 3 * n_channels,
-                                               chunk * rows,
-                                               min(chunk * rows + rows, n_rows), n_channels)
-                else:
-                    _backward_apply_rows(dyp, xp, dxp, center, dy_scale,
-                                         x_scale, shift, chunk * rows,
-                                         min(chunk * rows + rows, n_rows), n_channels)
-    finally:
-        free(f)
+        free(coefficients)
 
 
 # ---------------------------------------------------------------------------
@@ -483,14 +398,6 @@ cdef void _merge_stats(const double* chunk_mean, const double* chunk_m2,
         var[c] = var[c] / n_rows
 
 
-cdef inline void _stats_of_chunk(const floating* x, Py_ssize_t chunk, Py_ssize_t rows,
-                                 Py_ssize_t n_rows, Py_ssize_t n_channels,
-                                 double* chunk_mean, double* chunk_m2) noexcept nogil:
-    cdef Py_ssize_t start = chunk * rows
-    _chunk_stats(x + start * n_channels, min(rows, n_rows - start), n_channels,
-                 chunk_mean + chunk * n_channels, chunk_m2 + chunk * n_channels)
-
-
 def batch_stats(x, mean, var, int n_threads):
     """Per-channel mean and biased variance of x, into mean and var.
 
@@ -507,42 +414,11 @@ def batch_stats(x, mean, var, int n_threads):
     if n_rows == 0:
         return
     if b.single():
-        _batch_stats(<const float*> xp, mean_p, var_p, n_rows, n_channels, n_threads)
+        _reduce(<const float*> NULL, <const float*> xp, NULL, mean_p, var_p, n_rows,
+                n_channels, n_threads)
     else:
-        _batch_stats(<const double*> xp, mean_p, var_p, n_rows, n_channels, n_threads)
-
-
-cdef void _batch_stats(const floating* xp, double* mean_p, double* var_p, Py_ssize_t n_rows,
-                       Py_ssize_t n_channels, int n_threads) except *:
-    cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
-    cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
-    cdef Py_ssize_t blocks = (n_channels + MERGE_BLOCK - 1) // MERGE_BLOCK
-    cdef Py_ssize_t chunk, block
-    n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
-    cdef double* chunk_mean = _partials(chunks, n_channels)
-    cdef double* chunk_m2 = chunk_mean + chunks * n_channels
-    try:
-        if n_threads == 1:
-            with nogil:
-                for chunk in range(chunks):
-                    _stats_of_chunk(xp, chunk, rows, n_rows, n_channels, chunk_mean,
-                                    chunk_m2)
-                _merge_stats(chunk_mean, chunk_m2, chunks, rows, n_rows, n_channels,
-                             0, n_channels, mean_p, var_p)
-        else:
-            for chunk in prange(chunks, nogil=True, schedule="static",
-                                num_threads=n_threads):
-                _stats_of_chunk(xp, chunk, rows, n_rows, n_channels, chunk_mean,
-                                chunk_m2)
-            for block in prange(blocks, nogil=True, schedule="static",
-                                num_threads=min(<Py_ssize_t>n_threads, blocks),
-                                use_threads_if=blocks > 1):
-                _merge_stats(chunk_mean, chunk_m2, chunks, rows, n_rows, n_channels,
-                             block * MERGE_BLOCK,
-                             min(block * MERGE_BLOCK + MERGE_BLOCK, n_channels),
-                             mean_p, var_p)
-    finally:
-        free(chunk_mean)
+        _reduce(<const double*> NULL, <const double*> xp, NULL, mean_p, var_p, n_rows,
+                n_channels, n_threads)
 
 
 cdef void _chunk_sums(const floating* dy, const floating* x, const double* center,
@@ -594,49 +470,71 @@ cdef void _merge_sums(const double* chunk_a, const double* chunk_b, Py_ssize_t c
             total_b[c] += chunk_b[k * n_channels + c]
 
 
-cdef inline void _sums_of_chunk(const floating* dy, const floating* x,
-                                const double* center, Py_ssize_t chunk, Py_ssize_t rows,
-                                Py_ssize_t n_rows, Py_ssize_t n_channels,
-                                double* chunk_dy, double* chunk_dy_centered) noexcept nogil:
-    cdef Py_ssize_t start = chunk * rows
-    _chunk_sums(dy + start * n_channels, x + start * n_channels, center,
-                min(rows, n_rows - start), n_channels, chunk_dy + chunk * n_channels,
-                chunk_dy_centered + chunk * n_channels)
+cdef inline void _chunk_partials(const floating* dy, const floating* x, const double* center,
+                                 Py_ssize_t chunk, Py_ssize_t rows, Py_ssize_t n_rows,
+                                 Py_ssize_t n_channels, double* partial_a,
+                                 double* partial_b) noexcept nogil:
+    # Row ``chunk`` of the partials: mean and M2 of the chunk's x (dy NULL), or
+    # sum(dy) and sum(dy*(x - center)).
+    cdef Py_ssize_t start = chunk * rows, offset = start * n_channels
+    if dy == NULL:
+        _chunk_stats(x + offset, min(rows, n_rows - start), n_channels,
+                     partial_a + chunk * n_channels, partial_b + chunk * n_channels)
+    else:
+        _chunk_sums(dy + offset, x + offset, center, min(rows, n_rows - start), n_channels,
+                    partial_a + chunk * n_channels, partial_b + chunk * n_channels)
 
 
-cdef void _backward_sums(const floating* dyp, const floating* xp, const double* center_p,
-                         double* sum_dy_p, double* sum_dy_centered_p, Py_ssize_t n_rows,
-                         Py_ssize_t n_channels, int n_threads) except *:
-    # Per-channel sum(dy) and sum(dy*(x - center)), bit-identical for every n_threads.
+cdef inline void _merge_partials(bint stats, const double* partial_a, const double* partial_b,
+                                 Py_ssize_t chunks, Py_ssize_t rows, Py_ssize_t n_rows,
+                                 Py_ssize_t n_channels, Py_ssize_t c_start,
+                                 Py_ssize_t c_stop, double* total_a,
+                                 double* total_b) noexcept nogil:
+    if stats:
+        _merge_stats(partial_a, partial_b, chunks, rows, n_rows, n_channels, c_start, c_stop,
+                     total_a, total_b)
+    else:
+        _merge_sums(partial_a, partial_b, chunks, n_channels, c_start, c_stop, total_a,
+                    total_b)
+
+
+cdef void _reduce(const floating* dy, const floating* x, const double* center,
+                  double* total_a, double* total_b, Py_ssize_t n_rows,
+                  Py_ssize_t n_channels, int n_threads) except *:
+    # Per-channel reductions, bit-identical for every n_threads: mean and
+    # biased variance of x (dy NULL), or sum(dy) and sum(dy*(x - center)).
+    # Each chunk writes its partials to row ``chunk`` of two (chunks, C)
+    # arrays; the merge runs in chunk order, split over threads by channels.
     cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t blocks = (n_channels + MERGE_BLOCK - 1) // MERGE_BLOCK
     cdef Py_ssize_t chunk, block
+    cdef bint stats = dy == NULL
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
-    cdef double* chunk_dy = _partials(chunks, n_channels)
-    cdef double* chunk_dy_centered = chunk_dy + chunks * n_channels
+    cdef double* partial_a = _partials(chunks, n_channels)
+    cdef double* partial_b = partial_a + chunks * n_channels
     try:
         if n_threads == 1:
             with nogil:
                 for chunk in range(chunks):
-                    _sums_of_chunk(dyp, xp, center_p, chunk, rows, n_rows, n_channels,
-                                   chunk_dy, chunk_dy_centered)
-                _merge_sums(chunk_dy, chunk_dy_centered, chunks, n_channels, 0,
-                            n_channels, sum_dy_p, sum_dy_centered_p)
+                    _chunk_partials(dy, x, center, chunk, rows, n_rows, n_channels,
+                                    partial_a, partial_b)
+                _merge_partials(stats, partial_a, partial_b, chunks, rows, n_rows,
+                                n_channels, 0, n_channels, total_a, total_b)
         else:
             for chunk in prange(chunks, nogil=True, schedule="static",
                                 num_threads=n_threads):
-                _sums_of_chunk(dyp, xp, center_p, chunk, rows, n_rows, n_channels,
-                               chunk_dy, chunk_dy_centered)
+                _chunk_partials(dy, x, center, chunk, rows, n_rows, n_channels, partial_a,
+                                partial_b)
             for block in prange(blocks, nogil=True, schedule="static",
                                 num_threads=min(<Py_ssize_t>n_threads, blocks),
                                 use_threads_if=blocks > 1):
-                _merge_sums(chunk_dy, chunk_dy_centered, chunks, n_channels,
-                            block * MERGE_BLOCK,
-                            min(block * MERGE_BLOCK + MERGE_BLOCK, n_channels),
-                            sum_dy_p, sum_dy_centered_p)
+                _merge_partials(stats, partial_a, partial_b, chunks, rows, n_rows,
+                                n_channels, block * MERGE_BLOCK,
+                                min(block * MERGE_BLOCK + MERGE_BLOCK, n_channels),
+                                total_a, total_b)
     finally:
-        free(chunk_dy)
+        free(partial_a)
 
 
 def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n_threads):
@@ -646,8 +544,8 @@ def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n
     channels last, any ndim (dx may be dy or x); mean, invstd, gamma (None
     meaning 1): float64 of shape (C,); dgamma, dbeta: writable float64 of
     shape (C,). With k = gamma*invstd and m rows: training,
-    dx = k*dy - k*invstd*dgamma/m*(x - mean) - k*dbeta/m (_backward_sums, then
-    _backward_apply); frozen statistics, dx = k*dy (_affine of dy). The
+    dx = k*dy - k*invstd*dgamma/m*(x - mean) - k*dbeta/m (_reduce, then
+    _apply); frozen statistics, dx = k*dy (_apply of dy alone). The
     per-channel coefficients are computed here in double. The caller has
     validated everything.
     """
@@ -685,20 +583,22 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
     cdef double* sum_dy_centered = coefficients + 3 * n_channels
     cdef double m = <double>n_rows
     try:
-        _backward_sums(dy, x, mean, dbeta, sum_dy_centered, n_rows, n_channels, n_threads)
+        _reduce(dy, x, mean, dbeta, sum_dy_centered, n_rows, n_channels, n_threads)
         for c in range(n_channels):
             dgamma[c] = sum_dy_centered[c] * invstd[c]
             dy_scale[c] = invstd[c] if gamma == NULL else gamma[c] * invstd[c]
             x_scale[c] = -dy_scale[c] * invstd[c] * dgamma[c] / m
             shift[c] = -dy_scale[c] * dbeta[c] / m
         if training:
-            _backward_apply(dy, x, dx, mean, dy_scale, x_scale, shift, n_rows, n_channels,
-                            n_threads)
+            # Right after _reduce read the chunks first to last: reverse.
+            _apply(dy, x, dx, mean, x_scale, shift, dy_scale, n_rows, n_channels, True,
+                   n_threads)
         else:
             # dx = (dy - 0)*k + 0: x_scale and shift serve as the zeros.
             for c in range(n_channels):
                 x_scale[c] = 0.0
                 shift[c] = 0.0
-            _affine(dy, dx, x_scale, dy_scale, shift, n_rows, n_channels, False, n_threads)
+            _apply(<const floating*> NULL, dy, dx, x_scale, dy_scale, shift, NULL, n_rows,
+                   n_channels, False, n_threads)
     finally:
         free(coefficients)
