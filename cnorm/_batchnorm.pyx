@@ -54,12 +54,12 @@ Chunking and threads
     allocated before the parallel region and freed in ``finally``; nothing is
     kept in module state.
 """
-from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_Release,
-                             PyObject_GetBuffer)
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
+
+from cnorm._buffers cimport Buffers
 
 cdef extern from *:
     # GCC and clang: a hint, never a fault (even past the end of an array).
@@ -125,45 +125,6 @@ cdef double* _partials(Py_ssize_t chunks, Py_ssize_t n_channels) except NULL:
     if buffer == NULL:
         raise MemoryError("cnorm: cannot allocate batch-norm partials")
     return buffer
-
-
-cdef class _Buffers:
-    """The buffers of one call's arrays, released when the call ends.
-
-    The entry points read their arrays through the buffer protocol: tensors of
-    any ndim (channels last) without a reshape, and no memoryview objects, so
-    a call costs little more than its work. views[0] is the first array taken.
-    """
-    cdef Py_buffer views[8]
-    cdef int count
-
-    cdef void* get(self, object array, bint writable) except? NULL:
-        # The data of a C-contiguous array; NULL for None.
-        if array is None:
-            return NULL
-        PyObject_GetBuffer(array, &self.views[self.count],
-                           PyBUF_C_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0))
-        self.count += 1
-        return self.views[self.count - 1].buf
-
-    cdef Py_ssize_t channels(self):
-        # The last dimension of views[0] (the tensor).
-        return self.views[0].shape[self.views[0].ndim - 1]
-
-    cdef Py_ssize_t rows(self):
-        # The number of rows of views[0] viewed as (M, C); 0 if it is empty.
-        cdef Py_ssize_t n_channels = self.channels()
-        return 0 if n_channels == 0 else self.views[0].len // (self.views[0].itemsize
-                                                                 * n_channels)
-
-    cdef bint single(self):
-        # Whether views[0] holds float32 (else float64).
-        return self.views[0].itemsize == sizeof(float)
-
-    def __dealloc__(self):
-        cdef int i
-        for i in range(self.count):
-            PyBuffer_Release(&self.views[i])
 
 
 # ---------------------------------------------------------------------------
@@ -248,7 +209,7 @@ def normalize(x, y, mean, var, gamma, beta, double eps, invstd, bint reverse,
     receives 1/sqrt(var + eps). The coefficients are computed here in double.
     The caller has validated everything, var >= 0 and eps > 0 included.
     """
-    cdef _Buffers b = _Buffers()
+    cdef Buffers b = Buffers()
     cdef void* xp = b.get(x, False)
     cdef void* yp = b.get(y, True)
     cdef const double* mean_p = <const double*> b.get(mean, False)
@@ -406,7 +367,7 @@ def batch_stats(x, mean, var, int n_threads):
     every n_threads. The caller has validated everything: x not empty,
     n_threads >= 1.
     """
-    cdef _Buffers b = _Buffers()
+    cdef Buffers b = Buffers()
     cdef void* xp = b.get(x, False)
     cdef double* mean_p = <double*> b.get(mean, True)
     cdef double* var_p = <double*> b.get(var, True)
@@ -549,7 +510,7 @@ def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n
     per-channel coefficients are computed here in double. The caller has
     validated everything.
     """
-    cdef _Buffers b = _Buffers()
+    cdef Buffers b = Buffers()
     cdef void* dyp = b.get(dy, False)
     cdef void* xp = b.get(x, False)
     cdef void* dxp = b.get(dx, True)

@@ -36,13 +36,13 @@ Chunking and threads
     never enters an OpenMP region.  Each thread owns one scratch row of a buffer
     allocated before the parallel region (rows padded to whole cache lines).
 """
-from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_Release,
-                             PyObject_GetBuffer)
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, fabs, pow, sqrt, sqrtf
 from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport calloc, free
+
+from cnorm._buffers cimport Buffers
 
 cdef enum:
     # About 64 KiB of float32 per chunk: a chunk's rows plus scratch stay in L2.
@@ -446,40 +446,25 @@ def run(x, dy, y, Py_ssize_t before, Py_ssize_t after, double a, double k, doubl
         int n_threads):
     """lrn_forward (dy None) or lrn_backward on C-contiguous arrays of any ndim >= 1.
 
-    The arrays are read through the buffer protocol, channels on the last
+    The arrays are read through the buffer protocol (cnorm._buffers), channels on the last
     axis: no reshape and no memoryview objects, so a call costs a fraction of
     a microsecond more than the kernel. The caller has validated everything:
     x, dy and y C-contiguous, float32 or float64, of one shape and dtype, y
     writable (y may be x or dy), 0 <= before, after < C, n_threads >= 1.
     """
-    cdef Py_buffer x_view, dy_view, y_view
-    cdef Py_ssize_t n_channels, n_rows
-    PyObject_GetBuffer(x, &x_view, PyBUF_C_CONTIGUOUS)
-    try:
-        PyObject_GetBuffer(y, &y_view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
-        try:
-            if dy is not None:
-                PyObject_GetBuffer(dy, &dy_view, PyBUF_C_CONTIGUOUS)
-            try:
-                if x_view.len == 0:
-                    return
-                n_channels = x_view.shape[x_view.ndim - 1]
-                n_rows = x_view.len // (x_view.itemsize * n_channels)
-                if x_view.itemsize == sizeof(float):
-                    _run(<const float*> NULL if dy is None else <const float*> dy_view.buf,
-                         <const float*> x_view.buf, <float*> y_view.buf, n_rows, n_channels,
-                         before, after, a, k, beta, n_threads)
-                else:
-                    _run(<const double*> NULL if dy is None else <const double*> dy_view.buf,
-                         <const double*> x_view.buf, <double*> y_view.buf, n_rows,
-                         n_channels, before, after, a, k, beta, n_threads)
-            finally:
-                if dy is not None:
-                    PyBuffer_Release(&dy_view)
-        finally:
-            PyBuffer_Release(&y_view)
-    finally:
-        PyBuffer_Release(&x_view)
+    cdef Buffers b = Buffers()
+    cdef void* xp = b.get(x, False)
+    cdef void* yp = b.get(y, True)
+    cdef void* dyp = b.get(dy, False)
+    cdef Py_ssize_t n_rows = b.rows(), n_channels = b.channels()
+    if n_rows == 0:
+        return
+    if b.single():
+        _run(<const float*> dyp, <const float*> xp, <float*> yp, n_rows, n_channels, before,
+             after, a, k, beta, n_threads)
+    else:
+        _run(<const double*> dyp, <const double*> xp, <double*> yp, n_rows, n_channels,
+             before, after, a, k, beta, n_threads)
 
 
 cdef void _run(const floating* dyp, const floating* xp, floating* yp, Py_ssize_t n_rows,

@@ -1,0 +1,3 @@
+# Stub for the compiled module cnorm._buffers (cnorm/_buffers.pyx): its one class
+# is used from Cython only and has no Python-visible methods.
+class Buffers: ...
