@@ -62,7 +62,10 @@ def config():
         "openmp.loaded_runtimes": "unknown" if loaded is None else loaded,
         "openmp.preload": runtimes["preload"],
     }
-    info.update({f"build.{key}": value for key, value in _build_info().items()})
+    build = _build_info()
+    flags = build.pop("isa_flags", {})
+    info["isa_flags"] = flags.get(_dispatch.ISA_LEVEL.replace("-", "_"), "unknown")
+    info.update({f"build.{key}": value for key, value in build.items()})
     return info
 
 
