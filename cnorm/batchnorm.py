@@ -132,12 +132,15 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
           = x * A + B,  A = gamma / sqrt(running_var + eps),  B = beta - running_mean * A
 
     The coefficients are computed once per call in float64. float64 data is
-    normalized in float64; float32 data in float32 as ``(x - m) * A + B'``
-    with ``m`` the running mean rounded to float32 and ``B'`` corrected in
-    float64 for that rounding, so the error is a few float32 roundings
-    relative to ``|y|`` even where ``|running_mean| >> sqrt(running_var)``
-    (the folded ``x * A + B`` of TensorFlow and ONNX Runtime is relative to
-    ``|x * A| + |B|``).
+    normalized in float64, float32 data in float32: as ``x * A + B`` where
+    every channel has ``|running_mean| <= 4 * sqrt(running_var + eps)`` (the
+    error is then a few float32 roundings of ``|gamma| + |beta| + |y|``),
+    otherwise as ``(x - m) * A + B'`` with ``m`` the running mean rounded to
+    float32 and ``B'`` corrected in float64 for that rounding, so the error
+    stays a few float32 roundings of ``|y|`` even where
+    ``|running_mean| >> sqrt(running_var)`` (the folded ``x * A + B`` that
+    TensorFlow and ONNX Runtime apply regardless is relative to
+    ``|x * A| + |B|`` there).
 
     Parameters
     ----------

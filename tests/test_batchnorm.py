@@ -398,6 +398,25 @@ def test_stable_backward_for_large_means(dtype, rng):
     assert_close(dgamma, dgamma_ref, scale=dgamma_scale * 1e-3)
 
 
+@pytest.mark.parametrize("sigmas", [0.0, 3.9, 4.1, 1e4])
+def test_inference_precision_either_side_of_the_fold(sigmas, dtype, rng):
+    # Channels whose |mean| is within 4 standard deviations of 0 are computed as
+    # x*A + B, others in the centered form (see cnorm/_batchnorm.pyx): either way
+    # the error is a few roundings of |gamma*xhat| + |beta| + |gamma|, never of
+    # |mean*gamma/std| (which the folded form would give at 1e4 sigmas).
+    n_channels = 16
+    std = rng.uniform(0.5, 3.0, n_channels)
+    mean = sigmas * std * rng.choice([-1.0, 1.0], n_channels)
+    x = (mean + std * rng.standard_normal((64, 40, n_channels))).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, n_channels)
+    beta = rng.standard_normal(n_channels)
+    y = cnorm.batch_norm_inference(x, mean, std**2, gamma, beta, eps=1e-5)
+    y_ref = ref.batch_norm_inference(x, mean, std**2, gamma, beta, 1e-5)
+    xhat = (np.asarray(x, np.float64) - mean) / np.sqrt(std**2 + 1e-5)
+    assert_close(y, y_ref, scale=np.abs(gamma * xhat) + np.abs(beta) + gamma,
+                 rtol_factor=0.1)
+
+
 def test_constant_channel_gives_finite_output(dtype):
     # var = 0: eps > 0 keeps invstd finite; y = beta.
     x = np.full((5, 3), 7.0, dtype)
