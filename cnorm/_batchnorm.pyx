@@ -306,15 +306,6 @@ cdef void _normalize(const floating* x, floating* y, const double* mean, const d
         free(coefficients)
 
 
-def first_negative(const double[::1] values):
-    """Index of the first value < 0, or -1 (NaN is not negative)."""
-    cdef Py_ssize_t i
-    for i in range(values.shape[0]):
-        if values[i] < 0:
-            return i
-    return -1
-
-
 cdef void _apply_chunks(const floating* dy, const floating* x, floating* out,
                         const floating* coefficients, bint folded, Py_ssize_t first,
                         Py_ssize_t stop,

@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from cnorm import _openmp
+from cnorm import _buffers, _openmp
 
 SUPPORTED_DTYPES = (np.float32, np.float64)
 
@@ -102,3 +102,14 @@ def n_threads(value):
     if type(value) is int and value >= 1:
         return value
     return integer(value, "n_threads", minimum=1)
+
+
+def no_partial_overlap(out, x, dy=None):
+    """Check that `out` is x (or dy) exactly or shares no memory with it: every kernel
+    reads an element before it writes the same one, but an output that partly
+    overlaps an input would overwrite values still to be read. All arrays
+    C-contiguous, `out` of x's shape."""
+    overlapped = _buffers.partial_overlap(out, x, dy)
+    if overlapped:
+        raise ValueError(f"out must be {'x' if overlapped == 1 else 'dy'} itself or not "
+                         "overlap it")

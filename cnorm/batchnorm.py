@@ -9,6 +9,7 @@ framework conventions: BN_README.md / README, section "Batch normalization".
 """
 import numpy as np
 
+from cnorm import _buffers
 from cnorm import _validation as check
 from cnorm._dispatch import kernels
 
@@ -53,8 +54,8 @@ def _per_channel(value, name, n_channels):
 
 def _non_negative(array, name):
     """Check a float32/float64 array of shape (C,) has no negative value (NaN passes)."""
-    if array.dtype == _FLOAT64 and array.flags.c_contiguous:
-        negative = _bn.first_negative(array) >= 0  # a fraction of np.any's microseconds
+    if array.dtype is _FLOAT64 and array.flags.c_contiguous:
+        negative = _buffers.first_negative(array) >= 0  # a fraction of np.any's microseconds
     else:
         negative = (array < 0).any()
     if negative:
@@ -103,19 +104,15 @@ def _running(value, name, n_channels):
     return value
 
 
-def _output(out, x, inputs):
+def _output(out, x, dy=None):
     """The output array: `out` checked against x, or a new one.
 
-    `out` may be one of `inputs` exactly (every kernel reads an element before
-    it writes the same element) but must not partly overlap any of them.
+    `out` may be x or dy exactly (every kernel reads an element before it
+    writes the same element) but must not partly overlap either.
     """
     y = check.output_array(out, x.shape, x.dtype)
     if out is not None:
-        for name, array in inputs.items():
-            if np.may_share_memory(y, array) and not (
-                    y.__array_interface__["data"][0] == array.__array_interface__["data"][0]
-                    and y.strides == array.strides):
-                raise ValueError(f"out must be {name} itself or not overlap it")
+        check.no_partial_overlap(y, x, dy)
     return y
 
 
@@ -184,15 +181,17 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     """
     x = _input(x)
     n_channels = x.shape[-1]
-    running_mean = _per_channel(running_mean, "running_mean", n_channels)
-    running_var = _per_channel(running_var, "running_var", n_channels)
+    if (running_mean is None or running_var is None
+            or not _buffers.float64_vectors(n_channels, running_mean, running_var, gamma, beta)):
+        running_mean = _per_channel(running_mean, "running_mean", n_channels)
+        running_var = _per_channel(running_var, "running_var", n_channels)
+        if gamma is not None:  # None: the kernel takes 1 (and 0 for beta)
+            gamma = _per_channel(gamma, "gamma", n_channels)
+        if beta is not None:
+            beta = _per_channel(beta, "beta", n_channels)
     _non_negative(running_var, "running_var")
-    if gamma is not None:  # None: the kernel takes 1 (and 0 for beta)
-        gamma = _per_channel(gamma, "gamma", n_channels)
-    if beta is not None:
-        beta = _per_channel(beta, "beta", n_channels)
     eps = _eps(eps)
-    y = _output(out, x, {"x": x})
+    y = _output(out, x)
     n_threads = check.n_threads(n_threads)
     _bn.normalize(x, y, running_mean, running_var, gamma, beta, eps, None, False, n_threads)
     return y
@@ -288,10 +287,11 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     x = _input(x)
     n_channels = x.shape[-1]
     m = x.size // n_channels
-    if gamma is not None:  # None: the kernel takes 1 (and 0 for beta)
-        gamma = _per_channel(gamma, "gamma", n_channels)
-    if beta is not None:
-        beta = _per_channel(beta, "beta", n_channels)
+    if not _buffers.float64_vectors(n_channels, gamma, beta):
+        if gamma is not None:  # None: the kernel takes 1 (and 0 for beta)
+            gamma = _per_channel(gamma, "gamma", n_channels)
+        if beta is not None:
+            beta = _per_channel(beta, "beta", n_channels)
     eps = _eps(eps)
     momentum = _momentum(momentum)
     running_var_unbiased = _flag(running_var_unbiased, "running_var_unbiased")
@@ -305,7 +305,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
         raise ValueError(
             f"Expected more than 1 value per channel when training, got x of shape {x.shape}"
         )
-    y = _output(out, x, {"x": x})
+    y = _output(out, x)
     n_threads = check.n_threads(n_threads)
 
     mean = np.empty(n_channels)
@@ -384,12 +384,14 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, out=N
     x = _input(x)
     dy = check.matching_array(dy, "dy", x, "x")
     n_channels = x.shape[-1]
-    mean = _per_channel(mean, "mean", n_channels)
-    invstd = _per_channel(invstd, "invstd", n_channels)
-    if gamma is not None:  # None: the kernel takes 1
-        gamma = _per_channel(gamma, "gamma", n_channels)
+    if (mean is None or invstd is None
+            or not _buffers.float64_vectors(n_channels, mean, invstd, gamma)):
+        mean = _per_channel(mean, "mean", n_channels)
+        invstd = _per_channel(invstd, "invstd", n_channels)
+        if gamma is not None:  # None: the kernel takes 1
+            gamma = _per_channel(gamma, "gamma", n_channels)
     training = _flag(training, "training")
-    dx = _output(out, x, {"x": x, "dy": dy})
+    dx = _output(out, x, dy)
     n_threads = check.n_threads(n_threads)
 
     dgamma = np.empty(n_channels)

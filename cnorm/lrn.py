@@ -34,6 +34,8 @@ def _run(x, dy, out, before, after, a, k, beta, n_threads):
     backward one on the arrays as they are (channels last, no reshape)."""
     n_channels = x.shape[-1]
     y = check.output_array(out, x.shape, x.dtype)
+    if out is not None:
+        check.no_partial_overlap(y, x, dy)
     n_threads = check.n_threads(n_threads)
     if x.size:
         _lrn.run(x, dy, y, min(before, n_channels - 1), min(after, n_channels - 1), a, k,

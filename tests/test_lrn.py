@@ -375,6 +375,27 @@ def test_read_only_out():
         cnorm.lrn(X, out=out)
 
 
+@pytest.mark.parametrize("backward", [False, True])
+def test_partly_overlapping_out_is_rejected(backward):
+    # out one row after x: row r's output would overwrite row r + 1 before it is read.
+    buffer = np.arange(5 * 8 + 8, dtype=np.float32)
+    x = buffer[:5 * 8].reshape(5, 8)
+    out = buffer[8:].reshape(5, 8)
+    before = buffer.copy()
+    with pytest.raises(ValueError, match="out must be x itself or not overlap it"):
+        if backward:
+            cnorm.lrn_backward(np.ones_like(x), x, out=out)
+        else:
+            cnorm.lrn(x, out=out)
+    np.testing.assert_array_equal(buffer, before)
+    if backward:
+        x = x.copy()
+        dy, out = buffer[:5 * 8].reshape(5, 8), buffer[8:].reshape(5, 8)
+        with pytest.raises(ValueError, match="out must be dy itself or not overlap it"):
+            cnorm.lrn_backward(dy, x, out=out)
+        np.testing.assert_array_equal(buffer, before)
+
+
 # --- the float path's polynomial power ------------------------------------------------
 
 @pytest.mark.parametrize("beta", [0.6, 0.1, 1.3, 2.0, 0.75, -0.4])
