@@ -23,6 +23,10 @@ Passes and tensor traffic
     backward         ``_reduce`` (reads dy, x) then ``_apply`` (reads dy, x,
                      writes dx); the frozen-statistics dx is an ``_apply`` of
                      dy alone.
+    float32 outputs of STREAM_BYTES (16 MiB) and more are written with
+    streaming stores in AVX2 and AVX-512 builds (cnorm_stream_range): not
+    read into the cache before being written, which saves one memory transfer
+    in three of inference and one in six of the backward.
     ``batch_stats`` reads each chunk once (shifted sums, see _chunk_stats),
     REDUCE_ROWS rows at a time (8 in AVX-512 builds, 4 elsewhere).
     The second pass of training and backward walks each thread's chunks in
@@ -88,6 +92,110 @@ cdef extern from *:
     """
     const Py_ssize_t REDUCE_ROWS "CNORM_REDUCE_ROWS"
 
+cdef extern from *:
+    """
+    /* Streaming (non-temporal) stores for the float32 elementwise passes over
+       large tensors: the output is written to memory without being read into
+       the cache first (a normal store reads each line before writing it), one
+       memory transfer in three of a pass that reads x and writes y. Measured on
+       AMD Zen 5 at 2 threads, 51 MB float32 tensors: inference 2.9 -> 2.3 ms,
+       the backward's second pass 4.3 -> 3.6 ms. In-cache outputs are slower
+       this way, so the kernels stream only outputs of STREAM_BYTES and more.
+       AVX-512 or AVX2 builds only (CNORM_STREAM 0 elsewhere). A chunk of rows is
+       one contiguous range: its unaligned head and tail take normal stores;
+       the same fused multiply-adds as the compiler contracts the normal path
+       into. */
+    #if defined(__AVX512F__) || defined(__AVX2__)
+    #include <immintrin.h>
+    #define CNORM_STREAM 1
+    #if defined(__AVX512F__)
+    #define CNORM_W 16
+    #define CNORM_V __m512
+    #define CNORM_LOAD _mm512_loadu_ps
+    #define CNORM_FMA _mm512_fmadd_ps
+    #define CNORM_SUB _mm512_sub_ps
+    #define CNORM_STORE_NT _mm512_stream_ps
+    #else
+    #define CNORM_W 8
+    #define CNORM_V __m256
+    #define CNORM_LOAD _mm256_loadu_ps
+    #define CNORM_FMA _mm256_fmadd_ps
+    #define CNORM_SUB _mm256_sub_ps
+    #define CNORM_STORE_NT _mm256_stream_ps
+    #endif
+    #define CNORM_ALIGN (CNORM_W * 4)
+    /* out[i] for i in [start, stop) of the flat (M, C) arrays, i = start a
+       row's first element; the coefficient arrays hold C + CNORM_W values,
+       wrapped (value j is that of channel j mod C), so a vector that runs
+       past the end of a row reads the next row's channels. */
+    static void cnorm_stream_range(const float *dy, const float *x, float *out,
+                                   const float *center, const float *scale,
+                                   const float *shift, const float *dy_scale,
+                                   int folded, Py_ssize_t start, Py_ssize_t stop,
+                                   Py_ssize_t n) {
+        Py_ssize_t i = start, c = 0;
+        Py_ssize_t aligned = i + (Py_ssize_t)(((CNORM_ALIGN - ((size_t)(out + i) % CNORM_ALIGN))
+                                              % CNORM_ALIGN) / 4);
+        if ((size_t)out % 4 != 0 || aligned > stop) aligned = stop;
+    #define CNORM_ONE(i, c) (dy == NULL \
+            ? (folded ? fmaf(x[i], scale[c], shift[c]) \
+                      : fmaf(x[i] - center[c], scale[c], shift[c])) \
+            : fmaf(dy[i], dy_scale[c], folded ? fmaf(x[i], scale[c], shift[c]) \
+                                               : fmaf(x[i] - center[c], scale[c], shift[c])))
+    #define CNORM_NEXT(c, step) do { c += (step); while (c >= n) c -= n; } while (0)
+        for (; i < aligned; i++) { out[i] = CNORM_ONE(i, c); CNORM_NEXT(c, 1); }
+        if (dy == NULL && folded) {
+            for (; i + CNORM_W <= stop; i += CNORM_W) {
+                CNORM_STORE_NT(out + i, CNORM_FMA(CNORM_LOAD(x + i), CNORM_LOAD(scale + c),
+                                                  CNORM_LOAD(shift + c)));
+                CNORM_NEXT(c, CNORM_W);
+            }
+        } else if (dy == NULL) {
+            for (; i + CNORM_W <= stop; i += CNORM_W) {
+                CNORM_STORE_NT(out + i, CNORM_FMA(CNORM_SUB(CNORM_LOAD(x + i),
+                                                            CNORM_LOAD(center + c)),
+                                                  CNORM_LOAD(scale + c), CNORM_LOAD(shift + c)));
+                CNORM_NEXT(c, CNORM_W);
+            }
+        } else if (folded) {
+            for (; i + CNORM_W <= stop; i += CNORM_W) {
+                CNORM_STORE_NT(out + i, CNORM_FMA(CNORM_LOAD(dy + i), CNORM_LOAD(dy_scale + c),
+                    CNORM_FMA(CNORM_LOAD(x + i), CNORM_LOAD(scale + c), CNORM_LOAD(shift + c))));
+                CNORM_NEXT(c, CNORM_W);
+            }
+        } else {
+            for (; i + CNORM_W <= stop; i += CNORM_W) {
+                CNORM_STORE_NT(out + i, CNORM_FMA(CNORM_LOAD(dy + i), CNORM_LOAD(dy_scale + c),
+                    CNORM_FMA(CNORM_SUB(CNORM_LOAD(x + i), CNORM_LOAD(center + c)),
+                              CNORM_LOAD(scale + c), CNORM_LOAD(shift + c))));
+                CNORM_NEXT(c, CNORM_W);
+            }
+        }
+        for (; i < stop; i++) { out[i] = CNORM_ONE(i, c); CNORM_NEXT(c, 1); }
+    #undef CNORM_ONE
+    #undef CNORM_NEXT
+    }
+    static void cnorm_stream_fence(void) { _mm_sfence(); }
+    #else
+    #define CNORM_STREAM 0
+    #define CNORM_W 1
+    static void cnorm_stream_range(const float *dy, const float *x, float *out,
+                                   const float *center, const float *scale,
+                                   const float *shift, const float *dy_scale,
+                                   int folded, Py_ssize_t start, Py_ssize_t stop,
+                                   Py_ssize_t n) {}
+    static void cnorm_stream_fence(void) {}
+    #endif
+    """
+    const bint STREAM_AVAILABLE "CNORM_STREAM"
+    const Py_ssize_t STREAM_WIDTH "CNORM_W"
+    void _stream_range "cnorm_stream_range"(const float* dy, const float* x, float* out,
+                                            const float* center, const float* scale,
+                                            const float* shift, const float* dy_scale,
+                                            int folded, Py_ssize_t start, Py_ssize_t stop,
+                                            Py_ssize_t n) noexcept nogil
+    void _stream_fence "cnorm_stream_fence"() noexcept nogil
+
 cdef enum:
     # About 64 KiB of float32 per chunk (more for wide layers, see below): a
     # chunk and its partials stay in L2 (1 MiB per core here, 512 KiB on most
@@ -105,6 +213,13 @@ cdef enum:
     FOLD_SIGMAS = 4
     # The chunk count is rounded up to a multiple of this (see _rows_per_chunk).
     CHUNK_MULTIPLE = 8
+    # float32 outputs of at least this many bytes are written with streaming
+    # stores where the build has them (see cnorm_stream_row): larger than the
+    # share of the last-level cache a core can count on, so not read again
+    # from the cache anyway.
+    STREAM_BYTES = 16 * 1024 * 1024
+    # Values after the C of each coefficient array (at least one vector).
+    COEFFICIENT_WRAP = 16
     # Channels per block of the parallel merge (a cache-friendly stripe).
     MERGE_BLOCK = 256
     # The reductions prefetch PREFETCH_BYTES ahead of the rows they read when
@@ -174,12 +289,13 @@ cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
                       Py_ssize_t row_stop, Py_ssize_t n_channels) noexcept nogil:
     # out = (x - center)*scale + shift, or x*scale + shift if ``folded``, plus
     # dy*dy_scale when dy is not NULL, in the data's precision; coefficients
-    # holds center, scale, shift, dy_scale (C values each, see _coefficients).
+    # holds center, scale, shift, dy_scale (see _coefficients).
     cdef Py_ssize_t r, c, n = n_channels
+    cdef Py_ssize_t stride = n_channels + COEFFICIENT_WRAP
     cdef const floating* center = coefficients
-    cdef const floating* scale = coefficients + n
-    cdef const floating* shift = coefficients + 2 * n
-    cdef const floating* dy_scale = coefficients + 3 * n
+    cdef const floating* scale = coefficients + stride
+    cdef const floating* shift = coefficients + 2 * stride
+    cdef const floating* dy_scale = coefficients + 3 * stride
     cdef Py_ssize_t offset
     for r in range(row_start, row_stop):
         offset = r * n
@@ -218,8 +334,11 @@ cdef floating* _coefficients(const floating* kind, const double* center,
     # center)*scale, so x - center_f is exact or nearly (x and center_f are
     # floats) and the error is relative to |y|, not to |center*scale| as the
     # folded form's would be.
-    cdef floating* out = <floating*> malloc(4 * n_channels * sizeof(floating))
-    cdef Py_ssize_t c
+    # Each of the four arrays holds C + COEFFICIENT_WRAP values, the last ones
+    # repeating the first channels (for _stream_range's vectors across rows).
+    cdef Py_ssize_t stride = n_channels + COEFFICIENT_WRAP
+    cdef floating* out = <floating*> malloc(4 * stride * sizeof(floating))
+    cdef Py_ssize_t c, j
     cdef floating rounded
     if out == NULL:
         raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
@@ -230,18 +349,21 @@ cdef floating* _coefficients(const floating* kind, const double* center,
                 folded[0] = False
                 break
     for c in range(n_channels):
-        out[n_channels + c] = <floating>scale[c]
-        out[3 * n_channels + c] = 0 if dy_scale == NULL else <floating>dy_scale[c]
+        out[stride + c] = <floating>scale[c]
+        out[3 * stride + c] = 0 if dy_scale == NULL else <floating>dy_scale[c]
         if folded[0]:
             out[c] = 0
-            out[2 * n_channels + c] = <floating>(shift[c] - center[c] * scale[c])
+            out[2 * stride + c] = <floating>(shift[c] - center[c] * scale[c])
             continue
         rounded = <floating>center[c]
         out[c] = rounded
         if floating is float:
-            out[2 * n_channels + c] = <floating>(shift[c] + (rounded - center[c]) * scale[c])
+            out[2 * stride + c] = <floating>(shift[c] + (rounded - center[c]) * scale[c])
         else:
-            out[2 * n_channels + c] = shift[c]
+            out[2 * stride + c] = shift[c]
+    for j in range(4):
+        for c in range(n_channels, stride):
+            out[j * stride + c] = out[j * stride + c % n_channels]
     return out
 
 
@@ -321,16 +443,26 @@ cdef void _normalize(const floating* x, floating* y, const double* mean, const d
 
 
 cdef void _apply_chunks(const floating* dy, const floating* x, floating* out,
-                        const floating* coefficients, bint folded, Py_ssize_t first,
-                        Py_ssize_t stop,
-                        Py_ssize_t rows, Py_ssize_t n_rows, Py_ssize_t n_channels,
+                        const floating* coefficients, bint folded, bint stream,
+                        Py_ssize_t first, Py_ssize_t stop, Py_ssize_t rows,
+                        Py_ssize_t n_rows, Py_ssize_t n_channels,
                         bint reverse) noexcept nogil:
-    # _apply_rows over chunks [first, stop), last to first if ``reverse``.
-    cdef Py_ssize_t i, chunk
+    # _apply_rows over chunks [first, stop), last to first if ``reverse``; a
+    # thread that streamed fences its stores before the region ends.
+    cdef Py_ssize_t i, chunk, stride = n_channels + COEFFICIENT_WRAP
     for i in range(stop - first):
         chunk = stop - 1 - i if reverse else first + i
+        if floating is float:
+            if stream:
+                _stream_range(dy, x, out, coefficients, coefficients + stride,
+                              coefficients + 2 * stride, coefficients + 3 * stride, folded,
+                              chunk * rows * n_channels,
+                              min(chunk * rows + rows, n_rows) * n_channels, n_channels)
+                continue
         _apply_rows(dy, x, out, coefficients, folded, chunk * rows,
                     min(chunk * rows + rows, n_rows), n_channels)
+    if stream:
+        _stream_fence()
 
 
 cdef void _apply(const floating* dy, const floating* x, floating* out, const double* center,
@@ -345,18 +477,20 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t thread
     cdef bint folded
+    cdef bint stream = (floating is float and STREAM_AVAILABLE
+                        and n_rows * n_channels * <Py_ssize_t>sizeof(floating) >= STREAM_BYTES)
     cdef floating* coefficients = _coefficients(x, center, scale, shift, dy_scale, invstd,
                                                 n_channels, &folded)
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
     try:
         if n_threads == 1:
             with nogil:
-                _apply_chunks(dy, x, out, coefficients, folded, 0, chunks, rows, n_rows,
-                              n_channels, reverse)
+                _apply_chunks(dy, x, out, coefficients, folded, stream, 0, chunks, rows,
+                              n_rows, n_channels, reverse)
         else:
             for thread in prange(n_threads, nogil=True, schedule="static",
                                  num_threads=n_threads):
-                _apply_chunks(dy, x, out, coefficients, folded,
+                _apply_chunks(dy, x, out, coefficients, folded, stream,
                               _first_chunk(chunks, n_threads, thread),
                               _first_chunk(chunks, n_threads, thread + 1), rows, n_rows,
                               n_channels, reverse)
