@@ -396,6 +396,26 @@ def test_partly_overlapping_out_is_rejected(backward):
         np.testing.assert_array_equal(buffer, before)
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0, 1e4])
+def test_float_path_beta_three_quarters_is_within_1e6(scale):
+    # beta 0.75 takes the hardware rsqrt estimate and a Newton step in AVX-512 builds
+    # (sqrt and division elsewhere): relative error below 1e-6 over divisors from k
+    # to ~1e10, forward and backward (the backward's terms measured separately).
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((64, 100)) * scale).astype(np.float32)
+    dy = rng.standard_normal((64, 100)).astype(np.float32)
+    for bias, alpha in ((2.0, 1e-4), (1.0, 1.0), (1e-3, 1.0)):
+        y = cnorm.lrn(x, 2, bias, alpha, 0.75)
+        np.testing.assert_allclose(y, reference.lrn(x, 2, bias, alpha, 0.75), rtol=1e-6, atol=0)
+        dx = cnorm.lrn_backward(dy, x, 2, bias, alpha, 0.75)
+        x64 = x.astype(np.float64)
+        sums = sum(np.pad(x64**2, ((0, 0), (2, 2)))[:, t:t + 100] for t in range(5))
+        d = bias + alpha * sums
+        first = dy * d**-0.75
+        np.testing.assert_allclose(dx, reference.lrn_backward(dy, x, 2, bias, alpha, 0.75),
+                                   rtol=0, atol=2e-6 * np.abs(first).max())
+
+
 # --- the float path's polynomial power ------------------------------------------------
 
 @pytest.mark.parametrize("beta", [0.6, 0.1, 1.3, 2.0, 0.75, -0.4])
