@@ -70,7 +70,7 @@ Chunking and threads
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport fabs, sqrt
+from libc.math cimport fabs, isfinite, sqrt
 from libc.stdlib cimport calloc, free, malloc
 
 from cnorm._buffers cimport Buffers
@@ -347,7 +347,9 @@ cdef floating* _coefficients(const floating* kind, const double* center,
     folded[0] = invstd != NULL
     if invstd != NULL:
         for c in range(n_channels):
-            if not (fabs(center[c]) * fabs(invstd[c]) <= FOLD_SIGMAS):  # NaN: not
+            # NaN fails the test; an infinite scale would fold into inf - inf.
+            if not (fabs(center[c]) * fabs(invstd[c]) <= FOLD_SIGMAS
+                    and isfinite(center[c] * scale[c])):
                 folded[0] = False
                 break
     for c in range(n_channels):
@@ -359,10 +361,10 @@ cdef floating* _coefficients(const floating* kind, const double* center,
             continue
         rounded = <floating>center[c]
         out[c] = rounded
-        if floating is float:
+        if floating is float and rounded != center[c]:  # (not 0 * inf where it is exact)
             out[2 * stride + c] = <floating>(shift[c] + (rounded - center[c]) * scale[c])
         else:
-            out[2 * stride + c] = shift[c]
+            out[2 * stride + c] = <floating>shift[c]
     for j in range(4):
         for c in range(n_channels, stride):
             out[j * stride + c] = out[j * stride + c % n_channels]

@@ -65,7 +65,7 @@ def float64_vectors(Py_ssize_t n, *arrays):
             return False
         try:
             PyObject_GetBuffer(array, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-        except BufferError:
+        except (BufferError, ValueError, TypeError):  # NumPy: strided, or no buffer format
             return False
         ok = (view.ndim == 1 and view.shape[0] == n and view.format != NULL
               and view.format[0] == b"d" and view.format[1] == 0)

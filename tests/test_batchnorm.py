@@ -456,6 +456,36 @@ def test_streamed_outputs_of_large_tensors(n_channels, offset):
         assert_close(got, dx_ref, scale=dx_scale)
 
 
+def test_infinite_gamma_gives_the_references_infinities(dtype):
+    # An infinite scale is not folded into x*A + B (inf - inf would make NaN of
+    # the whole channel): the centered form gives +-inf as the reference does.
+    x = np.random.default_rng(2).standard_normal((6, 3)).astype(dtype)
+    gamma = np.array([np.inf, 1.0, 1.0])
+    y = cnorm.batch_norm_inference(x, np.zeros(3), np.ones(3), gamma)
+    np.testing.assert_array_equal(y[:, 0], ref.batch_norm_inference(x, np.zeros(3), np.ones(3),
+                                                                    gamma)[:, 0])
+    dx, _, _ = cnorm.batch_norm_backward(x, x, np.zeros(3), np.ones(3), gamma, training=False)
+    np.testing.assert_array_equal(
+        dx[:, 0], ref.batch_norm_backward(x, x, np.zeros(3), np.ones(3), gamma,
+                                          training=False)[0][:, 0])
+
+
+def test_strided_and_unusual_per_channel_arguments():
+    # Per-channel arguments that are not contiguous float64 vectors take the checked
+    # path: strided ones are copied, a wrong dtype is a TypeError.
+    x = np.random.default_rng(4).standard_normal((4, 6))
+    strided = np.ones(12)[::2]
+    want = cnorm.batch_norm_inference(x, np.zeros(6), np.ones(6), np.ones(6))
+    np.testing.assert_array_equal(cnorm.batch_norm_inference(x, np.zeros(12)[::2], strided,
+                                                             strided), want)
+    y, mean, invstd = cnorm.batch_norm_training(x, gamma=strided)
+    np.testing.assert_array_equal(y, cnorm.batch_norm_training(x, gamma=np.ones(6))[0])
+    dx, _, _ = cnorm.batch_norm_backward(x, x, mean, np.repeat(invstd, 2)[::2], strided)
+    np.testing.assert_array_equal(dx, cnorm.batch_norm_backward(x, x, mean, invstd)[0])
+    with pytest.raises(TypeError, match="gamma must have dtype"):
+        cnorm.batch_norm_training(x, gamma=np.zeros(6, "M8[s]"))
+
+
 def test_constant_channel_gives_finite_output(dtype):
     # var = 0: eps > 0 keeps invstd finite; y = beta.
     x = np.full((5, 3), 7.0, dtype)
