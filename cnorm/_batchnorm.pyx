@@ -143,37 +143,22 @@ cdef extern from *:
             : fmaf(dy[i], dy_scale[c], folded ? fmaf(x[i], scale[c], shift[c]) \
                                                : fmaf(x[i] - center[c], scale[c], shift[c])))
     #define CNORM_NEXT(c, step) do { c += (step); while (c >= n) c -= n; } while (0)
+    /* CNORM_ONE on a vector of CNORM_W channels; the branches are loop-invariant
+       (the compiler compiles one loop per case). */
+    #define CNORM_AFFINE(i, c) (folded \
+            ? CNORM_FMA(CNORM_LOAD(x + i), CNORM_LOAD(scale + c), CNORM_LOAD(shift + c)) \
+            : CNORM_FMA(CNORM_SUB(CNORM_LOAD(x + i), CNORM_LOAD(center + c)), \
+                        CNORM_LOAD(scale + c), CNORM_LOAD(shift + c)))
         for (; i < aligned; i++) { out[i] = CNORM_ONE(i, c); CNORM_NEXT(c, 1); }
-        if (dy == NULL && folded) {
-            for (; i + CNORM_W <= stop; i += CNORM_W) {
-                CNORM_STORE_NT(out + i, CNORM_FMA(CNORM_LOAD(x + i), CNORM_LOAD(scale + c),
-                                                  CNORM_LOAD(shift + c)));
-                CNORM_NEXT(c, CNORM_W);
-            }
-        } else if (dy == NULL) {
-            for (; i + CNORM_W <= stop; i += CNORM_W) {
-                CNORM_STORE_NT(out + i, CNORM_FMA(CNORM_SUB(CNORM_LOAD(x + i),
-                                                            CNORM_LOAD(center + c)),
-                                                  CNORM_LOAD(scale + c), CNORM_LOAD(shift + c)));
-                CNORM_NEXT(c, CNORM_W);
-            }
-        } else if (folded) {
-            for (; i + CNORM_W <= stop; i += CNORM_W) {
-                CNORM_STORE_NT(out + i, CNORM_FMA(CNORM_LOAD(dy + i), CNORM_LOAD(dy_scale + c),
-                    CNORM_FMA(CNORM_LOAD(x + i), CNORM_LOAD(scale + c), CNORM_LOAD(shift + c))));
-                CNORM_NEXT(c, CNORM_W);
-            }
-        } else {
-            for (; i + CNORM_W <= stop; i += CNORM_W) {
-                CNORM_STORE_NT(out + i, CNORM_FMA(CNORM_LOAD(dy + i), CNORM_LOAD(dy_scale + c),
-                    CNORM_FMA(CNORM_SUB(CNORM_LOAD(x + i), CNORM_LOAD(center + c)),
-                              CNORM_LOAD(scale + c), CNORM_LOAD(shift + c))));
-                CNORM_NEXT(c, CNORM_W);
-            }
+        for (; i + CNORM_W <= stop; i += CNORM_W) {
+            CNORM_STORE_NT(out + i, dy == NULL ? CNORM_AFFINE(i, c)
+                : CNORM_FMA(CNORM_LOAD(dy + i), CNORM_LOAD(dy_scale + c), CNORM_AFFINE(i, c)));
+            CNORM_NEXT(c, CNORM_W);
         }
         for (; i < stop; i++) { out[i] = CNORM_ONE(i, c); CNORM_NEXT(c, 1); }
     #undef CNORM_ONE
     #undef CNORM_NEXT
+    #undef CNORM_AFFINE
     }
     static void cnorm_stream_fence(void) { _mm_sfence(); }
     #else
@@ -188,7 +173,6 @@ cdef extern from *:
     #endif
     """
     const bint STREAM_AVAILABLE "CNORM_STREAM"
-    const Py_ssize_t STREAM_WIDTH "CNORM_W"
     void _stream_range "cnorm_stream_range"(const float* dy, const float* x, float* out,
                                             const float* center, const float* scale,
                                             const float* shift, const float* dy_scale,

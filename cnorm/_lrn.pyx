@@ -56,7 +56,7 @@ cdef extern from *:
        at least 8 readable doubles past n + width - 1 (lanes never used). */
     #if defined(__AVX512F__)
     #include <immintrin.h>
-    #define CNORM_WINDOW_SIMD 1
+    #define CNORM_AVX512 1
     static void cnorm_window_sum(const double *padded, double *out, Py_ssize_t n,
                                  Py_ssize_t width) {
         Py_ssize_t c = 0, t;
@@ -139,7 +139,7 @@ cdef extern from *:
         }
     }
     #else
-    #define CNORM_WINDOW_SIMD 0
+    #define CNORM_AVX512 0
     static void cnorm_window_sum(const double *padded, double *out, Py_ssize_t n,
                                  Py_ssize_t width) {}
     static void cnorm_forward_075(const float *x, float *y, const double *sums,
@@ -148,7 +148,7 @@ cdef extern from *:
                                    float *q, double *p, Py_ssize_t n, double a, double k) {}
     #endif
     """
-    const bint WINDOW_SIMD "CNORM_WINDOW_SIMD"
+    const bint AVX512_KERNELS "CNORM_AVX512"
     void _window_sum_simd "cnorm_window_sum"(const double* padded, double* out,
                                              Py_ssize_t n, Py_ssize_t width) noexcept nogil
     void _forward_075_simd "cnorm_forward_075"(const float* x, float* y, const double* sums,
@@ -216,7 +216,7 @@ cdef void _window_sum(const double* padded, double* out, Py_ssize_t n_channels,
     # for every width, so all branches give the same bits. Widths up to 11 get
     # an unrolled single pass; wider ones go offset by offset.
     cdef Py_ssize_t c, t
-    if WINDOW_SIMD and width <= 9 and (<size_t>padded) % 64 == 0:
+    if AVX512_KERNELS and width <= 9 and (<size_t>padded) % 64 == 0:
         _window_sum_simd(padded, out, n_channels, width)
     elif width == 1:
         _window_sum_fixed(padded, out, n_channels, 1)
@@ -448,7 +448,7 @@ cdef void _forward_power_float(const float* x_row, float* y_row, const double* s
     # y = x * D**-beta with D = k + a*sums rounded once to float.
     cdef Py_ssize_t c
     cdef float d, r, high
-    if path == BETA_THREE_QUARTERS and WINDOW_SIMD:
+    if path == BETA_THREE_QUARTERS and AVX512_KERNELS:
         _forward_075_simd(x_row, y_row, sums, n_channels, a, k)
     elif path == BETA_THREE_QUARTERS:
         for c in range(n_channels):
@@ -476,7 +476,7 @@ cdef void _backward_power_float(const float* dy_row, const float* x_row,
     # double, to be summed in double.
     cdef Py_ssize_t c
     cdef float d, r, q1, high
-    if path == BETA_THREE_QUARTERS and WINDOW_SIMD:
+    if path == BETA_THREE_QUARTERS and AVX512_KERNELS:
         _backward_075_simd(dy_row, x_row, sums, q, p, n_channels, a, k)
     elif path == BETA_THREE_QUARTERS:
         for c in range(n_channels):
