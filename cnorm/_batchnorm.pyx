@@ -23,10 +23,11 @@ Passes and tensor traffic
     backward         ``_reduce`` (reads dy, x) then ``_apply`` (reads dy, x,
                      writes dx); the frozen-statistics dx is an ``_apply`` of
                      dy alone.
-    float32 outputs of STREAM_BYTES (8 MiB) and more are written with
-    streaming stores in AVX2 and AVX-512 builds (cnorm_stream_range): not
-    read into the cache before being written, which saves one memory transfer
-    in three of inference and one in six of the backward.
+    float32 outputs of a pass whose tensors (inputs and output) exceed
+    STREAM_WORKING_SET (32 MiB) are written with streaming stores in AVX2 and
+    AVX-512 builds (cnorm_stream_range): not read into the cache before being
+    written, which saves one memory transfer in three of inference and one in
+    six of the backward.
     ``batch_stats`` reads each chunk once (shifted sums, see _chunk_stats),
     REDUCE_ROWS rows at a time (8 in AVX-512 builds, 4 elsewhere).
     The second pass of training and backward walks each thread's chunks in
@@ -100,7 +101,7 @@ cdef extern from *:
        memory transfer in three of a pass that reads x and writes y. Measured on
        AMD Zen 5 at 2 threads, 51 MB float32 tensors: inference 2.9 -> 2.3 ms,
        the backward's second pass 4.3 -> 3.6 ms. In-cache outputs are slower
-       this way, so the kernels stream only outputs of STREAM_BYTES and more.
+       this way, so the kernels stream only past STREAM_WORKING_SET.
        AVX-512 or AVX2 builds only (CNORM_STREAM 0 elsewhere). A chunk of rows is
        one contiguous range: its unaligned head and tail take normal stores;
        the same fused multiply-adds as the compiler contracts the normal path
@@ -197,13 +198,16 @@ cdef enum:
     FOLD_SIGMAS = 4
     # The chunk count is rounded up to a multiple of this (see _rows_per_chunk).
     CHUNK_MULTIPLE = 8
-    # float32 outputs of at least this many bytes are written with streaming
-    # stores where the build has them (see cnorm_stream_range): more than the
-    # share of a last-level cache a core can count on (glibc's memcpy streams
-    # above 3/4 of it), so not read again from the cache anyway. Measured on
-    # 32x7x7x2048 (12.8 MB): backward 2.9 -> 2.5 of the copy, inference no
-    # slower; smaller, cache-resident outputs are slower streamed.
-    STREAM_BYTES = 8 * 1024 * 1024
+    # The float32 output of an elementwise pass is written with streaming
+    # stores where the build has them (see cnorm_stream_range) when the pass's
+    # tensors (x and y, or dy, x and dx) are more than this many bytes: more
+    # than the last-level cache (32 MiB on the AMD Zen 5 measured here), so
+    # the output would not stay there for its reader anyway, while a pass
+    # that fits keeps it in the cache and its inputs too. Measured on
+    # 32x7x7x2048 (12.8 MB tensors) with benchmarks/run.py at 2 threads:
+    # backward (38.4 MB) 2.9 -> 2.5 of the copy streamed; inference (25.6 MB)
+    # 1.22-1.27 streamed, 1.01-1.23 (median 1.13, 11 runs) not.
+    STREAM_WORKING_SET = 32 * 1024 * 1024
     # Values after the C of each coefficient array (at least one vector).
     COEFFICIENT_WRAP = 16
     # Channels per block of the parallel merge (a cache-friendly stripe).
@@ -465,8 +469,9 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t thread
     cdef bint folded
-    cdef bint stream = (floating is float and STREAM_AVAILABLE
-                        and n_rows * n_channels * <Py_ssize_t>sizeof(floating) >= STREAM_BYTES)
+    cdef Py_ssize_t tensors = 2 if dy == NULL else 3
+    cdef bint stream = (floating is float and STREAM_AVAILABLE and tensors * n_rows
+                        * n_channels * <Py_ssize_t>sizeof(floating) > STREAM_WORKING_SET)
     cdef floating* coefficients = _coefficients(x, center, scale, shift, dy_scale, invstd,
                                                 n_channels, &folded)
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)

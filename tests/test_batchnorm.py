@@ -419,12 +419,13 @@ def test_inference_precision_either_side_of_the_fold(sigmas, dtype, rng):
 
 @pytest.mark.parametrize("n_channels, offset", [(37, 0.0), (64, 0.0), (3, 1e4)])
 def test_streamed_outputs_of_large_tensors(n_channels, offset):
-    # float32 outputs of 8 MiB and more are written with streaming stores
-    # (AVX2/AVX-512 builds), in chunk-long runs whose vectors cross rows: C not a
-    # multiple of the vector width, folded (offset 0) and centered (1e4) forms,
-    # every pass, in place too, bit-identical for 1, 2 and 3 threads.
+    # float32 outputs of passes over more than 32 MiB of tensors are written with
+    # streaming stores (AVX2/AVX-512 builds), in chunk-long runs whose vectors
+    # cross rows: C not a multiple of the vector width, folded (offset 0) and
+    # centered (1e4) forms, every pass (x and y: just over 16 MiB each), in place
+    # too, bit-identical for 1, 2 and 3 threads.
     rng = np.random.default_rng(n_channels)
-    m = (2 * 2**20 + 5 * n_channels) // n_channels + 1  # just over 8 MiB of float32
+    m = (4 * 2**20 + 5 * n_channels) // n_channels + 1  # just over 16 MiB of float32
     x, gamma, beta, dy = make_case(rng, (m, n_channels), np.float32, offset)
     running_mean = rows(x).mean(axis=0) + 0.1
     running_var = rows(x).var(axis=0) + 0.5
