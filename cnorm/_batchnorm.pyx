@@ -208,6 +208,9 @@ cdef enum:
     # backward (38.4 MB) 2.9 -> 2.5 of the copy streamed; inference (25.6 MB)
     # 1.22-1.27 streamed, 1.01-1.23 (median 1.13, 11 runs) not.
     STREAM_WORKING_SET = 32 * 1024 * 1024
+    # Channel range of the backward's one-row sums (see _sums_by_rows).
+    SUM_ROWS_MIN_CHANNELS = 256
+    SUM_ROWS_MAX_CHANNELS = 512
     # Values after the C of each coefficient array (at least one vector).
     COEFFICIENT_WRAP = 16
     # Channels per block of the parallel merge (a cache-friendly stripe).
@@ -593,12 +596,13 @@ def batch_stats(x, mean, var, int n_threads):
 
 
 cdef void _chunk_sums(const floating* dy, const floating* x, const double* center,
-                      Py_ssize_t n_rows, Py_ssize_t n_channels, double* sum_dy,
-                      double* sum_dy_centered) noexcept nogil:
+                      Py_ssize_t n_rows, Py_ssize_t n_channels, bint by_rows,
+                      double* sum_dy, double* sum_dy_centered) noexcept nogil:
     # sum(dy) and sum(dy*(x - center)) over the rows of one chunk, REDUCE_ROWS
-    # rows at a time as in _chunk_stats.
+    # rows at a time as in _chunk_stats, or one at a time if ``by_rows`` (see
+    # _sums_by_rows).
     cdef Py_ssize_t r, c, o, n = n_channels
-    cdef Py_ssize_t blocked = n_rows - n_rows % REDUCE_ROWS
+    cdef Py_ssize_t blocked = 0 if by_rows else n_rows - n_rows % REDUCE_ROWS
     cdef double g0, g1, g2, g3, m, total, products
     cdef Py_ssize_t block_bytes = REDUCE_ROWS * n_channels * sizeof(floating)
     cdef bint prefetch = block_bytes <= PREFETCH_MAX_BLOCK * REDUCE_ROWS // 4
@@ -638,6 +642,21 @@ cdef void _chunk_sums(const floating* dy, const floating* x, const double* cente
             sum_dy_centered[c] += g0 * (x[o + c] - center[c])
 
 
+cdef inline bint _sums_by_rows(Py_ssize_t n_rows, Py_ssize_t n_channels,
+                              Py_ssize_t item_size) noexcept nogil:
+    # The backward's float32 sums take one row at a time when dy and x come
+    # from memory (the backward's three tensors exceed STREAM_WORKING_SET) and
+    # the rows are of middle width: two input streams instead of 2*REDUCE_ROWS
+    # interleaved ones. Measured here at 2 threads (sums then dx, paired with
+    # the 8-row blocks): C = 256, 384, 512 13-24 % faster; C = 128 and 64 (where
+    # the blocks prefetch in software) 0-5 % and 10 % slower, C = 1024 7 %
+    # slower; cache-resident tensors (compute-bound) 3-35 % slower. float64
+    # data keep the blocks (not measured).
+    return (item_size == 4
+            and SUM_ROWS_MIN_CHANNELS <= n_channels <= SUM_ROWS_MAX_CHANNELS
+            and 3 * n_rows * n_channels * item_size > STREAM_WORKING_SET)
+
+
 cdef void _merge_sums(const double* chunk_a, const double* chunk_b, Py_ssize_t chunks,
                       Py_ssize_t n_channels, Py_ssize_t c_start, Py_ssize_t c_stop,
                       double* total_a, double* total_b) noexcept nogil:
@@ -653,7 +672,7 @@ cdef void _merge_sums(const double* chunk_a, const double* chunk_b, Py_ssize_t c
 
 cdef inline void _chunk_partials(const floating* dy, const floating* x, const double* center,
                                  Py_ssize_t chunk, Py_ssize_t rows, Py_ssize_t n_rows,
-                                 Py_ssize_t n_channels, double* partial_a,
+                                 Py_ssize_t n_channels, bint by_rows, double* partial_a,
                                  double* partial_b) noexcept nogil:
     # Row ``chunk`` of the partials: mean and M2 of the chunk's x (dy NULL), or
     # sum(dy) and sum(dy*(x - center)).
@@ -663,6 +682,7 @@ cdef inline void _chunk_partials(const floating* dy, const floating* x, const do
                      partial_a + chunk * n_channels, partial_b + chunk * n_channels)
     else:
         _chunk_sums(dy + offset, x + offset, center, min(rows, n_rows - start), n_channels,
+                    by_rows,
                     partial_a + chunk * n_channels, partial_b + chunk * n_channels)
 
 
@@ -691,6 +711,7 @@ cdef void _reduce(const floating* dy, const floating* x, const double* center,
     cdef Py_ssize_t blocks = (n_channels + MERGE_BLOCK - 1) // MERGE_BLOCK
     cdef Py_ssize_t chunk, block, thread
     cdef bint stats = dy == NULL
+    cdef bint by_rows = not stats and _sums_by_rows(n_rows, n_channels, sizeof(floating))
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
     cdef double* partial_a = _partials(chunks, n_channels)
     cdef double* partial_b = partial_a + chunks * n_channels
@@ -698,7 +719,7 @@ cdef void _reduce(const floating* dy, const floating* x, const double* center,
         if n_threads == 1:
             with nogil:
                 for chunk in range(chunks):
-                    _chunk_partials(dy, x, center, chunk, rows, n_rows, n_channels,
+                    _chunk_partials(dy, x, center, chunk, rows, n_rows, n_channels, by_rows,
                                     partial_a, partial_b)
                 _merge_partials(stats, partial_a, partial_b, chunks, rows, n_rows,
                                 n_channels, 0, n_channels, total_a, total_b)
@@ -709,7 +730,7 @@ cdef void _reduce(const floating* dy, const floating* x, const double* center,
                                  num_threads=n_threads):
                 for chunk in range(_first_chunk(chunks, n_threads, thread),
                                    _first_chunk(chunks, n_threads, thread + 1)):
-                    _chunk_partials(dy, x, center, chunk, rows, n_rows, n_channels,
+                    _chunk_partials(dy, x, center, chunk, rows, n_rows, n_channels, by_rows,
                                     partial_a, partial_b)
             for block in prange(blocks, nogil=True, schedule="static",
                                 num_threads=min(<Py_ssize_t>n_threads, blocks),

@@ -417,13 +417,14 @@ def test_inference_precision_either_side_of_the_fold(sigmas, dtype, rng):
                  rtol_factor=0.1)
 
 
-@pytest.mark.parametrize("n_channels, offset", [(37, 0.0), (64, 0.0), (3, 1e4)])
+@pytest.mark.parametrize("n_channels, offset", [(37, 0.0), (64, 0.0), (3, 1e4), (300, 0.0)])
 def test_streamed_outputs_of_large_tensors(n_channels, offset):
     # float32 outputs of passes over more than 32 MiB of tensors are written with
     # streaming stores (AVX2/AVX-512 builds), in chunk-long runs whose vectors
     # cross rows: C not a multiple of the vector width, folded (offset 0) and
     # centered (1e4) forms, every pass (x and y: just over 16 MiB each), in place
-    # too, bit-identical for 1, 2 and 3 threads.
+    # too, bit-identical for 1, 2 and 3 threads. C = 300 also takes the
+    # backward's one-row sums (middle-width rows of tensors beyond the cache).
     rng = np.random.default_rng(n_channels)
     m = (4 * 2**20 + 5 * n_channels) // n_channels + 1  # just over 16 MiB of float32
     x, gamma, beta, dy = make_case(rng, (m, n_channels), np.float32, offset)
@@ -448,13 +449,19 @@ def test_streamed_outputs_of_large_tensors(n_channels, offset):
     for other in results[1:]:
         for got, want in zip(other, results[0]):
             np.testing.assert_array_equal(got, want)
-    y, dx, frozen, _, _ = results[0]
+    y, dx, frozen, dgamma, dbeta = results[0]
     y_ref, mean_ref, invstd_ref = ref.batch_norm_training(x, gamma, beta)
     assert_close(y, y_ref, scale=training_y_scale(x, gamma, beta, mean_ref, invstd_ref))
     for training, got in ((True, dx), (False, frozen)):
-        dx_ref, _, _ = ref.batch_norm_backward(dy, x, mean, invstd, gamma, training=training)
-        dx_scale, _, _ = backward_scales(dy, x, mean, invstd, gamma, training)
+        dx_ref, dgamma_ref, dbeta_ref = ref.batch_norm_backward(dy, x, mean, invstd, gamma,
+                                                                training=training)
+        dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, mean, invstd, gamma,
+                                                              training)
         assert_close(got, dx_ref, scale=dx_scale)
+        if training:
+            np.testing.assert_allclose(dgamma, dgamma_ref, rtol=0,
+                                       atol=1e-12 * dgamma_scale.max())
+            np.testing.assert_allclose(dbeta, dbeta_ref, rtol=0, atol=1e-12 * dbeta_scale.max())
 
 
 def test_infinite_gamma_gives_the_references_infinities(dtype):
