@@ -25,11 +25,13 @@ Passes and tensor traffic
                      dy alone.
     float32 outputs of a pass whose tensors (inputs and output) exceed
     STREAM_WORKING_SET (32 MiB) are written with streaming stores in AVX2 and
-    AVX-512 builds (cnorm_stream_range): not read into the cache before being
-    written, which saves one memory transfer in three of inference and one in
-    six of the backward.
+    AVX-512 builds (cnorm_stream_range, see _streams): not read into the cache
+    before being written, which saves one memory transfer in three of
+    inference and one in six of the backward.
     ``batch_stats`` reads each chunk once (shifted sums, see _chunk_stats),
-    REDUCE_ROWS rows at a time (8 in AVX-512 builds, 4 elsewhere).
+    REDUCE_ROWS rows at a time (8 in AVX-512 builds, 4 elsewhere); so do the
+    backward's sums, except float32 rows of 256-512 channels beyond
+    STREAM_WORKING_SET, which take one row at a time (see _sums_by_rows).
     The second pass of training and backward walks each thread's chunks in
     REVERSE order: the chunks read last by the first pass are then still in
     that core's L2 and the last-level cache, so a tensor that fits in it is
@@ -206,7 +208,8 @@ cdef enum:
     # that fits keeps it in the cache and its inputs too. Measured on
     # 32x7x7x2048 (12.8 MB tensors) with benchmarks/run.py at 2 threads:
     # backward (38.4 MB) 2.9 -> 2.5 of the copy streamed; inference (25.6 MB)
-    # 1.22-1.27 streamed, 1.01-1.23 (median 1.13, 11 runs) not.
+    # 0.93-1.35 (median 1.22, 8 runs) streamed, 1.01-1.23 (median 1.13, 11
+    # runs) not.
     STREAM_WORKING_SET = 32 * 1024 * 1024
     # Channel range of the backward's one-row sums (see _sums_by_rows).
     SUM_ROWS_MIN_CHANNELS = 256
@@ -245,6 +248,26 @@ cdef Py_ssize_t _rows_per_chunk(Py_ssize_t n_rows, Py_ssize_t n_channels) noexce
         return max(n_rows, 1)
     chunks = (chunks + CHUNK_MULTIPLE - 1) // CHUNK_MULTIPLE * CHUNK_MULTIPLE
     return (n_rows + chunks - 1) // chunks
+
+
+cdef inline bint _streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
+                          Py_ssize_t item_size) noexcept nogil:
+    # Whether an elementwise pass over ``tensors`` (M, C) tensors (its inputs
+    # and its output) writes its output with streaming stores: float32, a
+    # build that has them, and more than STREAM_WORKING_SET bytes.
+    return (STREAM_AVAILABLE and item_size == 4
+            and tensors * n_rows * n_channels * item_size > STREAM_WORKING_SET)
+
+
+def streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
+            Py_ssize_t item_size):
+    """Whether an elementwise pass over ``tensors`` such tensors streams its output."""
+    return _streams(tensors, n_rows, n_channels, item_size)
+
+
+def sums_by_rows(Py_ssize_t n_rows, Py_ssize_t n_channels, Py_ssize_t item_size):
+    """Whether the backward's sums over such tensors take one row at a time."""
+    return _sums_by_rows(n_rows, n_channels, item_size)
 
 
 def n_chunks(Py_ssize_t n_rows, Py_ssize_t n_channels):
@@ -326,7 +349,9 @@ cdef floating* _coefficients(const floating* kind, size_t line_offset,
     # reads every array at the same channel offsets, so no vector load splits
     # a line (measured on 32x7x7x2048 inference with x aligned: 5-10 % faster
     # than malloc's 16-byte alignment); the output's offset for the streaming
-    # loop, whose vectors start where the output is aligned.
+    # loop, whose vectors start where the output is aligned (its coefficient
+    # loads are then aligned in every row if C is a multiple of 16; otherwise
+    # the channel of an aligned output vector moves from row to row).
     #
     # Folded, x*scale + (shift - center*scale), when every channel's center is
     # within FOLD_SIGMAS standard deviations of 0 (|center|*invstd, invstd not
@@ -342,7 +367,7 @@ cdef floating* _coefficients(const floating* kind, size_t line_offset,
     # folded form's would be.
     # Each of the four arrays holds C + COEFFICIENT_WRAP values, the last ones
     # repeating the first channels (for _stream_range's vectors across rows),
-    # then unused ones up to the end of the cache line.
+    # and so on up to the end of the cache line.
     cdef Py_ssize_t stride = _coefficient_stride(n_channels)
     cdef char* raw = <char*> malloc(4 * stride * sizeof(floating) + 2 * LINE_BYTES)
     cdef floating* out
@@ -490,9 +515,8 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t thread
     cdef bint folded
-    cdef Py_ssize_t tensors = 2 if dy == NULL else 3
-    cdef bint stream = (floating is float and STREAM_AVAILABLE and tensors * n_rows
-                        * n_channels * <Py_ssize_t>sizeof(floating) > STREAM_WORKING_SET)
+    cdef bint stream = _streams(2 if dy == NULL else 3, n_rows, n_channels,
+                                sizeof(floating))
     cdef void* block = NULL
     cdef floating* coefficients = _coefficients(x, <size_t> out if stream else 0, center,
                                                 scale, shift, dy_scale, invstd, n_channels,

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cnorm
+from cnorm import _dispatch
 from cnorm import reference as ref
 from cnorm._dispatch import kernels
 
@@ -427,6 +428,10 @@ def test_streamed_outputs_of_large_tensors(n_channels, offset):
     # backward's one-row sums (middle-width rows of tensors beyond the cache).
     rng = np.random.default_rng(n_channels)
     m = (4 * 2**20 + 5 * n_channels) // n_channels + 1  # just over 16 MiB of float32
+    bn = kernels("_batchnorm")
+    if _dispatch.ISA_LEVEL != "baseline":
+        assert bn.streams(2, m, n_channels, 4) and bn.streams(3, m, n_channels, 4)
+    assert bn.sums_by_rows(m, n_channels, 4) == (n_channels == 300)
     x, gamma, beta, dy = make_case(rng, (m, n_channels), np.float32, offset)
     running_mean = rows(x).mean(axis=0) + 0.1
     running_var = rows(x).var(axis=0) + 0.5
@@ -437,6 +442,10 @@ def test_streamed_outputs_of_large_tensors(n_channels, offset):
     in_place = x.copy()
     cnorm.batch_norm_inference(in_place, running_mean, running_var, gamma, beta, out=in_place)
     np.testing.assert_array_equal(in_place, y)
+    for shift in (1, 7):  # outputs 4 and 28 bytes past NumPy's alignment of the buffer
+        out = np.empty(x.size + shift, np.float32)[shift:].reshape(x.shape)
+        cnorm.batch_norm_inference(x, running_mean, running_var, gamma, beta, out=out)
+        np.testing.assert_array_equal(out, y)
 
     results = []
     for n_threads in (1, 2, 3):
