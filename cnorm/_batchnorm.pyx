@@ -216,6 +216,7 @@ cdef enum:
     SUM_ROWS_MAX_CHANNELS = 512
     # Values after the C of each coefficient array (at least one vector).
     COEFFICIENT_WRAP = 16
+    # Cache line size: the coefficient arrays' alignment (see _coefficients).
     LINE_BYTES = 64
     # Channels per block of the parallel merge (a cache-friendly stripe).
     MERGE_BLOCK = 256
@@ -250,13 +251,19 @@ cdef Py_ssize_t _rows_per_chunk(Py_ssize_t n_rows, Py_ssize_t n_channels) noexce
     return (n_rows + chunks - 1) // chunks
 
 
+cdef inline bint _beyond_cache(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
+                               Py_ssize_t item_size) noexcept nogil:
+    # Whether ``tensors`` (M, C) tensors together exceed STREAM_WORKING_SET bytes.
+    return tensors * n_rows * n_channels * item_size > STREAM_WORKING_SET
+
+
 cdef inline bint _streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
                           Py_ssize_t item_size) noexcept nogil:
     # Whether an elementwise pass over ``tensors`` (M, C) tensors (its inputs
     # and its output) writes its output with streaming stores: float32, a
-    # build that has them, and more than STREAM_WORKING_SET bytes.
+    # build that has them, and tensors beyond the cache.
     return (STREAM_AVAILABLE and item_size == 4
-            and tensors * n_rows * n_channels * item_size > STREAM_WORKING_SET)
+            and _beyond_cache(tensors, n_rows, n_channels, item_size))
 
 
 def streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
@@ -698,7 +705,7 @@ cdef inline bint _sums_by_rows(Py_ssize_t n_rows, Py_ssize_t n_channels,
     # data keep the blocks (not measured).
     return (item_size == 4
             and SUM_ROWS_MIN_CHANNELS <= n_channels <= SUM_ROWS_MAX_CHANNELS
-            and 3 * n_rows * n_channels * item_size > STREAM_WORKING_SET)
+            and _beyond_cache(3, n_rows, n_channels, item_size))
 
 
 cdef void _merge_sums(const double* chunk_a, const double* chunk_b, Py_ssize_t chunks,
