@@ -27,7 +27,10 @@ Passes and tensor traffic
     STREAM_WORKING_SET (32 MiB) are written with streaming stores in AVX2 and
     AVX-512 builds (cnorm_stream_range, see _streams): not read into the cache
     before being written, which saves one memory transfer in three of
-    inference and one in six of the backward.
+    inference and one in six of the backward. The second pass of training and
+    backward, which re-reads what the first pass left in the caches, streams
+    from REREAD_STREAM_WORKING_SET (16 MiB): there a normal store would evict
+    the inputs that the pass is about to read.
     ``batch_stats`` reads each chunk once (shifted sums, see _chunk_stats),
     REDUCE_ROWS rows at a time (8 in AVX-512 builds, 4 elsewhere); so do the
     backward's sums, except float32 rows of 256-512 channels beyond
@@ -211,6 +214,19 @@ cdef enum:
     # 0.93-1.35 (median 1.22, 8 runs) streamed, 1.01-1.23 (median 1.13, 11
     # runs) not.
     STREAM_WORKING_SET = 32 * 1024 * 1024
+    # The same for the second pass of training and backward (dy, x and dx, or x
+    # and y), which re-reads the inputs that the first pass has just read, the
+    # last of them still in the caches: a normal store allocates the output's
+    # lines there and evicts those inputs before the pass reaches them.
+    # Measured at 2 threads, streamed against normal stores: training over
+    # 12.8 MB tensors (32x7x7x2048, 8x28x28x512, 1x112x112x256; 25.6 MB in the
+    # pass) 13-17 % faster in paired runs with steal-time rounds dropped, and
+    # 32x7x7x2048 with benchmarks/run.py, 3 alternations, 0.86-0.93 ms ->
+    # 0.65-0.75 ms; over 6.4 MB tensors equal. The backward over 1x56x56x256
+    # (9.6 MB in the pass) was 10 % faster paired, 5-20 % slower in
+    # benchmarks/run.py: below this size outputs are written normally, for the
+    # next layer to find in the cache.
+    REREAD_STREAM_WORKING_SET = 16 * 1024 * 1024
     # Channel range of the backward's one-row sums (see _sums_by_rows).
     SUM_ROWS_MIN_CHANNELS = 256
     SUM_ROWS_MAX_CHANNELS = 512
@@ -258,18 +274,27 @@ cdef inline bint _beyond_cache(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t
 
 
 cdef inline bint _streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
-                          Py_ssize_t item_size) noexcept nogil:
+                          Py_ssize_t item_size, bint reread) noexcept nogil:
     # Whether an elementwise pass over ``tensors`` (M, C) tensors (its inputs
     # and its output) writes its output with streaming stores: float32, a
-    # build that has them, and tensors beyond the cache.
-    return (STREAM_AVAILABLE and item_size == 4
-            and _beyond_cache(tensors, n_rows, n_channels, item_size))
+    # build that has them, and tensors beyond the cache, or beyond
+    # REREAD_STREAM_WORKING_SET for a pass that re-reads its inputs
+    # (``reread``: the second pass of training and backward).
+    if not (STREAM_AVAILABLE and item_size == 4):
+        return False
+    if reread:
+        return tensors * n_rows * n_channels * item_size > REREAD_STREAM_WORKING_SET
+    return _beyond_cache(tensors, n_rows, n_channels, item_size)
 
 
 def streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
-            Py_ssize_t item_size):
-    """Whether an elementwise pass over ``tensors`` such tensors streams its output."""
-    return _streams(tensors, n_rows, n_channels, item_size)
+            Py_ssize_t item_size, bint reread=False):
+    """Whether an elementwise pass over ``tensors`` such tensors streams its output.
+
+    ``reread``: the pass re-reads its inputs (the second pass of training and
+    backward).
+    """
+    return _streams(tensors, n_rows, n_channels, item_size, reread)
 
 
 def sums_by_rows(Py_ssize_t n_rows, Py_ssize_t n_channels, Py_ssize_t item_size):
@@ -517,13 +542,14 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     # out = (x - center)*scale + shift [+ dy*dy_scale if dy is not NULL] per
     # channel: the body of affine, normalize and backward. ``invstd`` (1/std of
     # x per channel, or NULL) decides the folded form (see _coefficients).
-    # ``reverse`` walks each thread's chunks last to first (see affine).
+    # ``reverse`` walks each thread's chunks last to first (see affine): a
+    # second pass, which re-reads its inputs (see _streams).
     cdef Py_ssize_t rows = _rows_per_chunk(n_rows, n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t thread
     cdef bint folded
     cdef bint stream = _streams(2 if dy == NULL else 3, n_rows, n_channels,
-                                sizeof(floating))
+                                sizeof(floating), reverse)
     cdef void* block = NULL
     cdef floating* coefficients = _coefficients(x, <size_t> out if stream else 0, center,
                                                 scale, shift, dy_scale, invstd, n_channels,
