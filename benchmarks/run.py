@@ -19,7 +19,9 @@ timed against another's still-spinning thread pool.
 
 It prints (and with --markdown writes) a table of median milliseconds, GB/s of
 the least traffic the operation needs, the ratio to the copy and the ratio to
-the fastest peer, and says which peers were missing.
+the fastest peer, and says which peers were missing. On a virtual machine it
+also gives, per case, the share of CPU time the host stole from this machine
+while the case ran (Linux /proc/stat): a gauge of how far to trust its figures.
 """
 import argparse
 import os
@@ -59,6 +61,23 @@ def _interleaved_medians(functions, repeat, block=4, pause=0.02):
     return {name: float(np.median(times)) for name, times in samples.items()}
 
 
+def _cpu_ticks():
+    """(steal, total) jiffies of all CPUs from /proc/stat, or None where it is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice, within user]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def _steal_share(before, after):
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def run(ops, n_threads, repeat, reference_repeat):
     peers.set_threads(n_threads)
     available, missing = peers.available()
@@ -70,7 +89,9 @@ def run(ops, n_threads, repeat, reference_repeat):
             function = peers.function(name, case, n_threads)
             if function is not None:
                 functions[name] = function
+        ticks = _cpu_ticks()
         medians = _interleaved_medians(functions, repeat)
+        steal = _steal_share(ticks, _cpu_ticks())
         if reference_repeat:
             medians["numpy reference"] = _interleaved_medians(
                 {"reference": case.reference()}, reference_repeat, block=2)["reference"]
@@ -84,6 +105,7 @@ def run(ops, n_threads, repeat, reference_repeat):
                 "GB/s": case.traffic_bytes / seconds / 1e9,
                 "x copy": seconds / medians["copy"],
                 "x fastest peer": seconds / min(peer_times) if peer_times else None,
+                "steal": steal,
             })
         print(f"done: {case.name} {case.shape}", file=sys.stderr)
     return rows, available, missing
@@ -100,11 +122,17 @@ def markdown(rows, n_threads, available, missing):
         "| operation | shape | implementation | ms | GB/s | x copy | x fastest peer |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
+    steals = {}
     for row in rows:
         peer = "" if row["x fastest peer"] is None else f"{row['x fastest peer']:.2f}"
         lines.append(
             f"| {row['operation']} | {row['shape']} | {row['implementation']} | "
             f"{row['ms']:.3f} | {row['GB/s']:.1f} | {row['x copy']:.2f} | {peer} |")
+        if row.get("steal") is not None:
+            steals[f"{row['operation']} {row['shape']}"] = row["steal"]
+    if steals and max(steals.values()) > 0:
+        lines += ["", "CPU time stolen by the host while each case ran (/proc/stat): " +
+                  ", ".join(f"{case} {share:.0%}" for case, share in steals.items()) + "."]
     if notes:
         lines += ["", "Peers skipped for a case:"] + notes
     return "\n".join(lines) + "\n"
