@@ -24,16 +24,17 @@ Passes and tensor traffic
                      writes dx); the frozen-statistics dx is an ``_apply`` of
                      dy alone.
     float32 outputs of a pass whose tensors (inputs and output) exceed
-    STREAM_WORKING_SET (16 MiB) are written with streaming stores in AVX2 and
+    STREAM_WORKING_SET (32 MiB) are written with streaming stores in AVX2 and
     AVX-512 builds (cnorm_stream_range, see _streams): not read into the cache
     before being written, which saves one memory transfer in three of
-    inference and one in six of the backward, and leaves the caches to the
-    inputs (the second pass of training and backward re-reads what the first
-    left there; wide layers' per-channel coefficients stay in L1).
+    inference and one in six of the backward. The second pass of training and
+    backward, which re-reads what the first pass left in the caches, streams
+    from REREAD_STREAM_WORKING_SET (16 MiB): there a normal store would evict
+    the inputs that the pass is about to read.
     ``batch_stats`` reads each chunk once (shifted sums, see _chunk_stats),
     REDUCE_ROWS rows at a time (8 in AVX-512 builds, 4 elsewhere); so do the
     backward's sums, except float32 rows of 256-512 channels beyond
-    SUM_ROWS_WORKING_SET, which take one row at a time (see _sums_by_rows).
+    STREAM_WORKING_SET, which take one row at a time (see _sums_by_rows).
     The second pass of training and backward walks each thread's chunks in
     REVERSE order: the chunks read last by the first pass are then still in
     that core's L2 and the last-level cache, so a tensor that fits in it is
@@ -204,28 +205,28 @@ cdef enum:
     CHUNK_MULTIPLE = 8
     # The float32 output of an elementwise pass is written with streaming
     # stores where the build has them (see cnorm_stream_range) when the pass's
-    # tensors (x and y, or dy, x and dx) are more than this many bytes, half
-    # the last-level cache of the AMD Zen 5 measured here (32 MiB, shared with
-    # other machines): a normal store first reads the output's lines into the
-    # caches, where they evict the inputs, which the second pass of training
-    # and backward re-reads from there, and, for wide layers, the per-channel
-    # coefficients that every row reads from L1 (C = 2048: 16 KiB of them).
-    # Smaller passes write normally, for the next layer to find the output in
-    # the cache. Measured at 2 threads, streamed against normal stores, in
-    # paired runs with the rounds that had steal time dropped and with
-    # benchmarks/run.py alternating builds: training over 12.8 MB tensors
-    # (32x7x7x2048, 8x28x28x512, 1x112x112x256) 13-17 % faster paired, and
-    # 32x7x7x2048 4-30 % faster in each of 6 benchmark alternations; inference
-    # on 32x7x7x2048 8-15 % faster in 4 of 5 paired runs (equal in one) and in
-    # 3 of 4 benchmark alternations, on 12.8 MB tensors of 256 and 512
-    # channels equal or slightly faster; over 6.4 MB tensors (16x7x7x2048)
-    # inference 7 % slower and training equal. (An earlier day's unpaired
-    # runs had inference on 32x7x7x2048 better unstreamed, median 1.13 of the
-    # copy over 11 runs against 1.22 over 8: this machine's cache is shared.)
-    STREAM_WORKING_SET = 16 * 1024 * 1024
-    # The backward's one-row sums (see _sums_by_rows) when its three tensors
-    # exceed this many bytes: the last-level cache, dy and x from memory.
-    SUM_ROWS_WORKING_SET = 32 * 1024 * 1024
+    # tensors (x and y, or dy, x and dx) are more than this many bytes: more
+    # than the last-level cache (32 MiB on the AMD Zen 5 measured here), so
+    # the output would not stay there for its reader anyway, while a pass
+    # that fits keeps it in the cache and its inputs too. Measured on
+    # 32x7x7x2048 (12.8 MB tensors) with benchmarks/run.py at 2 threads:
+    # backward (38.4 MB) 2.9 -> 2.5 of the copy streamed; inference (25.6 MB)
+    # 0.93-1.35 (median 1.22, 8 runs) streamed, 1.01-1.23 (median 1.13, 11
+    # runs) not.
+    STREAM_WORKING_SET = 32 * 1024 * 1024
+    # The same for the second pass of training and backward (dy, x and dx, or x
+    # and y), which re-reads the inputs that the first pass has just read, the
+    # last of them still in the caches: a normal store allocates the output's
+    # lines there and evicts those inputs before the pass reaches them.
+    # Measured at 2 threads, streamed against normal stores: training over
+    # 12.8 MB tensors (32x7x7x2048, 8x28x28x512, 1x112x112x256; 25.6 MB in the
+    # pass) 13-17 % faster in paired runs with steal-time rounds dropped, and
+    # 32x7x7x2048 with benchmarks/run.py, 3 alternations, 0.86-0.93 ms ->
+    # 0.65-0.75 ms; over 6.4 MB tensors equal. The backward over 1x56x56x256
+    # (9.6 MB in the pass) was 10 % faster paired, 5-20 % slower in
+    # benchmarks/run.py: below this size outputs are written normally, for the
+    # next layer to find in the cache.
+    REREAD_STREAM_WORKING_SET = 16 * 1024 * 1024
     # Channel range of the backward's one-row sums (see _sums_by_rows).
     SUM_ROWS_MIN_CHANNELS = 256
     SUM_ROWS_MAX_CHANNELS = 512
@@ -266,25 +267,34 @@ cdef Py_ssize_t _rows_per_chunk(Py_ssize_t n_rows, Py_ssize_t n_channels) noexce
     return (n_rows + chunks - 1) // chunks
 
 
-cdef inline bint _exceed(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
-                         Py_ssize_t item_size, Py_ssize_t limit) noexcept nogil:
-    # Whether ``tensors`` (M, C) tensors together exceed ``limit`` bytes.
-    return tensors * n_rows * n_channels * item_size > limit
+cdef inline bint _beyond_cache(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
+                               Py_ssize_t item_size) noexcept nogil:
+    # Whether ``tensors`` (M, C) tensors together exceed STREAM_WORKING_SET bytes.
+    return tensors * n_rows * n_channels * item_size > STREAM_WORKING_SET
 
 
 cdef inline bint _streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
-                          Py_ssize_t item_size) noexcept nogil:
+                          Py_ssize_t item_size, bint reread) noexcept nogil:
     # Whether an elementwise pass over ``tensors`` (M, C) tensors (its inputs
     # and its output) writes its output with streaming stores: float32, a
-    # build that has them, and tensors beyond STREAM_WORKING_SET.
-    return (STREAM_AVAILABLE and item_size == 4
-            and _exceed(tensors, n_rows, n_channels, item_size, STREAM_WORKING_SET))
+    # build that has them, and tensors beyond the cache, or beyond
+    # REREAD_STREAM_WORKING_SET for a pass that re-reads its inputs
+    # (``reread``: the second pass of training and backward).
+    if not (STREAM_AVAILABLE and item_size == 4):
+        return False
+    if reread:
+        return tensors * n_rows * n_channels * item_size > REREAD_STREAM_WORKING_SET
+    return _beyond_cache(tensors, n_rows, n_channels, item_size)
 
 
 def streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
-            Py_ssize_t item_size):
-    """Whether an elementwise pass over ``tensors`` such tensors streams its output."""
-    return _streams(tensors, n_rows, n_channels, item_size)
+            Py_ssize_t item_size, bint reread=False):
+    """Whether an elementwise pass over ``tensors`` such tensors streams its output.
+
+    ``reread``: the pass re-reads its inputs (the second pass of training and
+    backward).
+    """
+    return _streams(tensors, n_rows, n_channels, item_size, reread)
 
 
 def sums_by_rows(Py_ssize_t n_rows, Py_ssize_t n_channels, Py_ssize_t item_size):
@@ -532,13 +542,14 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     # out = (x - center)*scale + shift [+ dy*dy_scale if dy is not NULL] per
     # channel: the body of affine, normalize and backward. ``invstd`` (1/std of
     # x per channel, or NULL) decides the folded form (see _coefficients).
-    # ``reverse`` walks each thread's chunks last to first (see affine).
+    # ``reverse`` walks each thread's chunks last to first (see affine): a
+    # second pass, which re-reads its inputs (see _streams).
     cdef Py_ssize_t rows = _rows_per_chunk(n_rows, n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t thread
     cdef bint folded
     cdef bint stream = _streams(2 if dy == NULL else 3, n_rows, n_channels,
-                                sizeof(floating))
+                                sizeof(floating), reverse)
     cdef void* block = NULL
     cdef floating* coefficients = _coefficients(x, <size_t> out if stream else 0, center,
                                                 scale, shift, dy_scale, invstd, n_channels,
@@ -711,7 +722,7 @@ cdef void _chunk_sums(const floating* dy, const floating* x, const double* cente
 cdef inline bint _sums_by_rows(Py_ssize_t n_rows, Py_ssize_t n_channels,
                               Py_ssize_t item_size) noexcept nogil:
     # The backward's float32 sums take one row at a time when dy and x come
-    # from memory (the backward's three tensors exceed SUM_ROWS_WORKING_SET) and
+    # from memory (the backward's three tensors exceed STREAM_WORKING_SET) and
     # the rows are of middle width: two input streams instead of 2*REDUCE_ROWS
     # interleaved ones. Measured here at 2 threads (sums then dx, paired with
     # the 8-row blocks): C = 256, 384, 512 13-24 % faster; C = 128 and 64 (where
@@ -720,7 +731,7 @@ cdef inline bint _sums_by_rows(Py_ssize_t n_rows, Py_ssize_t n_channels,
     # data keep the blocks (not measured).
     return (item_size == 4
             and SUM_ROWS_MIN_CHANNELS <= n_channels <= SUM_ROWS_MAX_CHANNELS
-            and _exceed(3, n_rows, n_channels, item_size, SUM_ROWS_WORKING_SET))
+            and _beyond_cache(3, n_rows, n_channels, item_size))
 
 
 cdef void _merge_sums(const double* chunk_a, const double* chunk_b, Py_ssize_t chunks,

@@ -420,26 +420,25 @@ def test_inference_precision_either_side_of_the_fold(sigmas, dtype, rng):
 
 def test_stream_decisions():
     # Streaming stores: float32 in AVX2/AVX-512 builds, for passes over more than
-    # 16 MiB of tensors (inputs and output); the backward's one-row sums: float32
-    # rows of 256-512 channels, over 32 MiB of dy, x and dx.
+    # 32 MiB of tensors, or 16 MiB for the second pass of training and backward
+    # (reread), which re-reads its inputs from the cache.
     bn = kernels("_batchnorm")
     available = _dispatch.ISA_LEVEL != "baseline"
     mib = 2**20
     for tensors in (2, 3):
-        over, under = 16 * mib // (4 * tensors) + 1, 16 * mib // (4 * tensors)
-        assert bn.streams(tensors, over, 1, 4) == available
-        assert not bn.streams(tensors, under, 1, 4)
-        assert not bn.streams(tensors, 16 * mib, 1, 8)
-    for n_channels in (255, 256, 512, 513):
-        over = 32 * mib // (12 * n_channels) + 1
-        assert bn.sums_by_rows(over, n_channels, 4) == (256 <= n_channels <= 512)
-        assert not bn.sums_by_rows(over - 1, n_channels, 4)
-        assert not bn.sums_by_rows(over, n_channels, 8)
+        over_16, under_16 = 16 * mib // (4 * tensors) + 1, 16 * mib // (4 * tensors)
+        over_32, under_32 = 32 * mib // (4 * tensors) + 1, 32 * mib // (4 * tensors)
+        assert bn.streams(tensors, over_16, 1, 4, True) == available
+        assert not bn.streams(tensors, under_16, 1, 4, True)
+        assert not bn.streams(tensors, over_16, 1, 4)
+        assert bn.streams(tensors, over_32, 1, 4) == available
+        assert not bn.streams(tensors, under_32, 1, 4)
+        assert not bn.streams(tensors, over_32, 1, 8) and not bn.streams(tensors, over_32, 1, 8, True)
 
 
 @pytest.mark.parametrize("n_channels, offset", [(37, 0.0), (64, 0.0), (3, 1e4), (300, 0.0)])
 def test_streamed_outputs_of_large_tensors(n_channels, offset):
-    # float32 outputs of passes over more than 16 MiB of tensors are written with
+    # float32 outputs of passes over more than 32 MiB of tensors are written with
     # streaming stores (AVX2/AVX-512 builds), in chunk-long runs whose vectors
     # cross rows: C not a multiple of the vector width, folded (offset 0) and
     # centered (1e4) forms, every pass (x and y: just over 16 MiB each), in place
@@ -450,6 +449,7 @@ def test_streamed_outputs_of_large_tensors(n_channels, offset):
     bn = kernels("_batchnorm")
     if _dispatch.ISA_LEVEL != "baseline":
         assert bn.streams(2, m, n_channels, 4) and bn.streams(3, m, n_channels, 4)
+        assert bn.streams(2, m, n_channels, 4, True) and bn.streams(3, m, n_channels, 4, True)
     assert bn.sums_by_rows(m, n_channels, 4) == (n_channels == 300)
     x, gamma, beta, dy = make_case(rng, (m, n_channels), np.float32, offset)
     running_mean = rows(x).mean(axis=0) + 0.1
