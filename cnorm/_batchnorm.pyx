@@ -212,7 +212,11 @@ cdef enum:
     # 32x7x7x2048 (12.8 MB tensors) with benchmarks/run.py at 2 threads:
     # backward (38.4 MB) 2.9 -> 2.5 of the copy streamed; inference (25.6 MB)
     # 0.93-1.35 (median 1.22, 8 runs) streamed, 1.01-1.23 (median 1.13, 11
-    # runs) not.
+    # runs) not. Measured again on a later day, builds alternated: streamed
+    # ahead in 3 of 4 runs without ONNX Runtime among the peers, behind
+    # (median 1.36 against 1.27) with it; paired probes streamed 8-15 %
+    # faster. What costs at C = 2048 is the 16 KiB of coefficients that every
+    # row reads (the same loop over a 2 KiB footprint ran at the copy's speed).
     STREAM_WORKING_SET = 32 * 1024 * 1024
     # The same for the second pass of training and backward (dy, x and dx, or x
     # and y), which re-reads the inputs that the first pass has just read, the

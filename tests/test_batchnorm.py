@@ -434,6 +434,13 @@ def test_stream_decisions():
         assert bn.streams(tensors, over_32, 1, 4) == available
         assert not bn.streams(tensors, under_32, 1, 4)
         assert not bn.streams(tensors, over_32, 1, 8) and not bn.streams(tensors, over_32, 1, 8, True)
+    # The backward's one-row sums: float32 rows of 256-512 channels, over 32 MiB
+    # of dy, x and dx.
+    for n_channels in (255, 256, 512, 513):
+        over = 32 * mib // (12 * n_channels) + 1
+        assert bn.sums_by_rows(over, n_channels, 4) == (256 <= n_channels <= 512)
+        assert not bn.sums_by_rows(over - 1, n_channels, 4)
+        assert not bn.sums_by_rows(over, n_channels, 8)
 
 
 @pytest.mark.parametrize("n_channels, offset", [(37, 0.0), (64, 0.0), (3, 1e4), (300, 0.0)])
