@@ -225,8 +225,9 @@ cdef enum:
     # Measured at 2 threads, streamed against normal stores: training over
     # 12.8 MB tensors (32x7x7x2048, 8x28x28x512, 1x112x112x256; 25.6 MB in the
     # pass) 13-17 % faster in paired runs with steal-time rounds dropped, and
-    # 32x7x7x2048 with benchmarks/run.py, 3 alternations, 0.86-0.93 ms ->
-    # 0.65-0.75 ms; over 6.4 MB tensors equal. The backward over 1x56x56x256
+    # 32x7x7x2048 with benchmarks/run.py, 6 alternations of the two builds,
+    # 4-30 % faster each time (0.72-0.97 ms -> 0.61-0.93 ms); over 6.4 MB
+    # tensors equal. The backward over 1x56x56x256
     # (9.6 MB in the pass) was 10 % faster paired, 5-20 % slower in
     # benchmarks/run.py: below this size outputs are written normally, for the
     # next layer to find in the cache.
@@ -272,23 +273,22 @@ cdef Py_ssize_t _rows_per_chunk(Py_ssize_t n_rows, Py_ssize_t n_channels) noexce
 
 
 cdef inline bint _beyond_cache(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
-                               Py_ssize_t item_size) noexcept nogil:
-    # Whether ``tensors`` (M, C) tensors together exceed STREAM_WORKING_SET bytes.
-    return tensors * n_rows * n_channels * item_size > STREAM_WORKING_SET
+                               Py_ssize_t item_size, bint reread) noexcept nogil:
+    # Whether ``tensors`` (M, C) tensors together exceed STREAM_WORKING_SET
+    # bytes, or REREAD_STREAM_WORKING_SET for a pass that re-reads its inputs.
+    return (tensors * n_rows * n_channels * item_size
+            > (REREAD_STREAM_WORKING_SET if reread else STREAM_WORKING_SET))
 
 
 cdef inline bint _streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
                           Py_ssize_t item_size, bint reread) noexcept nogil:
     # Whether an elementwise pass over ``tensors`` (M, C) tensors (its inputs
     # and its output) writes its output with streaming stores: float32, a
-    # build that has them, and tensors beyond the cache, or beyond
-    # REREAD_STREAM_WORKING_SET for a pass that re-reads its inputs
-    # (``reread``: the second pass of training and backward).
-    if not (STREAM_AVAILABLE and item_size == 4):
-        return False
-    if reread:
-        return tensors * n_rows * n_channels * item_size > REREAD_STREAM_WORKING_SET
-    return _beyond_cache(tensors, n_rows, n_channels, item_size)
+    # build that has them, and tensors beyond the cache (``reread``: the pass
+    # re-reads its inputs, the second pass of training and backward; see
+    # REREAD_STREAM_WORKING_SET).
+    return (STREAM_AVAILABLE and item_size == 4
+            and _beyond_cache(tensors, n_rows, n_channels, item_size, reread))
 
 
 def streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
@@ -447,7 +447,8 @@ def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] cente
     """y = (x - center)*scale + shift per channel, over rows of (M, C) arrays.
 
     ``reverse`` walks the chunks last to first: right after a pass that read x
-    first to last, the chunks read last are then still in cache.
+    first to last, the chunks read last are then still in cache; such a pass
+    also streams its float32 output from a smaller size (see _streams).
     float64 data: in double. float32 data: in float, with the coefficients of
     _coefficients. The caller has validated everything: y of x's shape
     (y may be x), the per-channel arrays of length C, n_threads >= 1.
@@ -735,7 +736,7 @@ cdef inline bint _sums_by_rows(Py_ssize_t n_rows, Py_ssize_t n_channels,
     # data keep the blocks (not measured).
     return (item_size == 4
             and SUM_ROWS_MIN_CHANNELS <= n_channels <= SUM_ROWS_MAX_CHANNELS
-            and _beyond_cache(3, n_rows, n_channels, item_size))
+            and _beyond_cache(3, n_rows, n_channels, item_size, False))
 
 
 cdef void _merge_sums(const double* chunk_a, const double* chunk_b, Py_ssize_t chunks,
