@@ -443,6 +443,52 @@ def test_stream_decisions():
         assert not bn.sums_by_rows(over, n_channels, 8)
 
 
+def test_reduction_order_decisions():
+    # How the float32 reductions walk a chunk (see _reduction_order): channel
+    # groups in AVX-512 builds for C a multiple of 8 when one group holds every
+    # channel (C <= 64) or the chunk is at most 512 KiB of the tensors read and
+    # they fit in the cache; the backward's one-row sums as test_stream_decisions
+    # pins them; 8-row blocks otherwise, and for float64.
+    bn = kernels("_batchnorm")
+    groups = "groups" if _dispatch.ISA_LEVEL == "x86-64-v4" else "blocks"
+    assert bn.reduction_order(True, 32 * 56 * 56, 64, 4) == groups  # sequential, 25.7 MB
+    assert bn.reduction_order(False, 32 * 56 * 56, 64, 4) == groups
+    assert bn.reduction_order(True, 56 * 56, 256, 4) == groups
+    assert bn.reduction_order(False, 56 * 56, 256, 4) == groups
+    assert bn.reduction_order(True, 32 * 49, 2048, 4) == groups  # 392 KiB chunks
+    assert bn.reduction_order(False, 32 * 49, 2048, 4) == "blocks"  # 784 KiB chunks
+    assert bn.reduction_order(True, 32 * 28 * 28, 512, 4) == "blocks"  # beyond the cache
+    assert bn.reduction_order(False, 32 * 28 * 28, 512, 4) == "rows"
+    assert bn.reduction_order(True, 1000, 36, 4) == "blocks"  # not a multiple of 8
+    assert bn.reduction_order(True, 1000, 64, 8) == "blocks"  # float64
+
+
+@pytest.mark.parametrize("n_channels", [8, 64, 136, 2048])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_reductions_by_channel_groups(n_channels, offset, n_threads):
+    # Every width the group kernels take apart differently (one group of 8, one
+    # of 64, two of 64 and one of 8, 32 of 64), with |mean| >> std too: the
+    # statistics and the backward's sums to float64 tolerance, as the 8-row
+    # blocks; dx and y through the same elementwise passes.
+    rng = np.random.default_rng(n_channels)
+    m = max(300, 65536 // n_channels)
+    x, gamma, beta, dy = make_case(rng, (m, n_channels), np.float32, offset)
+    assert kernels("_batchnorm").reduction_order(True, m, n_channels, 4) in (
+        ("groups",) if _dispatch.ISA_LEVEL == "x86-64-v4" else ("blocks",))
+    y, mean, invstd = cnorm.batch_norm_training(x, gamma, beta, n_threads=n_threads)
+    y_ref, mean_ref, invstd_ref = ref.batch_norm_training(x, gamma, beta)
+    assert_close(mean, mean_ref, scale=np.abs(rows(x)).max(axis=0))
+    assert_close(invstd, invstd_ref, rtol_factor=100)
+    assert_close(y, y_ref, scale=training_y_scale(x, gamma, beta, mean_ref, invstd_ref))
+    dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma,
+                                                  n_threads=n_threads)
+    dx_ref, dgamma_ref, dbeta_ref = ref.batch_norm_backward(dy, x, mean, invstd, gamma)
+    dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, mean, invstd, gamma, True)
+    assert_close(dx, dx_ref, scale=dx_scale)
+    np.testing.assert_allclose(dgamma, dgamma_ref, rtol=0, atol=1e-12 * dgamma_scale.max())
+    np.testing.assert_allclose(dbeta, dbeta_ref, rtol=0, atol=1e-12 * dbeta_scale.max())
+
+
 @pytest.mark.parametrize("n_channels, offset", [(37, 0.0), (64, 0.0), (3, 1e4), (300, 0.0)])
 def test_streamed_outputs_of_large_tensors(n_channels, offset):
     # float32 outputs of passes over more than 32 MiB of tensors are written with
