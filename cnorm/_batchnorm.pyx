@@ -884,8 +884,10 @@ cdef int _reduction_order(bint stats, Py_ssize_t n_rows, Py_ssize_t n_channels,
 
 def reduction_order(bint stats, Py_ssize_t n_rows, Py_ssize_t n_channels,
                     Py_ssize_t item_size):
-    """How the statistics (``stats``) or the backward's sums walk each chunk of
-    such a tensor: "blocks", "rows" or "groups"."""
+    """How each chunk of such a tensor is reduced: "blocks", "rows" or "groups".
+
+    ``stats``: the statistics of batch_stats; otherwise the backward's sums.
+    """
     return ("blocks", "rows", "groups")[_reduction_order(stats, n_rows, n_channels,
                                                          item_size)]
 
