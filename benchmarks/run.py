@@ -18,8 +18,11 @@ first untimed), so noise is spread over all of them while no implementation is
 timed against another's still-spinning thread pool.
 
 It prints (and with --markdown writes) a table of median milliseconds, GB/s of
-the least traffic the operation needs, the ratio to the copy and the ratio to
-the fastest peer, and says which peers were missing. On a virtual machine it
+the least traffic the operation needs, the ratio to the copy (of the medians),
+the spread of that ratio over the rounds (the 25th to 75th percentile of each
+round's time over the copy's time in the same round: how far one run's ratio
+can be trusted on a shared machine) and the ratio to the fastest peer, and
+says which peers were missing. On a virtual machine it
 also gives, per case, the share of CPU time the host stole from this machine
 while the case ran (Linux /proc/stat): a gauge of how far to trust its figures.
 """
@@ -38,8 +41,8 @@ import cases  # noqa: E402
 import peers  # noqa: E402
 
 
-def _interleaved_medians(functions, repeat, block=4, pause=0.02):
-    """Median seconds per call of each function, over `repeat` rounds.
+def _interleaved_samples(functions, repeat, block=4, pause=0.02):
+    """Seconds of each timed call of each function: {name: [[call, ...] per round]}.
 
     Each round runs every implementation in turn, as a block of `block` calls of
     which the first is not timed, after a `pause` of idling: machine noise hits
@@ -54,11 +57,24 @@ def _interleaved_medians(functions, repeat, block=4, pause=0.02):
         for name, function in functions.items():
             time.sleep(pause)  # let the previous implementation's thread pool go idle
             function()
+            calls = []
             for _ in range(block - 1):
                 start = time.perf_counter()
                 function()
-                samples[name].append(time.perf_counter() - start)
-    return {name: float(np.median(times)) for name, times in samples.items()}
+                calls.append(time.perf_counter() - start)
+            samples[name].append(calls)
+    return samples
+
+
+def _median(rounds):
+    """Median seconds of all the timed calls of one function."""
+    return float(np.median([seconds for calls in rounds for seconds in calls]))
+
+
+def _round_spread(rounds, copy_rounds):
+    """25th and 75th percentiles, over rounds, of the round's median over the copy's."""
+    ratios = [np.median(calls) / np.median(copy) for calls, copy in zip(rounds, copy_rounds)]
+    return tuple(float(q) for q in np.percentile(ratios, [25, 75]))
 
 
 def _cpu_ticks():
@@ -90,11 +106,12 @@ def run(ops, n_threads, repeat, reference_repeat):
             if function is not None:
                 functions[name] = function
         ticks = _cpu_ticks()
-        medians = _interleaved_medians(functions, repeat)
+        samples = _interleaved_samples(functions, repeat)
         steal = _steal_share(ticks, _cpu_ticks())
+        medians = {name: _median(rounds) for name, rounds in samples.items()}
         if reference_repeat:
-            medians["numpy reference"] = _interleaved_medians(
-                {"reference": case.reference()}, reference_repeat, block=2)["reference"]
+            medians["numpy reference"] = _median(_interleaved_samples(
+                {"reference": case.reference()}, reference_repeat, block=2)["reference"])
         peer_times = [t for name, t in medians.items() if name in available]
         for name, seconds in medians.items():
             rows.append({
@@ -104,6 +121,8 @@ def run(ops, n_threads, repeat, reference_repeat):
                 "ms": seconds * 1e3,
                 "GB/s": case.traffic_bytes / seconds / 1e9,
                 "x copy": seconds / medians["copy"],
+                "x copy spread": (_round_spread(samples[name], samples["copy"])
+                                  if name in samples and name != "copy" else None),
                 "x fastest peer": seconds / min(peer_times) if peer_times else None,
                 "steal": steal,
             })
@@ -116,18 +135,21 @@ def markdown(rows, n_threads, available, missing):
     lines = [
         f"Threads: {n_threads}; float32; median of interleaved calls. GB/s counts the least "
         "traffic of each operation; 'x copy' is the time over the same-run parallel copy of "
-        "the input. Peers measured: " + (", ".join(available) or "none") +
+        "the input, and 'spread' the 25th to 75th percentile over the rounds of each round's "
+        "time over the copy's in that round. Peers measured: " + (", ".join(available) or "none") +
         ("; missing: " + ", ".join(missing) if missing else "") + ".",
         "",
-        "| operation | shape | implementation | ms | GB/s | x copy | x fastest peer |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| operation | shape | implementation | ms | GB/s | x copy | spread | x fastest peer |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     steals = {}
     for row in rows:
         peer = "" if row["x fastest peer"] is None else f"{row['x fastest peer']:.2f}"
+        spread = ("" if row["x copy spread"] is None
+                  else "{:.2f}-{:.2f}".format(*row["x copy spread"]))
         lines.append(
             f"| {row['operation']} | {row['shape']} | {row['implementation']} | "
-            f"{row['ms']:.3f} | {row['GB/s']:.1f} | {row['x copy']:.2f} | {peer} |")
+            f"{row['ms']:.3f} | {row['GB/s']:.1f} | {row['x copy']:.2f} | {spread} | {peer} |")
         if row.get("steal") is not None:
             steals[f"{row['operation']} {row['shape']}"] = row["steal"]
     if steals and max(steals.values()) > 0:
