@@ -171,6 +171,8 @@ def main(argv=None):
     parser.add_argument("--markdown", help="write the table to this file")
     parser.add_argument("--png", help="write a bar chart (needs matplotlib)")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     ops = cases.OPERATIONS if args.ops == "all" else args.ops.split(",")
     rows, available, missing = run(ops, args.threads, args.repeat, args.reference_repeat)
     table = markdown(rows, args.threads, available, missing)

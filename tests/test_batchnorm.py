@@ -463,18 +463,21 @@ def test_reduction_order_decisions():
     assert bn.reduction_order(True, 1000, 64, 8) == "blocks"  # float64
 
 
-@pytest.mark.parametrize("n_channels", [8, 64, 136, 2048])
+@pytest.mark.parametrize("n_channels", [8, 24, 64, 120, 136, 2048])
 @pytest.mark.parametrize("offset", [0.0, 1e4])
 def test_reductions_by_channel_groups(n_channels, offset, n_threads):
-    # Every width the group kernels take apart differently (one group of 8, one
-    # of 64, two of 64 and one of 8, 32 of 64), with |mean| >> std too: the
-    # statistics and the backward's sums to float64 tolerance, as the 8-row
-    # blocks; dx and y through the same elementwise passes.
+    # Every way the group kernels take the channels apart (one group of 8, of
+    # 24, of 64; 64 and 56; two of 64 and one of 8; 32 of 64), with |mean| >>
+    # std too: the statistics and the backward's sums to float64 tolerance, as
+    # the row blocks; dx and y through the same elementwise passes. 256 rows of
+    # 2048 channels make 32-row chunks, 512 KiB of dy and x: the sums' limit.
     rng = np.random.default_rng(n_channels)
-    m = max(300, 65536 // n_channels)
+    m = 256 if n_channels == 2048 else max(300, 65536 // n_channels)
     x, gamma, beta, dy = make_case(rng, (m, n_channels), np.float32, offset)
-    assert kernels("_batchnorm").reduction_order(True, m, n_channels, 4) in (
-        ("groups",) if _dispatch.ISA_LEVEL == "x86-64-v4" else ("blocks",))
+    order = "groups" if _dispatch.ISA_LEVEL == "x86-64-v4" else "blocks"
+    bn = kernels("_batchnorm")
+    assert bn.reduction_order(True, m, n_channels, 4) == order
+    assert bn.reduction_order(False, m, n_channels, 4) == order
     y, mean, invstd = cnorm.batch_norm_training(x, gamma, beta, n_threads=n_threads)
     y_ref, mean_ref, invstd_ref = ref.batch_norm_training(x, gamma, beta)
     assert_close(mean, mean_ref, scale=np.abs(rows(x)).max(axis=0))
