@@ -35,10 +35,12 @@ Passes and tensor traffic
     REDUCE_ROWS rows at a time (8 in AVX-512 builds, 4 elsewhere); so do the
     backward's sums, except float32 rows of 256-512 channels beyond
     STREAM_WORKING_SET, which take one row at a time (see _sums_by_rows).
-    In AVX-512 builds, float32 chunks whose C is a multiple of 8 are reduced
-    by groups of 64 channels instead, each down all the chunk's rows with its
-    sums in registers, when that reads memory in long runs: C <= 64, or the
-    chunk fits in L2 and the tensors in the cache (see _reduction_order).
+    In AVX2 and AVX-512 builds, float32 chunks whose C is a multiple of the
+    vector width are reduced by groups of 16 or 64 channels instead, each
+    down all the chunk's rows with its sums in registers: when one group
+    holds every channel (one sequential sweep), and in AVX-512 builds also
+    when the chunk fits in L2 and the tensors in the cache (see
+    _reduction_order).
     The second pass of training and backward walks each thread's chunks in
     REVERSE order: the chunks read last by the first pass are then still in
     that core's L2 and the last-level cache, so a tensor that fits in it is
@@ -104,89 +106,135 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* The float32 reductions of AVX-512 builds over one chunk, for C a multiple
-       of 8: a group of up to 64 channels at a time, down every row of the
-       chunk, its sums in registers (8 vectors of 8 doubles each; 24 of the 32
-       vector registers for the backward's two sums and center), written once
-       at the end; the C % 64 channels left are one more, narrower group.
-       With C <= 64 that is one sequential sweep of the chunk; wider, every
-       row's group is a short run of contiguous lines and the chunk is read in
-       ceil(C/64) sweeps, the later ones from L2 (hence the chunk
-       size limit of _reduction_order), instead of 8 rows at a time as 8
-       interleaved streams whose sums are loaded and stored again for every
-       block (the compiler's code for those also loads each vector twice).
-       Measured on AMD Zen 5 at 2 threads, against the 8-row blocks in one
-       process (builds alternated call by call, two runs): statistics pass
-       10-15 % faster on 32x56x56x64, 1x56x56x256 and 32x7x7x2048; training
-       3-8 % faster; backward 5-11 % faster on 32x56x56x64 and 1x56x56x256.
-       Narrow layers gain most (two runs): statistics 27-55 % and backward
-       7-30 % faster on 32x56x56x32, 16x112x112x16, 32x28x28x24, 32x28x28x48
-       and 8x28x28x120 (whose 56 channels left over are one group).
+    /* The float32 reductions of AVX2 and AVX-512 builds over one chunk, by
+       groups of channels: up to 64 channels at a time in AVX-512 builds (8
+       vectors of 8 doubles; 24 of the 32 vector registers for the backward's
+       two sums and center), 16 in AVX2 builds (4 of 4; 12 of 16 registers),
+       each down every row of the chunk with its sums in registers, written
+       once at the end; the channels left over after the full groups are one
+       more, narrower group. C within one group is one sequential sweep of the
+       chunk, where the row blocks of _chunk_stats read REDUCE_ROWS interleaved
+       streams and load and store their sums again for every block (and the
+       compiler's code for those loads each vector twice). Wider C (AVX-512
+       builds only, see _reduction_order) takes one sweep per group, every
+       row's group a short run of lines, after one sequential pass of
+       prefetches that brings the chunk into L2 (without it, two-group widths
+       were 1.3-1.8x slower than the row blocks on 10-13 MB tensors while the
+       shared L3 was busy).
+       Measured on AMD Zen 5 at 2 threads against the row blocks, builds
+       alternated call by call in one process, two runs each:
+       - one sweep, AVX-512: statistics 27-55 % and backward 7-30 % faster on
+         32x56x56x32, 16x112x112x16, 32x28x28x24, 32x28x28x48; on 32x56x56x64
+         statistics 14-15 %, training 7-8 %, backward 5-6 %;
+       - one sweep, AVX2: 16x112x112x16 statistics 39-41 %, backward 12-24 %;
+       - several sweeps, AVX-512: 32x28x28x128 statistics 13-17 %, training
+         6-8 %; 32x7x7x2048 and 1x56x56x256 within noise (statistics 2-8 %
+         faster, training and backward -3 to +3 % outside one noisy round).
+       In AVX2 builds several 16-channel sweeps were faster for some widths
+       and up to 2x slower for others (48, 64, 96, 128): those keep the blocks.
        Each channel's sum runs over the rows in order, in double (a float32
        value, its difference from another and their products are exact or
        nearly so in double), so the result is a function of the chunk alone. */
-    #if defined(__AVX512F__)
+    #if defined(__AVX512F__) || defined(__AVX2__)
     #include <immintrin.h>
     #define CNORM_GROUPS 1
+    #if defined(__AVX512F__)
+    #define CNORM_GW 8              /* channels (doubles) per vector */
+    #define CNORM_GV 8              /* vectors per group: 64 channels */
+    #define CNORM_SWEEPS 1          /* wider C in several sweeps (see _reduction_order) */
+    #define CNORM_VD __m512d
     #define CNORM_CVT(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+    #define CNORM_LOADD _mm512_loadu_pd
+    #define CNORM_STORED _mm512_storeu_pd
+    #define CNORM_ZEROD _mm512_setzero_pd
+    #define CNORM_ADDD _mm512_add_pd
+    #define CNORM_SUBD _mm512_sub_pd
+    #define CNORM_FMAD _mm512_fmadd_pd
+    #else                           /* AVX2: 16 registers, 12 of them for sums */
+    #define CNORM_GW 4
+    #define CNORM_GV 4              /* 16 channels */
+    #define CNORM_SWEEPS 0          /* one sweep only: C <= 16 */
+    #define CNORM_VD __m256d
+    #define CNORM_CVT(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+    #define CNORM_LOADD _mm256_loadu_pd
+    #define CNORM_STORED _mm256_storeu_pd
+    #define CNORM_ZEROD _mm256_setzero_pd
+    #define CNORM_ADDD _mm256_add_pd
+    #define CNORM_SUBD _mm256_sub_pd
+    #define CNORM_FMAD _mm256_fmadd_pd
+    #endif
     /* Shifted sums of x's rows: total += x - shift, squares += (x - shift)**2,
-       shift the chunk's first row; NV vectors of 8 channels from channel g. */
+       shift the chunk's first row; NV vectors of CNORM_GW channels from g. */
     #define CNORM_STATS_GROUP(NV) do { \
-        __m512d s[NV], t[NV], q[NV]; int v; Py_ssize_t r; \
+        CNORM_VD s[NV], t[NV], q[NV]; int v; Py_ssize_t r; \
         for (v = 0; v < NV; v++) { \
-            s[v] = CNORM_CVT(x + g + 8 * v); \
-            t[v] = _mm512_setzero_pd(); q[v] = _mm512_setzero_pd(); } \
+            s[v] = CNORM_CVT(x + g + CNORM_GW * v); \
+            t[v] = CNORM_ZEROD(); q[v] = CNORM_ZEROD(); } \
         for (r = 0; r < n_rows; r++) { \
             const float *row = x + r * n + g; \
             for (v = 0; v < NV; v++) { \
-                __m512d d = _mm512_sub_pd(CNORM_CVT(row + 8 * v), s[v]); \
-                t[v] = _mm512_add_pd(t[v], d); \
-                q[v] = _mm512_fmadd_pd(d, d, q[v]); } } \
+                CNORM_VD d = CNORM_SUBD(CNORM_CVT(row + CNORM_GW * v), s[v]); \
+                t[v] = CNORM_ADDD(t[v], d); \
+                q[v] = CNORM_FMAD(d, d, q[v]); } } \
         for (v = 0; v < NV; v++) { \
-            _mm512_storeu_pd(total + g + 8 * v, t[v]); \
-            _mm512_storeu_pd(squares + g + 8 * v, q[v]); } \
-        g += 8 * NV; } while (0)
-    /* The last (n % 64)/8 vectors as one more group: one sweep, not one per vector. */
+            CNORM_STORED(total + g + CNORM_GW * v, t[v]); \
+            CNORM_STORED(squares + g + CNORM_GW * v, q[v]); } \
+        g += CNORM_GW * NV; } while (0)
+    /* The vectors left after the full groups as one more group: one sweep,
+       not one per vector (at most CNORM_GV - 1 of them). */
     #define CNORM_LAST_GROUP(GROUP) \
-        switch ((n - g) / 8) { \
+        switch ((n - g) / CNORM_GW) { \
         case 7: GROUP(7); break; case 6: GROUP(6); break; case 5: GROUP(5); break; \
         case 4: GROUP(4); break; case 3: GROUP(3); break; case 2: GROUP(2); break; \
         case 1: GROUP(1); break; default: break; }
-    /* n (C) must be a multiple of 8: _reduction_order sends no other here. */
+    /* n (C) must be a multiple of CNORM_GW: _reduction_order sends no other here. */
+    /* More than one group: bring the chunk into L2 in one sequential pass of
+       prefetches first, so the sweeps down its rows (strided) read it there. */
+    static void cnorm_prefetch_chunk(const float *a, Py_ssize_t n_rows, Py_ssize_t n) {
+        const char *p = (const char *)a, *end = (const char *)(a + n_rows * n);
+        if (n <= CNORM_GW * CNORM_GV) return;
+        for (; p < end; p += 64) _mm_prefetch(p, _MM_HINT_T1);
+    }
     static void cnorm_group_stats(const float *x, Py_ssize_t n_rows, Py_ssize_t n,
                                   double *total, double *squares) {
         Py_ssize_t g = 0;
-        while (g + 64 <= n) CNORM_STATS_GROUP(8);
+        cnorm_prefetch_chunk(x, n_rows, n);
+        while (g + CNORM_GW * CNORM_GV <= n) CNORM_STATS_GROUP(CNORM_GV);
         CNORM_LAST_GROUP(CNORM_STATS_GROUP)
     }
     /* The backward's sums: sum_dy += dy, sum_dyc += dy*(x - center). */
     #define CNORM_SUMS_GROUP(NV) do { \
-        __m512d m[NV], a[NV], b[NV]; int v; Py_ssize_t r; \
+        CNORM_VD m[NV], a[NV], b[NV]; int v; Py_ssize_t r; \
         for (v = 0; v < NV; v++) { \
-            m[v] = _mm512_loadu_pd(center + g + 8 * v); \
-            a[v] = _mm512_setzero_pd(); b[v] = _mm512_setzero_pd(); } \
+            m[v] = CNORM_LOADD(center + g + CNORM_GW * v); \
+            a[v] = CNORM_ZEROD(); b[v] = CNORM_ZEROD(); } \
         for (r = 0; r < n_rows; r++) { \
             const float *dy_row = dy + r * n + g, *x_row = x + r * n + g; \
             for (v = 0; v < NV; v++) { \
-                __m512d gv = CNORM_CVT(dy_row + 8 * v); \
-                a[v] = _mm512_add_pd(a[v], gv); \
-                b[v] = _mm512_fmadd_pd(gv, _mm512_sub_pd(CNORM_CVT(x_row + 8 * v), m[v]), \
-                                       b[v]); } } \
+                CNORM_VD gv = CNORM_CVT(dy_row + CNORM_GW * v); \
+                a[v] = CNORM_ADDD(a[v], gv); \
+                b[v] = CNORM_FMAD(gv, CNORM_SUBD(CNORM_CVT(x_row + CNORM_GW * v), m[v]), \
+                                  b[v]); } } \
         for (v = 0; v < NV; v++) { \
-            _mm512_storeu_pd(sum_dy + g + 8 * v, a[v]); \
-            _mm512_storeu_pd(sum_dyc + g + 8 * v, b[v]); } \
-        g += 8 * NV; } while (0)
+            CNORM_STORED(sum_dy + g + CNORM_GW * v, a[v]); \
+            CNORM_STORED(sum_dyc + g + CNORM_GW * v, b[v]); } \
+        g += CNORM_GW * NV; } while (0)
     static void cnorm_group_sums(const float *dy, const float *x, const double *center,
                                  Py_ssize_t n_rows, Py_ssize_t n, double *sum_dy,
                                  double *sum_dyc) {
         Py_ssize_t g = 0;
-        while (g + 64 <= n) CNORM_SUMS_GROUP(8);
+        cnorm_prefetch_chunk(dy, n_rows, n);
+        cnorm_prefetch_chunk(x, n_rows, n);
+        while (g + CNORM_GW * CNORM_GV <= n) CNORM_SUMS_GROUP(CNORM_GV);
         CNORM_LAST_GROUP(CNORM_SUMS_GROUP)
     }
     #undef CNORM_CVT
     #undef CNORM_LAST_GROUP
     #else
     #define CNORM_GROUPS 0
+    #define CNORM_GW 1
+    #define CNORM_GV 1
+    #define CNORM_SWEEPS 0
     static void cnorm_group_stats(const float *x, Py_ssize_t n_rows, Py_ssize_t n,
                                   double *total, double *squares) {}
     static void cnorm_group_sums(const float *dy, const float *x, const double *center,
@@ -195,6 +243,11 @@ cdef extern from *:
     #endif
     """
     const bint GROUP_KERNELS "CNORM_GROUPS"
+    # Channels per vector of the group kernels, and vectors per group.
+    const Py_ssize_t GROUP_VECTOR "CNORM_GW"
+    const Py_ssize_t GROUP_VECTORS "CNORM_GV"
+    # Whether C wider than a group is reduced by groups too (several sweeps).
+    const bint GROUP_SWEEPS "CNORM_SWEEPS"
     void _group_stats "cnorm_group_stats"(const float* x, Py_ssize_t n_rows, Py_ssize_t n,
                                           double* total, double* squares) noexcept nogil
     void _group_sums "cnorm_group_sums"(const float* dy, const float* x, const double* center,
@@ -871,23 +924,25 @@ cdef inline bint _sums_by_rows(Py_ssize_t n_rows, Py_ssize_t n_channels,
 cdef int _reduction_order(bint stats, Py_ssize_t n_rows, Py_ssize_t n_channels,
                           Py_ssize_t item_size) noexcept nogil:
     # How each chunk of a reduction is walked: BY_ROWS for the backward's sums
-    # of _sums_by_rows; BY_GROUPS for float32 in AVX-512 builds (cnorm_group_stats,
-    # cnorm_group_sums) when C is a multiple of 8 and either one group holds
-    # every channel (C <= 64: one sequential sweep) or the chunk's rows of the
-    # tensors read (x, or dy and x) fit in GROUP_CHUNK_BYTES and the tensors
-    # in the cache (from memory, the first sweep's short runs per row were
-    # slower: statistics of 32x28x28x512 1.16x the time; and the backward of
-    # 32x7x7x2048, 784 KiB chunks of dy and x, 1.25x, or 1.43x with the chunks
-    # swept 16 rows at a time to stay in L2, where the rows' 8 KiB stride puts
-    # every row's group in the same L1 sets); BY_BLOCKS otherwise.
+    # of _sums_by_rows; BY_GROUPS for float32 in AVX2 and AVX-512 builds
+    # (cnorm_group_stats, cnorm_group_sums) when C is a multiple of the vector
+    # width (8 channels, or 4 in AVX2 builds) and either one group holds every
+    # channel (C <= 64, or 16: one sequential sweep) or, in AVX-512 builds
+    # (GROUP_SWEEPS), the chunk's rows of the tensors read (x, or dy and x) fit
+    # in GROUP_CHUNK_BYTES and the tensors in the cache (from memory, the
+    # sweeps were slower: statistics of 32x28x28x512 1.16x the time; and the
+    # backward of 32x7x7x2048, 784 KiB chunks of dy and x, 1.25x, or 1.43x
+    # with the chunks swept 16 rows at a time to stay in L2, where the rows'
+    # 8 KiB stride puts every row's group in the same L1 sets); BY_BLOCKS
+    # otherwise.
     cdef Py_ssize_t tensors = 1 if stats else 2
     if not stats and _sums_by_rows(n_rows, n_channels, item_size):
         return BY_ROWS
-    if not (GROUP_KERNELS and item_size == 4 and n_channels % 8 == 0):
+    if not (GROUP_KERNELS and item_size == 4 and n_channels % GROUP_VECTOR == 0):
         return BY_BLOCKS
-    if n_channels <= 64:
+    if n_channels <= GROUP_VECTOR * GROUP_VECTORS:
         return BY_GROUPS
-    if (tensors * _rows_per_chunk(n_rows, n_channels) * n_channels * item_size
+    if (GROUP_SWEEPS and tensors * _rows_per_chunk(n_rows, n_channels) * n_channels * item_size
             <= GROUP_CHUNK_BYTES
             and not _beyond_cache(tensors, n_rows, n_channels, item_size, False)):
         return BY_GROUPS

@@ -447,37 +447,46 @@ def test_reduction_order_decisions():
     # How the float32 reductions walk a chunk (see _reduction_order): channel
     # groups in AVX-512 builds for C a multiple of 8 when one group holds every
     # channel (C <= 64) or the chunk is at most 512 KiB of the tensors read and
-    # they fit in the cache; the backward's one-row sums as test_stream_decisions
-    # pins them; 8-row blocks otherwise, and for float64.
+    # they fit in the cache; in AVX2 builds for C a multiple of 4 up to 16 only;
+    # the backward's one-row sums as test_stream_decisions pins them; row
+    # blocks otherwise, and for float64.
     bn = kernels("_batchnorm")
-    groups = "groups" if _dispatch.ISA_LEVEL == "x86-64-v4" else "blocks"
-    assert bn.reduction_order(True, 32 * 56 * 56, 64, 4) == groups  # sequential, 25.7 MB
-    assert bn.reduction_order(False, 32 * 56 * 56, 64, 4) == groups
-    assert bn.reduction_order(True, 56 * 56, 256, 4) == groups
-    assert bn.reduction_order(False, 56 * 56, 256, 4) == groups
-    assert bn.reduction_order(True, 32 * 49, 2048, 4) == groups  # 392 KiB chunks
+    v4, v3 = _dispatch.ISA_LEVEL == "x86-64-v4", _dispatch.ISA_LEVEL == "x86-64-v3"
+    wide = "groups" if v4 else "blocks"
+    narrow = "groups" if v4 or v3 else "blocks"
+    assert bn.reduction_order(True, 16 * 112 * 112, 16, 4) == narrow  # one sweep
+    assert bn.reduction_order(False, 16 * 112 * 112, 16, 4) == narrow
+    assert bn.reduction_order(True, 1000, 12, 4) == ("groups" if v3 else "blocks")  # 3 x 4
+    assert bn.reduction_order(True, 32 * 56 * 56, 64, 4) == wide  # sequential, 25.7 MB
+    assert bn.reduction_order(False, 32 * 56 * 56, 64, 4) == wide
+    assert bn.reduction_order(True, 56 * 56, 256, 4) == wide
+    assert bn.reduction_order(False, 56 * 56, 256, 4) == wide
+    assert bn.reduction_order(True, 32 * 49, 2048, 4) == wide  # 392 KiB chunks
     assert bn.reduction_order(False, 32 * 49, 2048, 4) == "blocks"  # 784 KiB chunks
     assert bn.reduction_order(True, 32 * 28 * 28, 512, 4) == "blocks"  # beyond the cache
     assert bn.reduction_order(False, 32 * 28 * 28, 512, 4) == "rows"
-    assert bn.reduction_order(True, 1000, 36, 4) == "blocks"  # not a multiple of 8
+    assert bn.reduction_order(True, 1000, 36, 4) == "blocks"  # 36 % 8 != 0; > 16 (AVX2)
     assert bn.reduction_order(True, 1000, 64, 8) == "blocks"  # float64
 
 
-@pytest.mark.parametrize("n_channels", [8, 24, 64, 120, 136, 2048])
+@pytest.mark.parametrize("n_channels", [4, 12, 16, 8, 24, 64, 120, 136, 2048])
 @pytest.mark.parametrize("offset", [0.0, 1e4])
 def test_reductions_by_channel_groups(n_channels, offset, n_threads):
-    # Every way the group kernels take the channels apart (one group of 8, of
-    # 24, of 64; 64 and 56; two of 64 and one of 8; 32 of 64), with |mean| >>
-    # std too: the statistics and the backward's sums to float64 tolerance, as
-    # the row blocks; dx and y through the same elementwise passes. 256 rows of
-    # 2048 channels make 32-row chunks, 512 KiB of dy and x: the sums' limit.
+    # Every way the group kernels take the channels apart (AVX2: one group of
+    # 4, 12, 16; AVX-512: one group of 8, 24, 64; 64 and 56; two of 64 and one
+    # of 8; 32 of 64), with |mean| >> std too: the statistics and the
+    # backward's sums to float64 tolerance, as the row blocks; dx and y
+    # through the same elementwise passes. 256 rows of 2048 channels make
+    # 32-row chunks, 512 KiB of dy and x: the sums' limit.
     rng = np.random.default_rng(n_channels)
     m = 256 if n_channels == 2048 else max(300, 65536 // n_channels)
     x, gamma, beta, dy = make_case(rng, (m, n_channels), np.float32, offset)
-    order = "groups" if _dispatch.ISA_LEVEL == "x86-64-v4" else "blocks"
+    level = _dispatch.ISA_LEVEL
+    groups = ((level == "x86-64-v4" and n_channels % 8 == 0)
+              or (level == "x86-64-v3" and n_channels <= 16))
     bn = kernels("_batchnorm")
-    assert bn.reduction_order(True, m, n_channels, 4) == order
-    assert bn.reduction_order(False, m, n_channels, 4) == order
+    assert bn.reduction_order(True, m, n_channels, 4) == ("groups" if groups else "blocks")
+    assert bn.reduction_order(False, m, n_channels, 4) == ("groups" if groups else "blocks")
     y, mean, invstd = cnorm.batch_norm_training(x, gamma, beta, n_threads=n_threads)
     y_ref, mean_ref, invstd_ref = ref.batch_norm_training(x, gamma, beta)
     assert_close(mean, mean_ref, scale=np.abs(rows(x)).max(axis=0))
