@@ -128,8 +128,9 @@ cdef extern from *:
          statistics 14-15 %, training 7-8 %, backward 5-6 %;
        - one sweep, AVX2: 16x112x112x16 statistics 39-41 %, backward 12-24 %;
        - several sweeps, AVX-512: 32x28x28x128 statistics 13-17 %, training
-         6-8 %; 32x7x7x2048 and 1x56x56x256 within noise (statistics 2-8 %
-         faster, training and backward -3 to +3 % outside one noisy round).
+         6-8 %; 32x7x7x2048 and 1x56x56x256 statistics 2-8 % faster,
+         training and backward within noise (11 % faster to 3 % slower, and
+         one round of training 15 % slower while the L3 was busy).
        In AVX2 builds several 16-channel sweeps were faster for some widths
        and up to 2x slower for others (48, 64, 96, 128): those keep the blocks.
        Each channel's sum runs over the rows in order, in double (a float32
