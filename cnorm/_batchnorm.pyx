@@ -25,7 +25,7 @@ Passes and tensor traffic
                      dy alone.
     float32 outputs of a pass whose tensors (inputs and output) exceed
     STREAM_WORKING_SET (32 MiB) are written with streaming stores in AVX2 and
-    AVX-512 builds (cnorm_stream_range, see _streams): not read into the cache
+    AVX-512 builds (cnorm_affine_range, see _streams): not read into the cache
     before being written, which saves one memory transfer in three of
     inference and one in six of the backward. The second pass of training and
     backward, which re-reads what the first pass left in the caches, streams
@@ -257,33 +257,40 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* Streaming (non-temporal) stores for the float32 elementwise passes over
-       large tensors: the output is written to memory without being read into
-       the cache first (a normal store reads each line before writing it), one
-       memory transfer in three of a pass that reads x and writes y. Measured on
-       AMD Zen 5 at 2 threads, 51 MB float32 tensors: inference 2.9 -> 2.3 ms,
-       the backward's second pass 4.3 -> 3.6 ms. In-cache outputs are slower
-       this way, so the kernels stream only past STREAM_WORKING_SET.
-       AVX-512 or AVX2 builds only (CNORM_STREAM 0 elsewhere). A chunk of rows is
-       one contiguous range: its unaligned head and tail take normal stores;
-       the same fused multiply-adds as the compiler contracts the normal path
-       into. */
+    /* The float32 elementwise passes of AVX2 and AVX-512 builds (CNORM_RANGE 0
+       elsewhere) over a chunk of rows taken as one contiguous range, for
+       streaming stores and for narrow rows (see _apply).
+       Streaming (non-temporal) stores: the output is written to memory
+       without being read into the cache first (a normal store reads each line
+       before writing it), one memory transfer in three of a pass that reads x
+       and writes y. Measured on AMD Zen 5 at 2 threads, 51 MB float32
+       tensors: inference 2.9 -> 2.3 ms, the backward's second pass 4.3 ->
+       3.6 ms. In-cache outputs are slower this way, so the kernels stream
+       only past STREAM_WORKING_SET.
+       Narrow rows: the vectors run across row ends, where the compiler's loop
+       over one row pays its setup (overlap checks, head and tail) for every
+       row, which is most of the work when a row is one or two vectors.
+       Vectors start where the output is aligned (a scalar head before, a
+       scalar tail after); the coefficient arrays start at the output's offset
+       in a cache line (see _coefficients). The same fused multiply-adds as
+       the compiler contracts the Cython loops into, so every element has the
+       same bits whichever way it is computed. */
     #if defined(__AVX512F__) || defined(__AVX2__)
     #include <immintrin.h>
-    #define CNORM_STREAM 1
+    #define CNORM_RANGE 1
     #if defined(__AVX512F__)
     #define CNORM_W 16
-    #define CNORM_V __m512
     #define CNORM_LOAD _mm512_loadu_ps
     #define CNORM_FMA _mm512_fmadd_ps
     #define CNORM_SUB _mm512_sub_ps
+    #define CNORM_STORE _mm512_storeu_ps
     #define CNORM_STORE_NT _mm512_stream_ps
     #else
     #define CNORM_W 8
-    #define CNORM_V __m256
     #define CNORM_LOAD _mm256_loadu_ps
     #define CNORM_FMA _mm256_fmadd_ps
     #define CNORM_SUB _mm256_sub_ps
+    #define CNORM_STORE _mm256_storeu_ps
     #define CNORM_STORE_NT _mm256_stream_ps
     #endif
     #define CNORM_ALIGN (CNORM_W * 4)
@@ -291,56 +298,71 @@ cdef extern from *:
        row's first element; the coefficient arrays hold C + CNORM_W values,
        wrapped (value j is that of channel j mod C), so a vector that runs
        past the end of a row reads the next row's channels. */
-    static void cnorm_stream_range(const float *dy, const float *x, float *out,
+    static void cnorm_affine_range(const float *dy, const float *x, float *out,
                                    const float *center, const float *scale,
                                    const float *shift, const float *dy_scale,
-                                   int folded, Py_ssize_t start, Py_ssize_t stop,
-                                   Py_ssize_t n) {
+                                   int folded, int stream, Py_ssize_t start,
+                                   Py_ssize_t stop, Py_ssize_t n) {
         Py_ssize_t i = start, c = 0;
         Py_ssize_t aligned = i + (Py_ssize_t)(((CNORM_ALIGN - ((size_t)(out + i) % CNORM_ALIGN))
                                               % CNORM_ALIGN) / 4);
-        if ((size_t)out % 4 != 0 || aligned > stop) aligned = stop;
+        if ((size_t)out % 4 != 0)  /* no vector of it is ever aligned */
+            aligned = stream ? stop : start;
+        if (aligned > stop) aligned = stop;
     #define CNORM_ONE(i, c) (dy == NULL \
             ? (folded ? fmaf(x[i], scale[c], shift[c]) \
                       : fmaf(x[i] - center[c], scale[c], shift[c])) \
             : fmaf(dy[i], dy_scale[c], folded ? fmaf(x[i], scale[c], shift[c]) \
                                                : fmaf(x[i] - center[c], scale[c], shift[c])))
     #define CNORM_NEXT(c, step) do { c += (step); while (c >= n) c -= n; } while (0)
-    /* CNORM_ONE on a vector of CNORM_W channels; the branches are loop-invariant
-       (the compiler compiles one loop per case). */
-    #define CNORM_AFFINE(i, c) (folded \
+    #define CNORM_AFFINE(i, c, folded) ((folded) \
             ? CNORM_FMA(CNORM_LOAD(x + i), CNORM_LOAD(scale + c), CNORM_LOAD(shift + c)) \
             : CNORM_FMA(CNORM_SUB(CNORM_LOAD(x + i), CNORM_LOAD(center + c)), \
                         CNORM_LOAD(scale + c), CNORM_LOAD(shift + c)))
+    #define CNORM_VECTORS(STORE, with_dy, folded) \
+        for (; i + CNORM_W <= stop; i += CNORM_W) { \
+            STORE(out + i, (with_dy) ? CNORM_FMA(CNORM_LOAD(dy + i), CNORM_LOAD(dy_scale + c), \
+                                                 CNORM_AFFINE(i, c, folded)) \
+                                     : CNORM_AFFINE(i, c, folded)); \
+            CNORM_NEXT(c, CNORM_W); \
+        }
+    #define CNORM_CASES(STORE) \
+        if (dy == NULL && folded) { CNORM_VECTORS(STORE, 0, 1) } \
+        else if (dy == NULL) { CNORM_VECTORS(STORE, 0, 0) } \
+        else if (folded) { CNORM_VECTORS(STORE, 1, 1) } \
+        else { CNORM_VECTORS(STORE, 1, 0) }
         for (; i < aligned; i++) { out[i] = CNORM_ONE(i, c); CNORM_NEXT(c, 1); }
-        for (; i + CNORM_W <= stop; i += CNORM_W) {
-            CNORM_STORE_NT(out + i, dy == NULL ? CNORM_AFFINE(i, c)
-                : CNORM_FMA(CNORM_LOAD(dy + i), CNORM_LOAD(dy_scale + c), CNORM_AFFINE(i, c)));
-            CNORM_NEXT(c, CNORM_W);
+        if (stream) {
+            CNORM_CASES(CNORM_STORE_NT)
+        } else {
+            CNORM_CASES(CNORM_STORE)
         }
         for (; i < stop; i++) { out[i] = CNORM_ONE(i, c); CNORM_NEXT(c, 1); }
     #undef CNORM_ONE
     #undef CNORM_NEXT
     #undef CNORM_AFFINE
+    #undef CNORM_VECTORS
+    #undef CNORM_CASES
     }
     static void cnorm_stream_fence(void) { _mm_sfence(); }
     #else
-    #define CNORM_STREAM 0
+    #define CNORM_RANGE 0
     #define CNORM_W 1
-    static void cnorm_stream_range(const float *dy, const float *x, float *out,
+    static void cnorm_affine_range(const float *dy, const float *x, float *out,
                                    const float *center, const float *scale,
                                    const float *shift, const float *dy_scale,
-                                   int folded, Py_ssize_t start, Py_ssize_t stop,
-                                   Py_ssize_t n) {}
+                                   int folded, int stream, Py_ssize_t start,
+                                   Py_ssize_t stop, Py_ssize_t n) {}
     static void cnorm_stream_fence(void) {}
     #endif
     """
-    const bint STREAM_AVAILABLE "CNORM_STREAM"
-    void _stream_range "cnorm_stream_range"(const float* dy, const float* x, float* out,
+    # The build has cnorm_affine_range, and with it streaming stores.
+    const bint RANGE_KERNEL "CNORM_RANGE"
+    void _affine_range "cnorm_affine_range"(const float* dy, const float* x, float* out,
                                             const float* center, const float* scale,
                                             const float* shift, const float* dy_scale,
-                                            int folded, Py_ssize_t start, Py_ssize_t stop,
-                                            Py_ssize_t n) noexcept nogil
+                                            int folded, int stream, Py_ssize_t start,
+                                            Py_ssize_t stop, Py_ssize_t n) noexcept nogil
     void _stream_fence "cnorm_stream_fence"() noexcept nogil
 
 cdef enum:
@@ -361,7 +383,7 @@ cdef enum:
     # The chunk count is rounded up to a multiple of this (see _rows_per_chunk).
     CHUNK_MULTIPLE = 8
     # The float32 output of an elementwise pass is written with streaming
-    # stores where the build has them (see cnorm_stream_range) when the pass's
+    # stores where the build has them (see cnorm_affine_range) when the pass's
     # tensors (x and y, or dy, x and dx) are more than this many bytes: more
     # than the last-level cache (32 MiB on the AMD Zen 5 measured here), so
     # the output would not stay there for its reader anyway, while a pass
@@ -389,6 +411,9 @@ cdef enum:
     # benchmarks/run.py: below this size outputs are written normally, for the
     # next layer to find in the cache.
     REREAD_STREAM_WORKING_SET = 16 * 1024 * 1024
+    # Rows of at most this many channels take cnorm_affine_range in the
+    # elementwise passes (see _apply).
+    RANGE_MAX_CHANNELS = 32
     # How a chunk's reduction walks it (see _reduction_order).
     BY_BLOCKS = 0
     BY_ROWS = 1
@@ -452,7 +477,7 @@ cdef inline bint _streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_ch
     # build that has them, and tensors beyond the cache (``reread``: the pass
     # re-reads its inputs, the second pass of training and backward; see
     # REREAD_STREAM_WORKING_SET).
-    return (STREAM_AVAILABLE and item_size == 4
+    return (RANGE_KERNEL and item_size == 4
             and _beyond_cache(tensors, n_rows, n_channels, item_size, reread))
 
 
@@ -546,11 +571,11 @@ cdef floating* _coefficients(const floating* kind, size_t line_offset,
     # The (center, scale, shift, dy_scale) block of _apply_rows in the data's
     # type (``kind`` only selects it; dy_scale NULL gives zeros), in memory
     # that the caller frees as ``block[0]``. Each array starts ``line_offset``
-    # (mod 64) bytes into a cache line: 0 for the normal stores' loop, which
-    # reads every array at the same channel offsets, so no vector load splits
-    # a line (measured on 32x7x7x2048 inference with x aligned: 5-10 % faster
-    # than malloc's 16-byte alignment); the output's offset for the streaming
-    # loop, whose vectors start where the output is aligned (its coefficient
+    # (mod 64) bytes into a cache line: 0 for the row loop of _apply_rows,
+    # which reads every array at the same channel offsets, so no vector load
+    # splits a line (measured on 32x7x7x2048 inference with x aligned: 5-10 %
+    # faster than malloc's 16-byte alignment); the output's offset for
+    # cnorm_affine_range, whose vectors start where the output is aligned (its coefficient
     # loads are then aligned in every row if C is a multiple of 16; otherwise
     # the channel of an aligned output vector moves from row to row).
     #
@@ -567,7 +592,7 @@ cdef floating* _coefficients(const floating* kind, size_t line_offset,
     # floats) and the error is relative to |y|, not to |center*scale| as the
     # folded form's would be.
     # Each of the four arrays holds C + COEFFICIENT_WRAP values, the last ones
-    # repeating the first channels (for _stream_range's vectors across rows),
+    # repeating the first channels (for _affine_range's vectors across rows),
     # and so on up to the end of the cache line.
     cdef Py_ssize_t stride = _coefficient_stride(n_channels)
     cdef char* raw = <char*> malloc(4 * stride * sizeof(floating) + 2 * LINE_BYTES)
@@ -684,19 +709,20 @@ cdef void _normalize(const floating* x, floating* y, const double* mean, const d
 
 cdef void _apply_chunks(const floating* dy, const floating* x, floating* out,
                         const floating* coefficients, bint folded, bint stream,
-                        Py_ssize_t first, Py_ssize_t stop, Py_ssize_t rows,
+                        bint by_range, Py_ssize_t first, Py_ssize_t stop, Py_ssize_t rows,
                         Py_ssize_t n_rows, Py_ssize_t n_channels,
                         bint reverse) noexcept nogil:
-    # _apply_rows over chunks [first, stop), last to first if ``reverse``; a
-    # thread that streamed fences its stores before the region ends.
+    # _apply_rows, or _affine_range if ``by_range`` (float32 only), over
+    # chunks [first, stop), last to first if ``reverse``; a thread that
+    # streamed fences its stores before the region ends.
     cdef Py_ssize_t i, chunk, stride = _coefficient_stride(n_channels)
     for i in range(stop - first):
         chunk = stop - 1 - i if reverse else first + i
         if floating is float:
-            if stream:
-                _stream_range(dy, x, out, coefficients, coefficients + stride,
+            if by_range:
+                _affine_range(dy, x, out, coefficients, coefficients + stride,
                               coefficients + 2 * stride, coefficients + 3 * stride, folded,
-                              chunk * rows * n_channels,
+                              stream, chunk * rows * n_channels,
                               min(chunk * rows + rows, n_rows) * n_channels, n_channels)
                 continue
         _apply_rows(dy, x, out, coefficients, folded, chunk * rows,
@@ -713,7 +739,13 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     # channel: the body of affine, normalize and backward. ``invstd`` (1/std of
     # x per channel, or NULL) decides the folded form (see _coefficients).
     # ``reverse`` walks each thread's chunks last to first (see affine): a
-    # second pass, which re-reads its inputs (see _streams).
+    # second pass, which re-reads its inputs (see _streams). float32 passes
+    # that stream, and those over rows of at most RANGE_MAX_CHANNELS channels,
+    # take cnorm_affine_range where the build has it. Measured at 2 threads
+    # against the Cython row loop (builds alternated call by call, four runs):
+    # inference 16x112x112x16 24-50 % faster, 32x56x56x32 6-25 %, training
+    # of both 3-14 %; 32x56x56x64 equal; 32x7x7x2048 0-5 % slower (so wider
+    # rows keep the row loop).
     cdef Py_ssize_t rows = _rows_per_chunk(n_rows, n_channels)
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     cdef Py_ssize_t thread
@@ -721,19 +753,21 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     cdef bint stream = _streams(2 if dy == NULL else 3, n_rows, n_channels,
                                 sizeof(floating), reverse)
     cdef void* block = NULL
-    cdef floating* coefficients = _coefficients(x, <size_t> out if stream else 0, center,
+    cdef bint by_range = (floating is float and RANGE_KERNEL
+                          and (stream or n_channels <= RANGE_MAX_CHANNELS))
+    cdef floating* coefficients = _coefficients(x, <size_t> out if by_range else 0, center,
                                                 scale, shift, dy_scale, invstd, n_channels,
                                                 &folded, &block)
     n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
     try:
         if n_threads == 1:
             with nogil:
-                _apply_chunks(dy, x, out, coefficients, folded, stream, 0, chunks, rows,
-                              n_rows, n_channels, reverse)
+                _apply_chunks(dy, x, out, coefficients, folded, stream, by_range, 0, chunks,
+                              rows, n_rows, n_channels, reverse)
         else:
             for thread in prange(n_threads, nogil=True, schedule="static",
                                  num_threads=n_threads):
-                _apply_chunks(dy, x, out, coefficients, folded, stream,
+                _apply_chunks(dy, x, out, coefficients, folded, stream, by_range,
                               _first_chunk(chunks, n_threads, thread),
                               _first_chunk(chunks, n_threads, thread + 1), rows, n_rows,
                               n_channels, reverse)

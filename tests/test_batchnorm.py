@@ -501,6 +501,54 @@ def test_reductions_by_channel_groups(n_channels, offset, n_threads):
     np.testing.assert_allclose(dbeta, dbeta_ref, rtol=0, atol=1e-12 * dbeta_scale.max())
 
 
+@pytest.mark.parametrize("n_channels", [3, 16, 24, 32])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_narrow_rows_across_row_ends(n_channels, offset):
+    # Rows of at most 32 float32 channels are computed as one range per chunk
+    # whose vectors cross row ends (AVX2/AVX-512 builds; see _apply): outputs
+    # at any offset, even not a multiple of 4 bytes, and in place give the
+    # same bits, for the folded (offset 0) and centered (1e4) forms, in every
+    # elementwise pass, for 1, 2 and 3 threads.
+    rng = np.random.default_rng(n_channels)
+    m = 100_000 // n_channels  # several chunks, above the serial threshold
+    x, gamma, beta, dy = make_case(rng, (m, n_channels), np.float32, offset)
+    running_mean, running_var = rows(x).mean(axis=0) + 0.1, rows(x).var(axis=0) + 0.5
+    y = cnorm.batch_norm_inference(x, running_mean, running_var, gamma, beta)
+    y_ref = ref.batch_norm_inference(x, running_mean, running_var, gamma, beta)
+    xhat = (rows(x) - running_mean) / np.sqrt(running_var + 1e-5)
+    assert_close(y, y_ref, scale=np.abs(gamma * xhat) + np.abs(beta) + np.abs(gamma))
+    for byte_offset in (1, 4, 28):
+        buffer = np.zeros(x.nbytes + 128, np.uint8)
+        start = (-buffer.ctypes.data) % 64 + byte_offset
+        out = np.ndarray(x.shape, np.float32, buffer, offset=start)
+        cnorm.batch_norm_inference(x, running_mean, running_var, gamma, beta, out=out)
+        np.testing.assert_array_equal(out, y)
+    in_place = x.copy()
+    cnorm.batch_norm_inference(in_place, running_mean, running_var, gamma, beta, out=in_place)
+    np.testing.assert_array_equal(in_place, y)
+
+    def passes(n_threads):
+        y, mean, invstd = cnorm.batch_norm_training(x, gamma, beta, n_threads=n_threads)
+        dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma,
+                                                      n_threads=n_threads)
+        frozen, _, _ = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma, training=False,
+                                                 n_threads=n_threads)
+        return y, dx, frozen
+
+    y, dx, frozen = passes(1)
+    y_ref, mean_ref, invstd_ref = ref.batch_norm_training(x, gamma, beta)
+    assert_close(y, y_ref, scale=training_y_scale(x, gamma, beta, mean_ref, invstd_ref))
+    _, mean, invstd = cnorm.batch_norm_training(x, gamma, beta)
+    dx_ref, _, _ = ref.batch_norm_backward(dy, x, mean, invstd, gamma)
+    assert_close(dx, dx_ref, scale=backward_scales(dy, x, mean, invstd, gamma, True)[0])
+    frozen_ref, _, _ = ref.batch_norm_backward(dy, x, mean, invstd, gamma, training=False)
+    assert_close(frozen, frozen_ref,
+                 scale=backward_scales(dy, x, mean, invstd, gamma, False)[0])
+    for n_threads in (2, 3):
+        for got, want in zip(passes(n_threads), (y, dx, frozen)):
+            np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("n_channels, offset", [(37, 0.0), (64, 0.0), (3, 1e4), (300, 0.0)])
 def test_streamed_outputs_of_large_tensors(n_channels, offset):
     # float32 outputs of passes over more than 32 MiB of tensors are written with
