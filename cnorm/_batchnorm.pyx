@@ -188,7 +188,6 @@ cdef extern from *:
         case 7: GROUP(7); break; case 6: GROUP(6); break; case 5: GROUP(5); break; \
         case 4: GROUP(4); break; case 3: GROUP(3); break; case 2: GROUP(2); break; \
         case 1: GROUP(1); break; default: break; }
-    /* n (C) must be a multiple of CNORM_GW: _reduction_order sends no other here. */
     /* More than one group: bring the chunk into L2 in one sequential pass of
        prefetches first, so the sweeps down its rows (strided) read it there. */
     static void cnorm_prefetch_chunk(const float *a, Py_ssize_t n_rows, Py_ssize_t n) {
@@ -196,6 +195,7 @@ cdef extern from *:
         if (n <= CNORM_GW * CNORM_GV) return;
         for (; p < end; p += 64) _mm_prefetch(p, _MM_HINT_T1);
     }
+    /* n (C) must be a multiple of CNORM_GW: _reduction_order sends no other here. */
     static void cnorm_group_stats(const float *x, Py_ssize_t n_rows, Py_ssize_t n,
                                   double *total, double *squares) {
         Py_ssize_t g = 0;
@@ -491,11 +491,6 @@ def streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
     return _streams(tensors, n_rows, n_channels, item_size, reread)
 
 
-def sums_by_rows(Py_ssize_t n_rows, Py_ssize_t n_channels, Py_ssize_t item_size):
-    """Whether the backward's sums over such tensors take one row at a time."""
-    return _sums_by_rows(n_rows, n_channels, item_size)
-
-
 def n_chunks(Py_ssize_t n_rows, Py_ssize_t n_channels):
     """Number of row chunks the kernels split an (n_rows, n_channels) input into."""
     cdef Py_ssize_t rows = _rows_per_chunk(n_rows, n_channels)
@@ -575,9 +570,10 @@ cdef floating* _coefficients(const floating* kind, size_t line_offset,
     # which reads every array at the same channel offsets, so no vector load
     # splits a line (measured on 32x7x7x2048 inference with x aligned: 5-10 %
     # faster than malloc's 16-byte alignment); the output's offset for
-    # cnorm_affine_range, whose vectors start where the output is aligned (its coefficient
-    # loads are then aligned in every row if C is a multiple of 16; otherwise
-    # the channel of an aligned output vector moves from row to row).
+    # cnorm_affine_range, whose vectors start where the output is aligned
+    # (its coefficient loads are then aligned in every row if C is a multiple
+    # of 16; otherwise the channel of an aligned output vector moves from row
+    # to row).
     #
     # Folded, x*scale + (shift - center*scale), when every channel's center is
     # within FOLD_SIGMAS standard deviations of 0 (|center|*invstd, invstd not

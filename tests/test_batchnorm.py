@@ -438,9 +438,10 @@ def test_stream_decisions():
     # of dy, x and dx.
     for n_channels in (255, 256, 512, 513):
         over = 32 * mib // (12 * n_channels) + 1
-        assert bn.sums_by_rows(over, n_channels, 4) == (256 <= n_channels <= 512)
-        assert not bn.sums_by_rows(over - 1, n_channels, 4)
-        assert not bn.sums_by_rows(over, n_channels, 8)
+        by_rows = bn.reduction_order(False, over, n_channels, 4) == "rows"
+        assert by_rows == (256 <= n_channels <= 512)
+        assert bn.reduction_order(False, over - 1, n_channels, 4) != "rows"
+        assert bn.reduction_order(False, over, n_channels, 8) != "rows"
 
 
 def test_reduction_order_decisions():
@@ -563,7 +564,7 @@ def test_streamed_outputs_of_large_tensors(n_channels, offset):
     if _dispatch.ISA_LEVEL != "baseline":
         assert bn.streams(2, m, n_channels, 4) and bn.streams(3, m, n_channels, 4)
         assert bn.streams(2, m, n_channels, 4, True) and bn.streams(3, m, n_channels, 4, True)
-    assert bn.sums_by_rows(m, n_channels, 4) == (n_channels == 300)
+    assert (bn.reduction_order(False, m, n_channels, 4) == "rows") == (n_channels == 300)
     x, gamma, beta, dy = make_case(rng, (m, n_channels), np.float32, offset)
     running_mean = rows(x).mean(axis=0) + 0.1
     running_var = rows(x).var(axis=0) + 0.5
