@@ -147,6 +147,7 @@ def extensions():
             extra_compile_args=compile_args + list(extra),
             extra_link_args=link_args,
             libraries=["m"],
+            include_dirs=["."],  # cnorm/_storage.h, from the kernel copies under build/ too
         )
 
     modules = [extension(name, _source(name)) for name in EXTENSIONS + KERNELS]

@@ -1,14 +1,16 @@
 # Stub for the compiled module cnorm._batchnorm (cnorm/_batchnorm.pyx); the ISA
 # copies cnorm._batchnorm_x86_64_v3/_v4 have the same signatures. Tensors are
-# C-contiguous float32 or float64, all of one dtype, channels last (affine: (M, C);
-# the others: any ndim); per-channel arrays are float64 of shape (C,); the caller
-# validates them.
+# C-contiguous, all of one storage type (``storage``: the codes of
+# cnorm/_storage.h; float16 as is, bfloat16 as a uint16 view), seen as
+# (outer, n_channels, inner) (affine: float32/float64 (M, C)); per-channel arrays
+# are float64 of shape (C,); the caller validates them.
 from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 _Float = TypeVar("_Float", np.float32, np.float64)
+_Tensor = npt.NDArray[np.float64] | npt.NDArray[np.float32] | npt.NDArray[np.float16] | npt.NDArray[np.uint16]
 _Channels = npt.NDArray[np.float64]
 
 def n_chunks(n_rows: int, n_channels: int) -> int: ...
@@ -24,10 +26,12 @@ def affine(
     reverse: bool,
     n_threads: int,
 ) -> None: ...
-def batch_stats(x: npt.NDArray[_Float], mean: _Channels, var: _Channels, n_threads: int) -> None: ...
+def grid(storage: int, outer: int, channels: int, inner: int) -> tuple[int, int, int]: ...
+def batch_stats(x: _Tensor, mean: _Channels, var: _Channels, n_threads: int, storage: int,
+                outer: int, n_channels: int, inner: int) -> None: ...
 def normalize(
-    x: npt.NDArray[_Float],
-    y: npt.NDArray[_Float],
+    x: _Tensor,
+    y: _Tensor,
     mean: _Channels,
     var: _Channels,
     gamma: _Channels | None,
@@ -36,11 +40,15 @@ def normalize(
     invstd: _Channels | None,
     reverse: bool,
     n_threads: int,
+    storage: int,
+    outer: int,
+    n_channels: int,
+    inner: int,
 ) -> None: ...
 def backward(
-    dy: npt.NDArray[_Float],
-    x: npt.NDArray[_Float],
-    dx: npt.NDArray[_Float],
+    dy: _Tensor,
+    x: _Tensor,
+    dx: _Tensor,
     mean: _Channels,
     invstd: _Channels,
     gamma: _Channels | None,
@@ -48,4 +56,8 @@ def backward(
     dgamma: _Channels,
     dbeta: _Channels,
     n_threads: int,
+    storage: int,
+    outer: int,
+    n_channels: int,
+    inner: int,
 ) -> None: ...

@@ -86,6 +86,8 @@ from libc.math cimport fabs, isfinite, sqrt
 from libc.stdlib cimport calloc, free, malloc
 
 from cnorm._buffers cimport Buffers
+from cnorm._storage cimport (CN_FLOAT32, CN_FLOAT64, cn_is_half, cn_item_size, cn_load_run,
+                             cn_store_run)
 
 cdef extern from *:
     # GCC and clang: a hint, never a fault (even past the end of an array).
@@ -431,6 +433,17 @@ cdef enum:
     LINE_BYTES = 64
     # Channels per block of the parallel merge (a cache-friendly stripe).
     MERGE_BLOCK = 256
+    # Tiles of data with inner > 1 (see _grid): about this many values (256
+    # KiB of float32: a tile and its half-precision scratch stay in L2), whole
+    # planes unless a plane set is larger and its planes longer than
+    # PLANAR_MIN_SEGMENT; a split plane is cut into segments of a multiple of
+    # SEGMENT_MULTIPLE values (whole 64-byte lines of float32).
+    PLANAR_TILE = 65536
+    PLANAR_MIN_SEGMENT = 2048
+    SEGMENT_MULTIPLE = 16
+    # Lanes of the planar reductions' partial sums (see _plane_sums): two
+    # AVX-512 vectors of doubles, so two independent addition chains per sum.
+    PLANE_LANES = 16
     # The reductions prefetch PREFETCH_BYTES ahead of the rows they read when
     # four rows are at most PREFETCH_MAX_BLOCK bytes (narrow layers: C <= 128
     # in float32): there the hardware prefetcher alone leaves the core waiting
@@ -520,14 +533,145 @@ cdef double* _partials(Py_ssize_t chunks, Py_ssize_t n_channels) except NULL:
 
 
 # ---------------------------------------------------------------------------
+# The (outer, C, inner) view and its tiles
+
+cdef struct Grid:
+    # A tensor seen as (outer, C, inner), channels in the middle, cut into
+    # tiles: ``block`` outer indices by ``segment`` inner values, every
+    # channel. inner == 1 (channels last) is the row chunks of
+    # _rows_per_chunk; inner > 1 (e.g. NCHW) whole planes of several outer
+    # indices, or one outer index and a segment of the planes when a plane
+    # set is large (see _grid). A function of the shape only, so that every
+    # reduction is bit-identical for every thread count.
+    int storage               # cnorm/_storage.h code
+    Py_ssize_t outer, channels, inner
+    Py_ssize_t block          # outer indices per tile
+    Py_ssize_t segment        # inner values per tile
+    Py_ssize_t segments       # tiles along inner
+    Py_ssize_t tiles
+    Py_ssize_t tile_size      # values in the largest tile
+
+
+cdef struct Tile:
+    Py_ssize_t outer_start, n_outer, inner_start, n_inner
+
+
+cdef Grid _grid(int storage, Py_ssize_t outer, Py_ssize_t channels,
+                Py_ssize_t inner) noexcept nogil:
+    cdef Grid g
+    cdef Py_ssize_t plane = channels * inner
+    g.storage = storage
+    g.outer = outer
+    g.channels = channels
+    g.inner = inner
+    g.segments = 1
+    g.segment = inner
+    if inner == 1:
+        g.block = _rows_per_chunk(outer, channels)
+    elif plane <= PLANAR_TILE or inner <= PLANAR_MIN_SEGMENT:
+        g.block = max(1, PLANAR_TILE // max(plane, 1))
+    else:
+        g.block = 1
+        g.segments = (plane + PLANAR_TILE - 1) // PLANAR_TILE
+        g.segment = (inner + g.segments - 1) // g.segments
+        g.segment = (g.segment + SEGMENT_MULTIPLE - 1) // SEGMENT_MULTIPLE * SEGMENT_MULTIPLE
+        g.segments = (inner + g.segment - 1) // g.segment
+    g.tiles = (outer + g.block - 1) // g.block * g.segments
+    g.tile_size = min(g.block, outer) * channels * min(g.segment, inner)
+    return g
+
+
+cdef inline Tile _tile(const Grid* g, Py_ssize_t t) noexcept nogil:
+    cdef Tile tile
+    tile.outer_start = (t // g.segments) * g.block
+    tile.n_outer = min(g.block, g.outer - tile.outer_start)
+    tile.inner_start = (t % g.segments) * g.segment
+    tile.n_inner = min(g.segment, g.inner - tile.inner_start)
+    return tile
+
+
+cdef inline double _tile_count(const Grid* g, Py_ssize_t t) noexcept nogil:
+    cdef Tile tile = _tile(g, t)
+    return <double>(tile.n_outer * tile.n_inner)
+
+
+cdef inline Py_ssize_t _tile_offset(const Grid* g, const Tile* tile) noexcept nogil:
+    # Index of the tile's first value (outer_start, 0, inner_start).
+    return tile.outer_start * g.channels * g.inner + tile.inner_start
+
+
+cdef void _load_tile(const Grid* g, const Tile* tile, const void* src,
+                     float* dst) noexcept nogil:
+    # A tile of half-precision data into dst as float, packed as
+    # (n_outer, C, n_inner); one run when the tile holds whole planes.
+    cdef const char* base = <const char*> src
+    cdef size_t item = cn_item_size(g.storage)
+    cdef Py_ssize_t o, c, start = _tile_offset(g, tile)
+    if tile.n_inner == g.inner:
+        cn_load_run(g.storage, base + start * item, dst, tile.n_outer * g.channels * g.inner)
+        return
+    for o in range(tile.n_outer):
+        for c in range(g.channels):
+            cn_load_run(g.storage, base + (start + (o * g.channels + c) * g.inner) * item,
+                        dst + (o * g.channels + c) * tile.n_inner, tile.n_inner)
+
+
+cdef void _store_tile(const Grid* g, const Tile* tile, const float* src,
+                      void* dst) noexcept nogil:
+    # The inverse of _load_tile: each value rounded once to the storage type.
+    cdef char* base = <char*> dst
+    cdef size_t item = cn_item_size(g.storage)
+    cdef Py_ssize_t o, c, start = _tile_offset(g, tile)
+    if tile.n_inner == g.inner:
+        cn_store_run(g.storage, src, base + start * item, tile.n_outer * g.channels * g.inner)
+        return
+    for o in range(tile.n_outer):
+        for c in range(g.channels):
+            cn_store_run(g.storage, src + (o * g.channels + c) * tile.n_inner,
+                         base + (start + (o * g.channels + c) * g.inner) * item, tile.n_inner)
+
+
+cdef float* _half_scratch(const Grid* g, int n_threads, Py_ssize_t tensors) except? NULL:
+    # Per-thread float scratch of ``tensors`` tiles for half-precision data
+    # (NULL for float32/float64, which the kernels read in place).
+    if not cn_is_half(g.storage):
+        return NULL
+    cdef float* buffer = <float*> malloc(n_threads * tensors * _scratch_stride(g) * sizeof(float))
+    if buffer == NULL:
+        raise MemoryError("cnorm: cannot allocate batch-norm scratch")
+    return buffer
+
+
+cdef inline Py_ssize_t _scratch_stride(const Grid* g) noexcept nogil:
+    # Floats of one tile's scratch, in whole cache lines (no two threads share one).
+    return (g.tile_size + 15) // 16 * 16
+
+
+def grid(int storage, Py_ssize_t outer, Py_ssize_t channels, Py_ssize_t inner):
+    """The tiling of an (outer, C, inner) tensor: (tiles, block, segment) (for the tests)."""
+    cdef Grid g = _grid(storage, outer, channels, inner)
+    return g.tiles, g.block, g.segment
+
+
+# ---------------------------------------------------------------------------
 # Elementwise passes
+
+cdef inline floating _affine(floating x, floating center, floating scale, floating shift,
+                            bint folded) noexcept nogil:
+    # The one elementwise formula of batch norm: (x - center)*scale + shift, or
+    # x*scale + shift if ``folded`` (see _coefficients); contracted into FMAs
+    # where the build has them, the same way in every loop that uses it.
+    if folded:
+        return x * scale + shift
+    return (x - center) * scale + shift
+
 
 cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
                       const floating* coefficients, bint folded, Py_ssize_t row_start,
                       Py_ssize_t row_stop, Py_ssize_t n_channels) noexcept nogil:
-    # out = (x - center)*scale + shift, or x*scale + shift if ``folded``, plus
-    # dy*dy_scale when dy is not NULL, in the data's precision; coefficients
-    # holds center, scale, shift, dy_scale (see _coefficients).
+    # Rows of channels (inner == 1): out = _affine(x), plus dy*dy_scale when dy
+    # is not NULL, in the compute precision; coefficients holds center, scale,
+    # shift, dy_scale (see _coefficients), one vector of C each.
     cdef Py_ssize_t r, c, n = n_channels
     cdef Py_ssize_t stride = _coefficient_stride(n_channels)
     cdef const floating* center = coefficients
@@ -539,18 +683,49 @@ cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
         offset = r * n
         if dy == NULL and folded:
             for c in range(n):
-                out[offset + c] = x[offset + c] * scale[c] + shift[c]
+                out[offset + c] = _affine(x[offset + c], center[c], scale[c], shift[c], True)
         elif dy == NULL:
             for c in range(n):
-                out[offset + c] = (x[offset + c] - center[c]) * scale[c] + shift[c]
+                out[offset + c] = _affine(x[offset + c], center[c], scale[c], shift[c], False)
         elif folded:
             for c in range(n):
-                out[offset + c] = dy[offset + c] * dy_scale[c] + (x[offset + c] * scale[c]
-                                                                  + shift[c])
+                out[offset + c] = dy[offset + c] * dy_scale[c] + _affine(
+                    x[offset + c], center[c], scale[c], shift[c], True)
         else:
             for c in range(n):
-                out[offset + c] = (dy[offset + c] * dy_scale[c]
-                                   + ((x[offset + c] - center[c]) * scale[c] + shift[c]))
+                out[offset + c] = dy[offset + c] * dy_scale[c] + _affine(
+                    x[offset + c], center[c], scale[c], shift[c], False)
+
+
+cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
+                        const floating* coefficients, bint folded, Py_ssize_t n_outer,
+                        Py_ssize_t n_channels, Py_ssize_t n_inner, Py_ssize_t channel_stride,
+                        Py_ssize_t outer_stride) noexcept nogil:
+    # Planes of one channel (inner > 1): the run of n_inner values of channel c
+    # at o*outer_stride + c*channel_stride, with that channel's coefficients as
+    # scalars; the same formula as _apply_rows, so the same bits per element.
+    cdef Py_ssize_t o, c, i, base
+    cdef Py_ssize_t stride = _coefficient_stride(n_channels)
+    cdef floating center, scale, shift, dy_scale
+    for o in range(n_outer):
+        for c in range(n_channels):
+            base = o * outer_stride + c * channel_stride
+            center = coefficients[c]
+            scale = coefficients[stride + c]
+            shift = coefficients[2 * stride + c]
+            dy_scale = coefficients[3 * stride + c]
+            if dy == NULL and folded:
+                for i in range(base, base + n_inner):
+                    out[i] = _affine(x[i], center, scale, shift, True)
+            elif dy == NULL:
+                for i in range(base, base + n_inner):
+                    out[i] = _affine(x[i], center, scale, shift, False)
+            elif folded:
+                for i in range(base, base + n_inner):
+                    out[i] = dy[i] * dy_scale + _affine(x[i], center, scale, shift, True)
+            else:
+                for i in range(base, base + n_inner):
+                    out[i] = dy[i] * dy_scale + _affine(x[i], center, scale, shift, False)
 
 
 cdef inline Py_ssize_t _coefficient_stride(Py_ssize_t n_channels) noexcept nogil:
@@ -641,47 +816,50 @@ def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] cente
     """
     if x.shape[0] == 0 or x.shape[1] == 0:
         return
+    cdef Grid g = _grid(CN_FLOAT64 if floating is double else CN_FLOAT32, x.shape[0],
+                        x.shape[1], 1)
     _apply(<const floating*> NULL, &x[0, 0], &y[0, 0], &center[0], &scale[0], &shift[0],
-           NULL, NULL, x.shape[0], x.shape[1], reverse, n_threads)
+           NULL, NULL, &g, reverse, n_threads)
 
 
 def normalize(x, y, mean, var, gamma, beta, double eps, invstd, bint reverse,
-              int n_threads):
+              int n_threads, int storage, Py_ssize_t outer, Py_ssize_t n_channels,
+              Py_ssize_t inner):
     """y = (x - mean)*gamma*invstd + beta with invstd = 1/sqrt(var + eps), per channel.
 
     Batch-norm inference (running statistics) and training's second pass
     (batch statistics, ``reverse`` True: chunks last to first, right after
-    batch_stats read them; see affine). x and y: C-contiguous float32 or
-    float64 tensors of one shape and dtype, channels last, any ndim (y may be
-    x); mean, var, gamma, beta: float64 of shape (C,), gamma None meaning 1 and
-    beta None 0; invstd: None or a writable float64 array of shape (C,) that
-    receives 1/sqrt(var + eps). The coefficients are computed here in double.
-    The caller has validated everything, var >= 0 and eps > 0 included.
+    batch_stats read them; see affine). x and y: C-contiguous tensors of one
+    shape and storage type (``storage``, cnorm/_storage.h; bfloat16 as uint16),
+    seen as (outer, n_channels, inner) (y may be x); mean, var, gamma, beta:
+    float64 of shape (C,), gamma None meaning 1 and beta None 0; invstd: None
+    or a writable float64 array of shape (C,) that receives 1/sqrt(var + eps).
+    The coefficients are computed here in double. The caller has validated
+    everything, var >= 0 and eps > 0 included.
     """
     cdef Buffers b = Buffers()
-    cdef void* xp = b.get(x, False)
+    cdef const void* xp = b.get(x, False)
     cdef void* yp = b.get(y, True)
     cdef const double* mean_p = <const double*> b.get(mean, False)
     cdef const double* var_p = <const double*> b.get(var, False)
     cdef const double* gamma_p = <const double*> b.get(gamma, False)
     cdef const double* beta_p = <const double*> b.get(beta, False)
     cdef double* invstd_p = <double*> b.get(invstd, True)
-    cdef Py_ssize_t n_rows = b.rows(), n_channels = b.channels()
-    if n_rows == 0:
+    cdef Grid g = _grid(storage, outer, n_channels, inner)
+    if outer * n_channels * inner == 0:
         return
-    if b.single():
-        _normalize(<const float*> xp, <float*> yp, mean_p, var_p, gamma_p, beta_p, eps,
-                   invstd_p, reverse, n_rows, n_channels, n_threads)
-    else:
+    if storage == CN_FLOAT64:
         _normalize(<const double*> xp, <double*> yp, mean_p, var_p, gamma_p, beta_p, eps,
-                   invstd_p, reverse, n_rows, n_channels, n_threads)
+                   invstd_p, reverse, &g, n_threads)
+    else:
+        _normalize(<const float*> xp, <float*> yp, mean_p, var_p, gamma_p, beta_p, eps,
+                   invstd_p, reverse, &g, n_threads)
 
 
 cdef void _normalize(const floating* x, floating* y, const double* mean, const double* var,
                      const double* gamma, const double* beta, double eps, double* invstd,
-                     bint reverse, Py_ssize_t n_rows, Py_ssize_t n_channels,
-                     int n_threads) except *:
-    cdef Py_ssize_t c
+                     bint reverse, const Grid* g, int n_threads) except *:
+    cdef Py_ssize_t c, n_channels = g.channels
     cdef double inverse
     cdef double* coefficients = <double*> malloc(3 * n_channels * sizeof(double))
     if coefficients == NULL:
@@ -697,78 +875,112 @@ cdef void _normalize(const floating* x, floating* y, const double* mean, const d
                 invstd[c] = inverse
             scale[c] = inverse if gamma == NULL else gamma[c] * inverse
             shift[c] = 0.0 if beta == NULL else beta[c]
-        _apply(<const floating*> NULL, x, y, mean, scale, shift, NULL, inverse_std, n_rows,
-               n_channels, reverse, n_threads)
+        _apply(<const floating*> NULL, x, y, mean, scale, shift, NULL, inverse_std, g,
+               reverse, n_threads)
     finally:
         free(coefficients)
 
 
-cdef void _apply_chunks(const floating* dy, const floating* x, floating* out,
-                        const floating* coefficients, bint folded, bint stream,
-                        bint by_range, Py_ssize_t first, Py_ssize_t stop, Py_ssize_t rows,
-                        Py_ssize_t n_rows, Py_ssize_t n_channels,
-                        bint reverse) noexcept nogil:
-    # _apply_rows, or _affine_range if ``by_range`` (float32 only), over
-    # chunks [first, stop), last to first if ``reverse``; a thread that
+cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
+                       const floating* coefficients, bint folded, bint stream,
+                       bint by_range, const Grid* g, Py_ssize_t first, Py_ssize_t stop,
+                       bint reverse, float* scratch) noexcept nogil:
+    # The elementwise pass over tiles [first, stop), last to first if
+    # ``reverse``: rows (inner == 1) by _apply_rows, or by _affine_range if
+    # ``by_range`` (float32 only); planes (inner > 1) by _apply_planes.
+    # Half-precision data (``scratch`` not NULL; the pointers then hold that
+    # type, and floating is float) is loaded tile by tile into the scratch,
+    # computed there in place and stored back, rounded once. A thread that
     # streamed fences its stores before the region ends.
-    cdef Py_ssize_t i, chunk, stride = _coefficient_stride(n_channels)
+    cdef Py_ssize_t i, t, offset, stride = _coefficient_stride(g.channels)
+    cdef Tile tile
+    cdef const floating* dy_t
+    cdef const floating* x_t
+    cdef floating* out_t
+    cdef Py_ssize_t channel_stride, outer_stride
     for i in range(stop - first):
-        chunk = stop - 1 - i if reverse else first + i
-        if floating is float:
-            if by_range:
-                _affine_range(dy, x, out, coefficients, coefficients + stride,
-                              coefficients + 2 * stride, coefficients + 3 * stride, folded,
-                              stream, chunk * rows * n_channels,
-                              min(chunk * rows + rows, n_rows) * n_channels, n_channels)
-                continue
-        _apply_rows(dy, x, out, coefficients, folded, chunk * rows,
-                    min(chunk * rows + rows, n_rows), n_channels)
+        t = stop - 1 - i if reverse else first + i
+        tile = _tile(g, t)
+        if scratch != NULL:
+            _load_tile(g, &tile, x, scratch)
+            x_t = <const floating*> scratch
+            out_t = <floating*> scratch
+            dy_t = NULL
+            if dy != NULL:
+                _load_tile(g, &tile, dy, scratch + _scratch_stride(g))
+                dy_t = <const floating*> (scratch + _scratch_stride(g))
+            channel_stride = tile.n_inner
+        else:
+            offset = _tile_offset(g, &tile)
+            x_t = x + offset
+            out_t = out + offset
+            dy_t = NULL if dy == NULL else dy + offset
+            channel_stride = g.inner
+        outer_stride = g.channels * channel_stride
+        if g.inner == 1:
+            if floating is float:
+                if by_range:
+                    _affine_range(dy_t, x_t, out_t, coefficients, coefficients + stride,
+                                  coefficients + 2 * stride, coefficients + 3 * stride,
+                                  folded, stream, 0, tile.n_outer * g.channels, g.channels)
+                    continue
+            _apply_rows(dy_t, x_t, out_t, coefficients, folded, 0, tile.n_outer, g.channels)
+        else:
+            _apply_planes(dy_t, x_t, out_t, coefficients, folded, tile.n_outer, g.channels,
+                          tile.n_inner, channel_stride, outer_stride)
+        if scratch != NULL:
+            _store_tile(g, &tile, scratch, out)
     if stream:
         _stream_fence()
 
 
 cdef void _apply(const floating* dy, const floating* x, floating* out, const double* center,
                  const double* scale, const double* shift, const double* dy_scale,
-                 const double* invstd, Py_ssize_t n_rows, Py_ssize_t n_channels,
-                 bint reverse, int n_threads) except *:
+                 const double* invstd, const Grid* g, bint reverse, int n_threads) except *:
     # out = (x - center)*scale + shift [+ dy*dy_scale if dy is not NULL] per
     # channel: the body of affine, normalize and backward. ``invstd`` (1/std of
     # x per channel, or NULL) decides the folded form (see _coefficients).
-    # ``reverse`` walks each thread's chunks last to first (see affine): a
-    # second pass, which re-reads its inputs (see _streams). float32 passes
-    # that stream, and those over rows of at most RANGE_MAX_CHANNELS channels,
-    # take cnorm_affine_range where the build has it. Measured at 2 threads
-    # against the Cython row loop (builds alternated call by call, four runs):
-    # inference 16x112x112x16 24-50 % faster, 32x56x56x32 6-25 %, training
-    # of both 3-14 %; 32x56x56x64 equal; 32x7x7x2048 0-5 % slower (so wider
-    # rows keep the row loop).
-    cdef Py_ssize_t rows = _rows_per_chunk(n_rows, n_channels)
-    cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
+    # ``reverse`` walks each thread's tiles last to first (see affine): a
+    # second pass, which re-reads its inputs (see _streams). float32 rows
+    # (inner == 1) in passes that stream, and rows of at most
+    # RANGE_MAX_CHANNELS channels, take cnorm_affine_range where the build
+    # has it. Measured at 2 threads against the Cython row loop (builds
+    # alternated call by call, four runs): inference 16x112x112x16 24-50 %
+    # faster, 32x56x56x32 6-25 %, training of both 3-14 %; 32x56x56x64
+    # equal; 32x7x7x2048 0-5 % slower (so wider rows keep the row loop).
+    cdef Py_ssize_t n_channels = g.channels, n_rows = g.outer * g.inner
+    cdef Py_ssize_t tiles = g.tiles
     cdef Py_ssize_t thread
     cdef bint folded
-    cdef bint stream = _streams(2 if dy == NULL else 3, n_rows, n_channels,
-                                sizeof(floating), reverse)
+    cdef bint native_rows = g.inner == 1 and not cn_is_half(g.storage)
+    cdef bint stream = native_rows and _streams(2 if dy == NULL else 3, n_rows, n_channels,
+                                                sizeof(floating), reverse)
     cdef void* block = NULL
-    cdef bint by_range = (floating is float and RANGE_KERNEL
+    cdef bint by_range = (floating is float and RANGE_KERNEL and native_rows
                           and (stream or n_channels <= RANGE_MAX_CHANNELS))
     cdef floating* coefficients = _coefficients(x, <size_t> out if by_range else 0, center,
                                                 scale, shift, dy_scale, invstd, n_channels,
                                                 &folded, &block)
-    n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
+    cdef float* scratch = NULL
+    n_threads = _threads_for(n_rows, n_channels, tiles, n_threads)
     try:
+        scratch = _half_scratch(g, n_threads, 1 if dy == NULL else 2)
         if n_threads == 1:
             with nogil:
-                _apply_chunks(dy, x, out, coefficients, folded, stream, by_range, 0, chunks,
-                              rows, n_rows, n_channels, reverse)
+                _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, 0, tiles,
+                             reverse, scratch)
         else:
             for thread in prange(n_threads, nogil=True, schedule="static",
                                  num_threads=n_threads):
-                _apply_chunks(dy, x, out, coefficients, folded, stream, by_range,
-                              _first_chunk(chunks, n_threads, thread),
-                              _first_chunk(chunks, n_threads, thread + 1), rows, n_rows,
-                              n_channels, reverse)
+                _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g,
+                             _first_chunk(tiles, n_threads, thread),
+                             _first_chunk(tiles, n_threads, thread + 1), reverse,
+                             NULL if scratch == NULL
+                             else scratch + thread * (1 if dy == NULL else 2)
+                             * _scratch_stride(g))
     finally:
         free(block)
+        free(scratch)
 
 
 # ---------------------------------------------------------------------------
@@ -829,28 +1041,113 @@ cdef void _chunk_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_channe
     _finish_stats(x, n_rows, n_channels, mean, m2)
 
 
+cdef inline void _shifted_moments(double shift, double total, double squares, double count,
+                                  double* mean, double* m2) noexcept nogil:
+    # Mean and M2 of ``count`` values from their shifted sums S1 = ``total``
+    # and S2 = ``squares`` (deviations from ``shift``, a value of the
+    # channel): mean = shift + S1/n, M2 = S2 - S1**2/n.
+    m2[0] = max(0.0, squares - total * total / count)
+    mean[0] = shift + total / count
+
+
 cdef inline void _finish_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_channels,
                                double* mean, double* m2) noexcept nogil:
     # From the shifted sums S1 (in mean) and S2 (in m2), shift the chunk's
-    # first row: mean = shift + S1/n, M2 = S2 - S1**2/n.
+    # first row.
     cdef Py_ssize_t c
     for c in range(n_channels):
-        m2[c] = max(0.0, m2[c] - mean[c] * mean[c] / n_rows)
-        mean[c] = x[c] + mean[c] / n_rows
+        _shifted_moments(x[c], mean[c], m2[c], <double>n_rows, &mean[c], &m2[c])
 
 
-cdef void _merge_stats(const double* chunk_mean, const double* chunk_m2,
-                       Py_ssize_t chunks, Py_ssize_t rows, Py_ssize_t n_rows,
-                       Py_ssize_t n_channels, Py_ssize_t c_start, Py_ssize_t c_stop,
-                       double* mean, double* var) noexcept nogil:
-    # Chan's merge of channels [c_start, c_stop) in chunk order; var = M2 / n_rows.
-    cdef Py_ssize_t k, c
-    cdef double count = <double>min(rows, n_rows), count_b, total, weight, cross, d
+cdef inline double _lanes_sum(const double* lanes) noexcept nogil:
+    # The PLANE_LANES partial sums added in one fixed order.
+    cdef double total = lanes[0]
+    cdef int j
+    for j in range(1, PLANE_LANES):
+        total = total + lanes[j]
+    return total
+
+
+cdef void _plane_stats(const floating* x, Py_ssize_t n_outer, Py_ssize_t n_channels,
+                       Py_ssize_t n_inner, Py_ssize_t channel_stride, Py_ssize_t outer_stride,
+                       double* mean, double* m2) noexcept nogil:
+    # Mean and M2 of each channel over a tile of planes (inner > 1) by shifted
+    # sums, as _chunk_stats: shift the channel's first value in the tile, S1
+    # and S2 in double, each in PLANE_LANES partial sums (lane j takes the
+    # values at i = j mod PLANE_LANES of every run) that the compiler
+    # vectorises, added in a fixed order at the end.
+    cdef double total[PLANE_LANES]
+    cdef double squares[PLANE_LANES]
+    cdef Py_ssize_t o, c, i, blocked = n_inner - n_inner % PLANE_LANES
+    cdef int j
+    cdef double s, d
+    cdef const floating* run
+    for c in range(n_channels):
+        s = x[c * channel_stride]
+        for j in range(PLANE_LANES):
+            total[j] = 0.0
+            squares[j] = 0.0
+        for o in range(n_outer):
+            run = x + o * outer_stride + c * channel_stride
+            i = 0
+            while i < blocked:
+                for j in range(PLANE_LANES):
+                    d = run[i + j] - s
+                    total[j] += d
+                    squares[j] += d * d
+                i += PLANE_LANES
+            for i in range(blocked, n_inner):
+                d = run[i] - s
+                total[i - blocked] += d
+                squares[i - blocked] += d * d
+        _shifted_moments(s, _lanes_sum(total), _lanes_sum(squares),
+                         <double>(n_outer * n_inner), &mean[c], &m2[c])
+
+
+cdef void _plane_sums(const floating* dy, const floating* x, const double* center,
+                      Py_ssize_t n_outer, Py_ssize_t n_channels, Py_ssize_t n_inner,
+                      Py_ssize_t channel_stride, Py_ssize_t outer_stride, double* sum_dy,
+                      double* sum_dy_centered) noexcept nogil:
+    # sum(dy) and sum(dy*(x - center)) of each channel over a tile of planes,
+    # in PLANE_LANES partial sums as _plane_stats.
+    cdef double a[PLANE_LANES]
+    cdef double b[PLANE_LANES]
+    cdef Py_ssize_t o, c, i, base, blocked = n_inner - n_inner % PLANE_LANES
+    cdef int j
+    cdef double m, g
+    for c in range(n_channels):
+        m = center[c]
+        for j in range(PLANE_LANES):
+            a[j] = 0.0
+            b[j] = 0.0
+        for o in range(n_outer):
+            base = o * outer_stride + c * channel_stride
+            i = base
+            while i < base + blocked:
+                for j in range(PLANE_LANES):
+                    g = dy[i + j]
+                    a[j] += g
+                    b[j] += g * (x[i + j] - m)
+                i += PLANE_LANES
+            for i in range(base + blocked, base + n_inner):
+                g = dy[i]
+                a[i - base - blocked] += g
+                b[i - base - blocked] += g * (x[i] - m)
+        sum_dy[c] = _lanes_sum(a)
+        sum_dy_centered[c] = _lanes_sum(b)
+
+
+cdef void _merge_stats(const double* chunk_mean, const double* chunk_m2, const Grid* g,
+                       Py_ssize_t c_start, Py_ssize_t c_stop, double* mean,
+                       double* var) noexcept nogil:
+    # Chan's merge of channels [c_start, c_stop) in tile order; var = M2 / m.
+    cdef Py_ssize_t k, c, n_channels = g.channels
+    cdef double count = _tile_count(g, 0), count_b, total, weight, cross, d
     for c in range(c_start, c_stop):
         mean[c] = chunk_mean[c]
         var[c] = chunk_m2[c]
-    for k in range(1, chunks):
-        count_b = <double>(min(k * rows + rows, n_rows) - k * rows)
+    for k in range(1, g.tiles):
+        count_b = _tile_count(g, k)
         total = count + count_b
         weight = count_b / total
         cross = count * count_b / total
@@ -860,30 +1157,29 @@ cdef void _merge_stats(const double* chunk_mean, const double* chunk_m2,
             var[c] += chunk_m2[k * n_channels + c] + d * d * cross
         count = total
     for c in range(c_start, c_stop):
-        var[c] = var[c] / n_rows
+        var[c] = var[c] / (g.outer * g.inner)
 
 
-def batch_stats(x, mean, var, int n_threads):
+def batch_stats(x, mean, var, int n_threads, int storage, Py_ssize_t outer,
+                Py_ssize_t n_channels, Py_ssize_t inner):
     """Per-channel mean and biased variance of x, into mean and var.
 
-    x: a C-contiguous float32 or float64 tensor, channels last, any ndim;
-    mean and var: writable float64 arrays of shape (C,). Bit-identical for
-    every n_threads. The caller has validated everything: x not empty,
-    n_threads >= 1.
+    x: a C-contiguous tensor of storage type ``storage`` seen as (outer,
+    n_channels, inner); mean and var: writable float64 arrays of shape (C,).
+    Bit-identical for every n_threads. The caller has validated everything:
+    x not empty, n_threads >= 1.
     """
     cdef Buffers b = Buffers()
-    cdef void* xp = b.get(x, False)
+    cdef const void* xp = b.get(x, False)
     cdef double* mean_p = <double*> b.get(mean, True)
     cdef double* var_p = <double*> b.get(var, True)
-    cdef Py_ssize_t n_rows = b.rows(), n_channels = b.channels()
-    if n_rows == 0:
+    cdef Grid g = _grid(storage, outer, n_channels, inner)
+    if outer * n_channels * inner == 0:
         return
-    if b.single():
-        _reduce(<const float*> NULL, <const float*> xp, NULL, mean_p, var_p, n_rows,
-                n_channels, n_threads)
+    if storage == CN_FLOAT64:
+        _reduce(<const double*> NULL, <const double*> xp, NULL, mean_p, var_p, &g, n_threads)
     else:
-        _reduce(<const double*> NULL, <const double*> xp, NULL, mean_p, var_p, n_rows,
-                n_channels, n_threads)
+        _reduce(<const float*> NULL, <const float*> xp, NULL, mean_p, var_p, &g, n_threads)
 
 
 cdef void _chunk_sums(const floating* dy, const floating* x, const double* center,
@@ -990,128 +1286,149 @@ def reduction_order(bint stats, Py_ssize_t n_rows, Py_ssize_t n_channels,
                                                          item_size)]
 
 
-cdef void _merge_sums(const double* chunk_a, const double* chunk_b, Py_ssize_t chunks,
-                      Py_ssize_t n_channels, Py_ssize_t c_start, Py_ssize_t c_stop,
-                      double* total_a, double* total_b) noexcept nogil:
-    cdef Py_ssize_t k, c
+cdef void _merge_sums(const double* chunk_a, const double* chunk_b, const Grid* g,
+                      Py_ssize_t c_start, Py_ssize_t c_stop, double* total_a,
+                      double* total_b) noexcept nogil:
+    cdef Py_ssize_t k, c, n_channels = g.channels
     for c in range(c_start, c_stop):
         total_a[c] = chunk_a[c]
         total_b[c] = chunk_b[c]
-    for k in range(1, chunks):
+    for k in range(1, g.tiles):
         for c in range(c_start, c_stop):
             total_a[c] += chunk_a[k * n_channels + c]
             total_b[c] += chunk_b[k * n_channels + c]
 
 
-cdef inline void _chunk_partials(const floating* dy, const floating* x, const double* center,
-                                 Py_ssize_t chunk, Py_ssize_t rows, Py_ssize_t n_rows,
-                                 Py_ssize_t n_channels, int order, double* partial_a,
-                                 double* partial_b) noexcept nogil:
-    # Row ``chunk`` of the partials: mean and M2 of the chunk's x (dy NULL), or
-    # sum(dy) and sum(dy*(x - center)).
-    cdef Py_ssize_t start = chunk * rows, offset = start * n_channels
-    if dy == NULL:
-        _chunk_stats(x + offset, min(rows, n_rows - start), n_channels, order,
-                     partial_a + chunk * n_channels, partial_b + chunk * n_channels)
+cdef inline void _tile_partials(const floating* dy, const floating* x, const double* center,
+                                const Grid* g, Py_ssize_t t, int order, double* partial_a,
+                                double* partial_b, float* scratch) noexcept nogil:
+    # Row ``t`` of the partials: mean and M2 of the tile's x (dy NULL), or
+    # sum(dy) and sum(dy*(x - center)); half-precision data is loaded into
+    # ``scratch`` first (see _apply_tiles).
+    cdef Tile tile = _tile(g, t)
+    cdef Py_ssize_t offset, channel_stride, n_channels = g.channels
+    cdef const floating* x_t
+    cdef const floating* dy_t = NULL
+    cdef double* a = partial_a + t * n_channels
+    cdef double* b = partial_b + t * n_channels
+    if scratch != NULL:
+        _load_tile(g, &tile, x, scratch)
+        x_t = <const floating*> scratch
+        if dy != NULL:
+            _load_tile(g, &tile, dy, scratch + _scratch_stride(g))
+            dy_t = <const floating*> (scratch + _scratch_stride(g))
+        channel_stride = tile.n_inner
     else:
-        _chunk_sums(dy + offset, x + offset, center, min(rows, n_rows - start), n_channels,
-                    order, partial_a + chunk * n_channels, partial_b + chunk * n_channels)
+        offset = _tile_offset(g, &tile)
+        x_t = x + offset
+        if dy != NULL:
+            dy_t = dy + offset
+        channel_stride = g.inner
+    if g.inner == 1:
+        if dy == NULL:
+            _chunk_stats(x_t, tile.n_outer, n_channels, order, a, b)
+        else:
+            _chunk_sums(dy_t, x_t, center, tile.n_outer, n_channels, order, a, b)
+    elif dy == NULL:
+        _plane_stats(x_t, tile.n_outer, n_channels, tile.n_inner, channel_stride,
+                     n_channels * channel_stride, a, b)
+    else:
+        _plane_sums(dy_t, x_t, center, tile.n_outer, n_channels, tile.n_inner,
+                    channel_stride, n_channels * channel_stride, a, b)
 
 
 cdef inline void _merge_partials(bint stats, const double* partial_a, const double* partial_b,
-                                 Py_ssize_t chunks, Py_ssize_t rows, Py_ssize_t n_rows,
-                                 Py_ssize_t n_channels, Py_ssize_t c_start,
-                                 Py_ssize_t c_stop, double* total_a,
-                                 double* total_b) noexcept nogil:
+                                 const Grid* g, Py_ssize_t c_start, Py_ssize_t c_stop,
+                                 double* total_a, double* total_b) noexcept nogil:
     if stats:
-        _merge_stats(partial_a, partial_b, chunks, rows, n_rows, n_channels, c_start, c_stop,
-                     total_a, total_b)
+        _merge_stats(partial_a, partial_b, g, c_start, c_stop, total_a, total_b)
     else:
-        _merge_sums(partial_a, partial_b, chunks, n_channels, c_start, c_stop, total_a,
-                    total_b)
+        _merge_sums(partial_a, partial_b, g, c_start, c_stop, total_a, total_b)
 
 
 cdef void _reduce(const floating* dy, const floating* x, const double* center,
-                  double* total_a, double* total_b, Py_ssize_t n_rows,
-                  Py_ssize_t n_channels, int n_threads) except *:
+                  double* total_a, double* total_b, const Grid* g, int n_threads) except *:
     # Per-channel reductions, bit-identical for every n_threads: mean and
     # biased variance of x (dy NULL), or sum(dy) and sum(dy*(x - center)).
-    # Each chunk writes its partials to row ``chunk`` of two (chunks, C)
-    # arrays; the merge runs in chunk order, split over threads by channels.
-    cdef Py_ssize_t rows = _rows_per_chunk(n_rows, n_channels)
-    cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
+    # Each tile writes its partials to row ``tile`` of two (tiles, C) arrays;
+    # the merge runs in tile order, split over threads by channels.
+    cdef Py_ssize_t n_channels = g.channels, tiles = g.tiles
     cdef Py_ssize_t blocks = (n_channels + MERGE_BLOCK - 1) // MERGE_BLOCK
-    cdef Py_ssize_t chunk, block, thread
+    cdef Py_ssize_t t, block, thread
     cdef bint stats = dy == NULL
-    cdef int order = _reduction_order(stats, n_rows, n_channels, sizeof(floating))
-    n_threads = _threads_for(n_rows, n_channels, chunks, n_threads)
-    cdef double* partial_a = _partials(chunks, n_channels)
-    cdef double* partial_b = partial_a + chunks * n_channels
+    cdef Py_ssize_t tensors = 1 if stats else 2
+    cdef int order = (_reduction_order(stats, g.outer, n_channels, sizeof(floating))
+                      if g.inner == 1 else BY_BLOCKS)
+    n_threads = _threads_for(g.outer * g.inner, n_channels, tiles, n_threads)
+    cdef double* partial_a = _partials(tiles, n_channels)
+    cdef double* partial_b = partial_a + tiles * n_channels
+    cdef float* scratch = NULL
     try:
+        scratch = _half_scratch(g, n_threads, tensors)
         if n_threads == 1:
             with nogil:
-                for chunk in range(chunks):
-                    _chunk_partials(dy, x, center, chunk, rows, n_rows, n_channels, order,
-                                    partial_a, partial_b)
-                _merge_partials(stats, partial_a, partial_b, chunks, rows, n_rows,
-                                n_channels, 0, n_channels, total_a, total_b)
+                for t in range(tiles):
+                    _tile_partials(dy, x, center, g, t, order, partial_a, partial_b, scratch)
+                _merge_partials(stats, partial_a, partial_b, g, 0, n_channels, total_a,
+                                total_b)
         else:
-            # Each thread its share of chunks (_first_chunk), as the _apply that
+            # Each thread its share of tiles (_first_chunk), as the _apply that
             # follows in training and backward, which walks the share backwards.
             for thread in prange(n_threads, nogil=True, schedule="static",
                                  num_threads=n_threads):
-                for chunk in range(_first_chunk(chunks, n_threads, thread),
-                                   _first_chunk(chunks, n_threads, thread + 1)):
-                    _chunk_partials(dy, x, center, chunk, rows, n_rows, n_channels, order,
-                                    partial_a, partial_b)
+                for t in range(_first_chunk(tiles, n_threads, thread),
+                               _first_chunk(tiles, n_threads, thread + 1)):
+                    _tile_partials(dy, x, center, g, t, order, partial_a, partial_b,
+                                   NULL if scratch == NULL
+                                   else scratch + thread * tensors * _scratch_stride(g))
             for block in prange(blocks, nogil=True, schedule="static",
                                 num_threads=min(<Py_ssize_t>n_threads, blocks),
                                 use_threads_if=blocks > 1):
-                _merge_partials(stats, partial_a, partial_b, chunks, rows, n_rows,
-                                n_channels, block * MERGE_BLOCK,
+                _merge_partials(stats, partial_a, partial_b, g, block * MERGE_BLOCK,
                                 min(block * MERGE_BLOCK + MERGE_BLOCK, n_channels),
                                 total_a, total_b)
     finally:
         free(partial_a)
+        free(scratch)
 
 
-def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n_threads):
+def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n_threads,
+             int storage, Py_ssize_t outer, Py_ssize_t n_channels, Py_ssize_t inner):
     """The whole batch-norm backward: dbeta = sum(dy), dgamma = sum(dy*(x - mean))*invstd, dx.
 
-    dy, x, dx: C-contiguous float32 or float64 tensors of one shape and dtype,
-    channels last, any ndim (dx may be dy or x); mean, invstd, gamma (None
+    dy, x, dx: C-contiguous tensors of one shape and storage type, seen as
+    (outer, n_channels, inner) (dx may be dy or x); mean, invstd, gamma (None
     meaning 1): float64 of shape (C,); dgamma, dbeta: writable float64 of
-    shape (C,). With k = gamma*invstd and m rows: training,
-    dx = k*dy - k*invstd*dgamma/m*(x - mean) - k*dbeta/m (_reduce, then
-    _apply); frozen statistics, dx = k*dy (_apply of dy alone). The
-    per-channel coefficients are computed here in double. The caller has
-    validated everything.
+    shape (C,). With k = gamma*invstd and m = outer*inner values per
+    channel: training, dx = k*dy - k*invstd*dgamma/m*(x - mean) - k*dbeta/m
+    (_reduce, then _apply); frozen statistics, dx = k*dy (_apply of dy
+    alone). The per-channel coefficients are computed here in double. The
+    caller has validated everything.
     """
     cdef Buffers b = Buffers()
-    cdef void* dyp = b.get(dy, False)
-    cdef void* xp = b.get(x, False)
+    cdef const void* dyp = b.get(dy, False)
+    cdef const void* xp = b.get(x, False)
     cdef void* dxp = b.get(dx, True)
     cdef const double* mean_p = <const double*> b.get(mean, False)
     cdef const double* invstd_p = <const double*> b.get(invstd, False)
     cdef const double* gamma_p = <const double*> b.get(gamma, False)
     cdef double* dgamma_p = <double*> b.get(dgamma, True)
     cdef double* dbeta_p = <double*> b.get(dbeta, True)
-    cdef Py_ssize_t n_rows = b.rows(), n_channels = b.channels()
-    if n_rows == 0:
+    cdef Grid g = _grid(storage, outer, n_channels, inner)
+    if outer * n_channels * inner == 0:
         return
-    if b.single():
-        _backward(<const float*> dyp, <const float*> xp, <float*> dxp, mean_p, invstd_p,
-                  gamma_p, training, dgamma_p, dbeta_p, n_rows, n_channels, n_threads)
-    else:
+    if storage == CN_FLOAT64:
         _backward(<const double*> dyp, <const double*> xp, <double*> dxp, mean_p, invstd_p,
-                  gamma_p, training, dgamma_p, dbeta_p, n_rows, n_channels, n_threads)
+                  gamma_p, training, dgamma_p, dbeta_p, &g, n_threads)
+    else:
+        _backward(<const float*> dyp, <const float*> xp, <float*> dxp, mean_p, invstd_p,
+                  gamma_p, training, dgamma_p, dbeta_p, &g, n_threads)
 
 
 cdef void _backward(const floating* dy, const floating* x, floating* dx, const double* mean,
                     const double* invstd, const double* gamma, bint training,
-                    double* dgamma, double* dbeta, Py_ssize_t n_rows, Py_ssize_t n_channels,
-                    int n_threads) except *:
-    cdef Py_ssize_t c
+                    double* dgamma, double* dbeta, const Grid* g, int n_threads) except *:
+    cdef Py_ssize_t c, n_channels = g.channels
     cdef double* coefficients = <double*> calloc(4 * n_channels, sizeof(double))
     if coefficients == NULL:
         raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
@@ -1119,18 +1436,17 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
     cdef double* x_scale = coefficients + n_channels
     cdef double* shift = coefficients + 2 * n_channels
     cdef double* sum_dy_centered = coefficients + 3 * n_channels
-    cdef double m = <double>n_rows
+    cdef double m = <double>(g.outer * g.inner)
     try:
-        _reduce(dy, x, mean, dbeta, sum_dy_centered, n_rows, n_channels, n_threads)
+        _reduce(dy, x, mean, dbeta, sum_dy_centered, g, n_threads)
         for c in range(n_channels):
             dgamma[c] = sum_dy_centered[c] * invstd[c]
             dy_scale[c] = invstd[c] if gamma == NULL else gamma[c] * invstd[c]
             x_scale[c] = -dy_scale[c] * invstd[c] * dgamma[c] / m
             shift[c] = -dy_scale[c] * dbeta[c] / m
         if training:
-            # Right after _reduce read the chunks first to last: reverse.
-            _apply(dy, x, dx, mean, x_scale, shift, dy_scale, invstd, n_rows, n_channels,
-                   True, n_threads)
+            # Right after _reduce read the tiles first to last: reverse.
+            _apply(dy, x, dx, mean, x_scale, shift, dy_scale, invstd, g, True, n_threads)
         else:
             # dx = dy*k + 0: x_scale and shift serve as the zeros (a zero center
             # folds whatever the spread: x_scale again).
@@ -1138,6 +1454,6 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
                 x_scale[c] = 0.0
                 shift[c] = 0.0
             _apply(<const floating*> NULL, dy, dx, x_scale, dy_scale, shift, NULL, x_scale,
-                   n_rows, n_channels, False, n_threads)
+                   g, False, n_threads)
     finally:
         free(coefficients)

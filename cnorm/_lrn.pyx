@@ -45,6 +45,8 @@ from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport calloc, free
 
 from cnorm._buffers cimport Buffers
+from cnorm._storage cimport (CN_FLOAT32, CN_FLOAT64, cn_is_half, cn_item_size, cn_load_run,
+                             cn_store_run)
 
 cdef extern from *:
     """
@@ -56,6 +58,7 @@ cdef extern from *:
        at least 8 readable doubles past n + width - 1 (lanes never used). */
     #if defined(__AVX512F__)
     #include <immintrin.h>
+    #include <string.h>
     #define CNORM_AVX512 1
     static void cnorm_window_sum(const double *padded, double *out, Py_ssize_t n,
                                  Py_ssize_t width) {
@@ -89,7 +92,10 @@ cdef extern from *:
        were three long-latency operations (the backward's D**-1 likewise by
        vrcp14ps and a Newton step). Relative error below 1e-6 (tested against
        the reference). D = k + a*sums rounded to float, a normal float
-       (float_square_limit). The scalar tail as the generic loops. */
+       (float_square_limit). The tail (n not a multiple of 16) goes through
+       the same vector code on a padded copy, so a value's bits do not depend
+       on its position in the row: the planar layout, whose rows are pixels,
+       gives the channels-last bits. */
     static inline __m512 cnorm_divisors16(const double *sums, __m512d a, __m512d k) {
         __m256 low = _mm512_cvtpd_ps(_mm512_fmadd_pd(a, _mm512_loadu_pd(sums), k));
         __m256 high = _mm512_cvtpd_ps(_mm512_fmadd_pd(a, _mm512_loadu_pd(sums + 8), k));
@@ -109,9 +115,15 @@ cdef extern from *:
             _mm512_storeu_ps(y + c, _mm512_mul_ps(_mm512_loadu_ps(x + c),
                                                   _mm512_mul_ps(r, _mm512_sqrt_ps(r))));
         }
-        for (; c < n; c++) {
-            float d = (float)(k + a * sums[c]), root = sqrtf(d);
-            y[c] = x[c] / (root * sqrtf(root));
+        if (c < n) {  /* the tail through the same vector code: the same bits at every position */
+            float xb[16] = {0}, yb[16];
+            double sb[16] = {0};
+            memcpy(xb, x + c, (size_t)(n - c) * sizeof(float));
+            memcpy(sb, sums + c, (size_t)(n - c) * sizeof(double));
+            __m512 r = cnorm_rsqrt16(cnorm_divisors16(sb, va, vk));
+            _mm512_storeu_ps(yb, _mm512_mul_ps(_mm512_loadu_ps(xb),
+                                               _mm512_mul_ps(r, _mm512_sqrt_ps(r))));
+            memcpy(y + c, yb, (size_t)(n - c) * sizeof(float));
         }
     }
     static void cnorm_backward_075(const float *dy, const float *x, const double *sums,
@@ -131,11 +143,16 @@ cdef extern from *:
             _mm512_storeu_pd(p + c, _mm512_cvtps_pd(_mm512_castps512_ps256(prod)));
             _mm512_storeu_pd(p + c + 8, _mm512_cvtps_pd(_mm512_extractf32x8_ps(prod, 1)));
         }
-        for (; c < n; c++) {
-            float d = (float)(k + a * sums[c]), root = sqrtf(d);
-            float q1 = 1.0f / (d * root * sqrtf(root));
-            q[c] = d * q1;
-            p[c] = dy[c] * x[c] * q1;
+        if (c < n) {  /* the tail through the same vector code, as in the forward */
+            float dyb[16] = {0}, xb[16] = {0}, qb[16];
+            double sb[16] = {0}, pb[16];
+            size_t m = (size_t)(n - c);
+            memcpy(dyb, dy + c, m * sizeof(float));
+            memcpy(xb, x + c, m * sizeof(float));
+            memcpy(sb, sums + c, m * sizeof(double));
+            cnorm_backward_075(dyb, xb, sb, qb, pb, 16, a, k);
+            memcpy(q + c, qb, m * sizeof(float));
+            memcpy(p + c, pb, m * sizeof(double));
         }
     }
     #else
@@ -165,6 +182,13 @@ cdef enum:
     # Below this many elements the OpenMP entry cost (1-2 us warm, far more after
     # idling) outweighs any gain from a second thread.
     SERIAL_ELEMENTS = 32768
+    # Planar tiles (inner > 1, see _plane_block): about this many values of
+    # every channel for a block of pixels, so that the tile's squares and
+    # products (double) stay in L2; blocks of 16 to 512 pixels, a multiple
+    # of 16 (whole float32 vectors).
+    PLANE_TILE_VALUES = 4096
+    PLANE_BLOCK_MIN = 16
+    PLANE_BLOCK_MAX = 512
 
 # Divisors inside this range keep D**-beta and D**(-beta-1) inside float range.
 cdef double FLOAT_SAFE_MIN = 1e-12
@@ -248,24 +272,36 @@ cdef void _window_sum(const double* padded, double* out, Py_ssize_t n_channels,
                 out[c] += padded[c + t]
 
 
-cdef void _inverse_power(const double* d, double* q, Py_ssize_t n_channels,
-                         BetaPath path, double beta) noexcept nogil:
-    # q[c] = d[c]**-beta in double.
-    cdef Py_ssize_t c
+cdef inline double _inverse_power_one(double d, BetaPath path, double beta) noexcept nogil:
+    # d**-beta in double: the one formula of the double path, for whole rows
+    # (_inverse_power) and for single values (the planar kernels' fix-ups).
     cdef double root
     if path == BETA_THREE_QUARTERS:
+        root = sqrt(d)
+        return 1.0 / (root * sqrt(root))
+    if path == BETA_HALF:
+        return 1.0 / sqrt(d)
+    if path == BETA_ONE:
+        return 1.0 / d
+    return pow(d, -beta)
+
+
+cdef void _inverse_power(const double* d, double* q, Py_ssize_t n_channels,
+                         BetaPath path, double beta) noexcept nogil:
+    # q[c] = d[c]**-beta in double; one loop per path, so each vectorises.
+    cdef Py_ssize_t c
+    if path == BETA_THREE_QUARTERS:
         for c in range(n_channels):
-            root = sqrt(d[c])
-            q[c] = 1.0 / (root * sqrt(root))
+            q[c] = _inverse_power_one(d[c], BETA_THREE_QUARTERS, beta)
     elif path == BETA_HALF:
         for c in range(n_channels):
-            q[c] = 1.0 / sqrt(d[c])
+            q[c] = _inverse_power_one(d[c], BETA_HALF, beta)
     elif path == BETA_ONE:
         for c in range(n_channels):
-            q[c] = 1.0 / d[c]
+            q[c] = _inverse_power_one(d[c], BETA_ONE, beta)
     else:
         for c in range(n_channels):
-            q[c] = pow(d[c], -beta)
+            q[c] = _inverse_power_one(d[c], BETA_GENERAL, beta)
 
 
 cdef inline bint _squares(const floating* x_row, double* squares, Py_ssize_t n_channels,
@@ -563,8 +599,9 @@ def lrn_forward(const floating[:, ::1] x, floating[:, ::1] y, Py_ssize_t before,
     """
     if x.shape[0] == 0 or x.shape[1] == 0:
         return
-    _run(<const floating*> NULL, &x[0, 0], &y[0, 0], x.shape[0], x.shape[1], before, after,
-         a, k, beta, n_threads)
+    _run(<const floating*> NULL, &x[0, 0], &y[0, 0],
+         CN_FLOAT64 if floating is double else CN_FLOAT32, x.shape[0], x.shape[1], 1,
+         before, after, a, k, beta, n_threads)
 
 
 def lrn_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
@@ -576,66 +613,287 @@ def lrn_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
     """
     if x.shape[0] == 0 or x.shape[1] == 0:
         return
-    _run(&dy[0, 0], &x[0, 0], &dx[0, 0], x.shape[0], x.shape[1], before, after, a, k, beta,
-         n_threads)
+    _run(&dy[0, 0], &x[0, 0], &dx[0, 0], CN_FLOAT64 if floating is double else CN_FLOAT32,
+         x.shape[0], x.shape[1], 1, before, after, a, k, beta, n_threads)
 
 
 def run(x, dy, y, Py_ssize_t before, Py_ssize_t after, double a, double k, double beta,
-        int n_threads):
-    """lrn_forward (dy None) or lrn_backward on C-contiguous arrays of any ndim >= 1.
+        int n_threads, int storage, Py_ssize_t outer, Py_ssize_t n_channels,
+        Py_ssize_t inner):
+    """lrn_forward (dy None) or lrn_backward on C-contiguous tensors seen as (outer, C, inner).
 
-    The arrays are read through the buffer protocol (cnorm._buffers), channels on the last
-    axis: no reshape and no memoryview objects, so a call costs a fraction of
-    a microsecond more than the kernel. The caller has validated everything:
-    x, dy and y C-contiguous, float32 or float64, of one shape and dtype, y
-    writable (y may be x or dy), 0 <= before, after < C, n_threads >= 1.
+    The arrays are read through the buffer protocol (cnorm._buffers): no
+    reshape and no memoryview objects, so a call costs a fraction of a
+    microsecond more than the kernel. The caller has validated everything:
+    x, dy and y C-contiguous, of one shape and storage type (``storage``,
+    cnorm/_storage.h; bfloat16 as uint16), y writable (y may be x or dy),
+    0 <= before, after < C, n_threads >= 1.
     """
     cdef Buffers b = Buffers()
-    cdef void* xp = b.get(x, False)
+    cdef const void* xp = b.get(x, False)
     cdef void* yp = b.get(y, True)
-    cdef void* dyp = b.get(dy, False)
-    cdef Py_ssize_t n_rows = b.rows(), n_channels = b.channels()
-    if n_rows == 0:
+    cdef const void* dyp = b.get(dy, False)
+    if outer * n_channels * inner == 0:
         return
-    if b.single():
-        _run(<const float*> dyp, <const float*> xp, <float*> yp, n_rows, n_channels, before,
-             after, a, k, beta, n_threads)
+    if storage == CN_FLOAT64:
+        _run(<const double*> dyp, <const double*> xp, <double*> yp, storage, outer, n_channels,
+             inner, before, after, a, k, beta, n_threads)
     else:
-        _run(<const double*> dyp, <const double*> xp, <double*> yp, n_rows, n_channels,
-             before, after, a, k, beta, n_threads)
+        _run(<const float*> dyp, <const float*> xp, <float*> yp, storage, outer, n_channels,
+             inner, before, after, a, k, beta, n_threads)
 
 
-cdef void _run(const floating* dyp, const floating* xp, floating* yp, Py_ssize_t n_rows,
-               Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after, double a,
-               double k, double beta, int n_threads) except *:
-    # The driver of forward (dyp NULL) and backward: chunks of rows over
-    # n_threads (static), or serially below SERIAL_ELEMENTS; one scratch row
-    # per thread, allocated before the parallel region.
+cdef Py_ssize_t _plane_block(Py_ssize_t n_channels, Py_ssize_t inner) noexcept nogil:
+    # Pixels per planar tile: about PLANE_TILE_VALUES values, whole vectors.
+    cdef Py_ssize_t block = PLANE_TILE_VALUES // max(n_channels, 1)
+    block = min(max(block, <Py_ssize_t>PLANE_BLOCK_MIN), <Py_ssize_t>PLANE_BLOCK_MAX)
+    block = (block + PLANE_BLOCK_MIN - 1) // PLANE_BLOCK_MIN * PLANE_BLOCK_MIN
+    return min(block, inner)
+
+
+def plane_block(Py_ssize_t n_channels, Py_ssize_t inner):
+    """Pixels per tile of an (outer, C, inner) tensor with inner > 1 (for the tests)."""
+    return _plane_block(n_channels, inner)
+
+
+cdef Py_ssize_t _plane_scratch_size(Py_ssize_t n_channels, Py_ssize_t width,
+                                    Py_ssize_t lines) noexcept nogil:
+    # Doubles of one thread's planar scratch (see _planes): squares and
+    # products (C + width - 1 rows each), the double and float powers (C rows
+    # each), sums, window sums of products, fix-ups and flags (a row each);
+    # rows of ``lines`` doubles.
+    return (2 * (n_channels + width - 1) + 2 * n_channels + 4) * lines
+
+
+cdef void _plane_squares(const floating* x, Py_ssize_t row_stride, Py_ssize_t n,
+                         Py_ssize_t n_channels, double* squares, Py_ssize_t lines,
+                         double square_limit, int* bad) noexcept nogil:
+    # squares[c*lines + p] = x[c*row_stride + p]**2 in double; bad[p] = 1 if
+    # one of pixel p's squares is above square_limit (or NaN): that pixel
+    # takes the double path, as a row of _forward_rows would.
+    cdef Py_ssize_t c, p
+    cdef double v
+    cdef const floating* x_c
+    cdef double* sq_c
+    for p in range(n):
+        bad[p] = 0
+    for c in range(n_channels):
+        x_c = x + c * row_stride
+        sq_c = squares + c * lines
+        for p in range(n):
+            v = <double>x_c[p] * <double>x_c[p]
+            sq_c[p] = v
+            bad[p] |= not (v <= square_limit)
+
+
+cdef inline void _window_sum_planes(const double* padded, double* out, Py_ssize_t n,
+                                    Py_ssize_t width, Py_ssize_t lines) noexcept nogil:
+    # out[p] = padded[p] + padded[lines + p] + ... (width rows), left to right:
+    # a channel's window across the rows of a planar tile, added in the order
+    # _window_sum adds a row's window, so the same bits.
+    cdef Py_ssize_t p, t
+    for p in range(n):
+        out[p] = padded[p]
+    for t in range(1, width):
+        for p in range(n):
+            out[p] = out[p] + padded[t * lines + p]
+
+
+cdef void _planes(const floating* dy, const floating* x, floating* out, Py_ssize_t row_stride,
+                  Py_ssize_t n, Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
+                  double a, double k, BetaPath path, double beta, double square_limit,
+                  double* scratch, Py_ssize_t lines) noexcept nogil:
+    # One planar tile (inner > 1): n pixels of every channel, channel c's run
+    # at c*row_stride; forward (dy NULL) or backward, out may be x or dy. The
+    # per-element arithmetic of _forward_rows and _backward_rows, with the
+    # window across channel rows; a pixel whose squares fail the float path's
+    # check is computed in double, as that pixel's row would be, so every
+    # element has the bits it has in the channels-last layout.
+    cdef Py_ssize_t width = before + after + 1, c, p
+    cdef double* squares = scratch                               # rows: before pads, C, after pads
+    cdef double* products = squares + (n_channels + width - 1) * lines   # after pads, C, before pads
+    cdef double* q = products + (n_channels + width - 1) * lines          # C rows
+    cdef float* q_float = <float*> (q + n_channels * lines)              # C rows (of floats)
+    cdef double* sums = q + 2 * n_channels * lines
+    cdef double* g = sums + lines
+    cdef double* fix = g + lines
+    cdef int* bad = <int*> (fix + lines)
+    cdef double two_a_beta = 2.0 * a * beta, d, qd
+    cdef bint float_path = floating is float and square_limit > 0
+    cdef bint any_bad = False
+    cdef const floating* x_c
+    cdef const floating* dy_c
+    cdef floating* out_c
+    _plane_squares(x, row_stride, n, n_channels, squares + before * lines, lines,
+                   square_limit if float_path else INFINITY, bad)
+    if float_path:
+        for p in range(n):
+            any_bad |= bad[p]
+    for c in range(n_channels):
+        x_c = x + c * row_stride
+        _window_sum_planes(squares + c * lines, sums, n, width, lines)
+        if dy == NULL:
+            out_c = out + c * row_stride
+            if floating is float:
+                if float_path:
+                    if any_bad:  # before the float path writes (out may be x)
+                        for p in range(n):
+                            if bad[p]:
+                                fix[p] = x_c[p] * _inverse_power_one(k + a * sums[p], path, beta)
+                    _forward_power_float(x_c, out_c, sums, n, a, k, path, beta)
+                    if any_bad:
+                        for p in range(n):
+                            if bad[p]:
+                                out_c[p] = <floating>fix[p]
+                    continue
+            for p in range(n):
+                sums[p] = k + a * sums[p]
+            _inverse_power(sums, q, n, path, beta)
+            for p in range(n):
+                out_c[p] = <floating>(x_c[p] * q[p])
+            continue
+        dy_c = dy + c * row_stride
+        if floating is float:
+            if float_path:
+                _backward_power_float(dy_c, x_c, sums, q_float + c * lines,
+                                      products + (after + c) * lines, n, a, k, path, beta)
+                if any_bad:
+                    for p in range(n):
+                        if bad[p]:
+                            d = k + a * sums[p]
+                            qd = _inverse_power_one(d, path, beta)
+                            q[c * lines + p] = qd
+                            products[(after + c) * lines + p] = <double>dy_c[p] * (
+                                <double>x_c[p] * qd) / d
+                continue
+        for p in range(n):
+            sums[p] = k + a * sums[p]
+        _inverse_power(sums, q + c * lines, n, path, beta)
+        for p in range(n):
+            products[(after + c) * lines + p] = <double>dy_c[p] * (
+                <double>x_c[p] * q[c * lines + p]) / sums[p]
+    if dy == NULL:
+        return
+    for c in range(n_channels):
+        x_c = x + c * row_stride
+        dy_c = dy + c * row_stride
+        out_c = out + c * row_stride
+        # the mirrored window [c - after, c + before], as in _backward_rows
+        _window_sum_planes(products + c * lines, g, n, width, lines)
+        if floating is float:
+            if float_path:
+                if any_bad:
+                    for p in range(n):
+                        if bad[p]:
+                            fix[p] = (dy_c[p] * q[c * lines + p]
+                                      - two_a_beta * x_c[p] * g[p])
+                _backward_finish_float(dy_c, x_c, out_c, q_float + c * lines, g, n,
+                                       <float>two_a_beta)
+                if any_bad:
+                    for p in range(n):
+                        if bad[p]:
+                            out_c[p] = <floating>fix[p]
+                continue
+        for p in range(n):
+            out_c[p] = <floating>(dy_c[p] * q[c * lines + p] - two_a_beta * x_c[p] * g[p])
+
+
+cdef void _run(const floating* dyp, const floating* xp, floating* yp, int storage,
+               Py_ssize_t outer, Py_ssize_t n_channels, Py_ssize_t inner, Py_ssize_t before,
+               Py_ssize_t after, double a, double k, double beta, int n_threads) except *:
+    # The driver of forward (dyp NULL) and backward over the (outer, C, inner)
+    # view: tiles of rows (inner == 1) or of pixel blocks of one outer index
+    # (inner > 1) over n_threads (static), or serially below SERIAL_ELEMENTS;
+    # one scratch per thread, allocated before the parallel region. Half-
+    # precision data is loaded tile by tile into the thread's float scratch,
+    # computed there in place by the float kernels and stored back, rounded once.
+    cdef Py_ssize_t width = before + after + 1
     cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
-    cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
-    cdef Py_ssize_t chunk, stride
+    cdef Py_ssize_t block = _plane_block(n_channels, inner)
+    cdef Py_ssize_t per_outer = (inner + block - 1) // block
+    cdef Py_ssize_t tiles = ((outer + rows - 1) // rows if inner == 1 else outer * per_outer)
+    cdef Py_ssize_t tile_values = rows * n_channels if inner == 1 else block * n_channels
+    cdef Py_ssize_t lines = _lines(block)
+    cdef Py_ssize_t t, stride, kernel_size, half_size = 0
     cdef BetaPath path = _beta_path(beta)
-    cdef double limit = _float_square_limit(a, k, beta, before + after + 1)
+    cdef double limit = _float_square_limit(a, k, beta, width)
     cdef bint forward = dyp == NULL
-    if n_rows * n_channels < SERIAL_ELEMENTS:
+    if outer * n_channels * inner < SERIAL_ELEMENTS:
         n_threads = 1
-    n_threads = <int>min(<Py_ssize_t>n_threads, chunks)
+    n_threads = <int>min(<Py_ssize_t>n_threads, tiles)
+    kernel_size = (_scratch_size(n_channels, width, forward) if inner == 1
+                   else _plane_scratch_size(n_channels, width, lines))
+    if cn_is_half(storage):
+        half_size = _lines((1 if forward else 2) * ((tile_values + 1) // 2 + 8))
     cdef double* scratch
-    cdef double* allocated = _scratch(
-        n_threads, _scratch_size(n_channels, before + after + 1, forward), &stride, &scratch)
+    cdef double* allocated = _scratch(n_threads, kernel_size + half_size, &stride, &scratch)
     try:
         if n_threads == 1:
             with nogil:
-                _run_rows(dyp, xp, yp, scratch, 0, n_rows, n_channels, before, after, a, k,
-                          path, beta, limit)
+                for t in range(tiles):
+                    _run_tile(dyp, xp, yp, storage, outer, n_channels, inner, t, rows, block,
+                              per_outer, scratch, kernel_size, lines, before, after, a, k,
+                              path, beta, limit)
         else:
-            for chunk in prange(chunks, nogil=True, schedule="static",
-                                num_threads=n_threads):
-                _run_rows(dyp, xp, yp, scratch + threadid() * stride, chunk * rows,
-                          min(chunk * rows + rows, n_rows), n_channels, before, after, a,
-                          k, path, beta, limit)
+            for t in prange(tiles, nogil=True, schedule="static", num_threads=n_threads):
+                _run_tile(dyp, xp, yp, storage, outer, n_channels, inner, t, rows, block,
+                          per_outer, scratch + threadid() * stride, kernel_size, lines,
+                          before, after, a, k, path, beta, limit)
     finally:
         free(allocated)
+
+
+cdef void _run_tile(const floating* dyp, const floating* xp, floating* yp, int storage,
+                    Py_ssize_t outer, Py_ssize_t n_channels, Py_ssize_t inner, Py_ssize_t t,
+                    Py_ssize_t rows, Py_ssize_t block, Py_ssize_t per_outer, double* scratch,
+                    Py_ssize_t kernel_size, Py_ssize_t lines, Py_ssize_t before,
+                    Py_ssize_t after, double a, double k, BetaPath path, double beta,
+                    double limit) noexcept nogil:
+    # Tile t: rows [t*rows, ...) (inner == 1), or pixels [p0, p0 + n) of outer
+    # index o (inner > 1), channel c's run at (o*C + c)*inner + p0.
+    cdef Py_ssize_t start, n, o, p0, c, values, run_stride
+    cdef bint half = cn_is_half(storage)
+    cdef size_t item = cn_item_size(storage)
+    cdef float* x_s = <float*> (scratch + kernel_size)
+    cdef float* dy_s = NULL
+    cdef const floating* dy_t = NULL
+    cdef const floating* x_t
+    cdef floating* y_t
+    if inner == 1:
+        start = t * rows
+        n = min(rows, outer - start)
+        values = n * n_channels
+        if not half:
+            _run_rows(dyp, xp, yp, scratch, start, start + n, n_channels, before, after, a, k,
+                      path, beta, limit)
+            return
+        dy_s = x_s + (values + 15) // 16 * 16
+        cn_load_run(storage, <const char*> xp + start * n_channels * item, x_s, values)
+        if dyp != NULL:
+            cn_load_run(storage, <const char*> dyp + start * n_channels * item, dy_s, values)
+        _run_rows(<const floating*> (NULL if dyp == NULL else dy_s), <const floating*> x_s,
+                  <floating*> x_s, scratch, 0, n, n_channels, before, after, a, k, path, beta,
+                  limit)
+        cn_store_run(storage, x_s, <char*> yp + start * n_channels * item, values)
+        return
+    o = t // per_outer
+    p0 = (t % per_outer) * block
+    n = min(block, inner - p0)
+    start = o * n_channels * inner + p0
+    if not half:
+        _planes(NULL if dyp == NULL else dyp + start, xp + start, yp + start, inner, n,
+                n_channels, before, after, a, k, path, beta, limit, scratch, lines)
+        return
+    dy_s = x_s + n_channels * block
+    for c in range(n_channels):
+        cn_load_run(storage, <const char*> xp + (start + c * inner) * item, x_s + c * n, n)
+        if dyp != NULL:
+            cn_load_run(storage, <const char*> dyp + (start + c * inner) * item, dy_s + c * n, n)
+    _planes(<const floating*> (NULL if dyp == NULL else dy_s), <const floating*> x_s,
+            <floating*> x_s, n, n, n_channels, before, after, a, k, path, beta, limit, scratch,
+            lines)
+    for c in range(n_channels):
+        cn_store_run(storage, x_s + c * n, <char*> yp + (start + c * inner) * item, n)
 
 
 cdef inline void _run_rows(const floating* dyp, const floating* xp, floating* yp,

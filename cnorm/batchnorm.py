@@ -9,7 +9,7 @@ framework conventions: BN_README.md / README, section "Batch normalization".
 """
 import numpy as np
 
-from cnorm import _buffers
+from cnorm import _buffers, _layout
 from cnorm import _validation as check
 from cnorm._dispatch import kernels
 
@@ -23,11 +23,12 @@ __all__ = ["batch_norm_inference", "batch_norm_training", "batch_norm_backward"]
 # ---------------------------------------------------------------------------
 # Checks particular to batch norm (the shared ones are in cnorm._validation)
 
-def _input(x, name="x"):
-    x = check.float_array(x, name, min_ndim=2)
-    if x.size == 0:
-        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
-    return x
+def _input(x, axis, name="x"):
+    """x as a `cnorm._layout.Tensor` with its channels on `axis`."""
+    t = _layout.tensor(x, name, axis, min_ndim=2)
+    if t.array.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {t.shape}")
+    return t
 
 
 _FLOAT64 = np.dtype(np.float64)
@@ -105,22 +106,23 @@ def _running(value, name, n_channels):
 
 
 def _output(out, x, dy=None):
-    """The output array: `out` checked against x, or a new one.
+    """The output array (`out` checked against the Tensor x, or a new one) and
+    the array the kernel writes (see cnorm._layout.target).
 
     `out` may be x or dy exactly (every kernel reads an element before it
     writes the same element) but must not partly overlap either.
     """
-    y = check.output_array(out, x.shape, x.dtype)
+    y = _layout.output(out, x)
     if out is not None:
-        check.no_partial_overlap(y, x, dy)
-    return y
+        check.no_partial_overlap(x.buffer(y), x.buffer(), None if dy is None else x.buffer(dy))
+    return y, _layout.target(y, x)
 
 
 # ---------------------------------------------------------------------------
 # Public functions
 
 def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, eps=1e-5,
-                         *, out=None, n_threads=None):
+                         *, axis=-1, out=None, n_threads=None):
     """Batch normalization with fixed statistics (inference, ``model.eval()``).
 
     Per channel ``c`` (the last axis)::
@@ -179,8 +181,8 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     array([[-1., -1.],
            [ 1.,  1.]])
     """
-    x = _input(x)
-    n_channels = x.shape[-1]
+    x = _input(x, axis)
+    n_channels = x.channels
     if (running_mean is None or running_var is None
             or not _buffers.float64_vectors(n_channels, running_mean, running_var, gamma, beta)):
         running_mean = _per_channel(running_mean, "running_mean", n_channels)
@@ -191,15 +193,16 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
             beta = _per_channel(beta, "beta", n_channels)
     _non_negative(running_var, "running_var")
     eps = _eps(eps)
-    y = _output(out, x)
+    y, written = _output(out, x)
     n_threads = check.n_threads(n_threads)
-    _bn.normalize(x, y, running_mean, running_var, gamma, beta, eps, None, False, n_threads)
-    return y
+    _bn.normalize(x.buffer(), x.buffer(written), running_mean, running_var, gamma, beta, eps,
+                  None, False, n_threads, x.storage, x.outer, n_channels, x.inner)
+    return _layout.finish(y, written)
 
 
 def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None,
                         running_var=None, momentum=0.1, running_var_unbiased=True,
-                        out=None, n_threads=None):
+                        axis=-1, out=None, n_threads=None):
     """Batch normalization with the statistics of the batch (training).
 
     Per channel ``c`` over the ``m = x.size // C`` values of the channel::
@@ -284,9 +287,9 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     >>> mean, running_var.round(5)
     (array([2.5]), array([1.06667]))
     """
-    x = _input(x)
-    n_channels = x.shape[-1]
-    m = x.size // n_channels
+    x = _input(x, axis)
+    n_channels = x.channels
+    m = x.outer * x.inner
     if not _buffers.float64_vectors(n_channels, gamma, beta):
         if gamma is not None:  # None: the kernel takes 1 (and 0 for beta)
             gamma = _per_channel(gamma, "gamma", n_channels)
@@ -305,14 +308,17 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
         raise ValueError(
             f"Expected more than 1 value per channel when training, got x of shape {x.shape}"
         )
-    y = _output(out, x)
+    y, written = _output(out, x)
     n_threads = check.n_threads(n_threads)
 
     mean = np.empty(n_channels)
     var_biased = np.empty(n_channels)
-    _bn.batch_stats(x, mean, var_biased, n_threads)
+    view = (x.storage, x.outer, n_channels, x.inner)
+    _bn.batch_stats(x.buffer(), mean, var_biased, n_threads, *view)
     invstd = np.empty(n_channels)
-    _bn.normalize(x, y, mean, var_biased, gamma, beta, eps, invstd, True, n_threads)
+    _bn.normalize(x.buffer(), x.buffer(written), mean, var_biased, gamma, beta, eps, invstd,
+                  True, n_threads, *view)
+    _layout.finish(y, written)
 
     if running_mean is not None:
         batch_var = var_biased * (m / (m - 1)) if running_var_unbiased else var_biased
@@ -330,8 +336,8 @@ def _update_running(running, batch_stat, momentum):
         running[...] = (1.0 - momentum) * running.astype(np.float64) + momentum * batch_stat
 
 
-def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, out=None,
-                        n_threads=None):
+def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=-1,
+                        out=None, n_threads=None):
     """Gradients of batch normalization with respect to x, gamma and beta.
 
     With ``g = dy`` and ``xhat = (x - mean) * invstd``, per channel over its m values::
@@ -381,9 +387,9 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, out=N
     TypeError, ValueError
         As for `batch_norm_inference`, and if dy does not match x in shape or dtype.
     """
-    x = _input(x)
-    dy = check.matching_array(dy, "dy", x, "x")
-    n_channels = x.shape[-1]
+    x = _input(x, axis)
+    dy = _layout.matching(dy, "dy", x, "x")
+    n_channels = x.channels
     if (mean is None or invstd is None
             or not _buffers.float64_vectors(n_channels, mean, invstd, gamma)):
         mean = _per_channel(mean, "mean", n_channels)
@@ -391,10 +397,11 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, out=N
         if gamma is not None:  # None: the kernel takes 1
             gamma = _per_channel(gamma, "gamma", n_channels)
     training = _flag(training, "training")
-    dx = _output(out, x, dy)
+    dx, written = _output(out, x, dy)
     n_threads = check.n_threads(n_threads)
 
     dgamma = np.empty(n_channels)
     dbeta = np.empty(n_channels)
-    _bn.backward(dy, x, dx, mean, invstd, gamma, training, dgamma, dbeta, n_threads)
-    return dx, dgamma, dbeta
+    _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma, training,
+                 dgamma, dbeta, n_threads, x.storage, x.outer, n_channels, x.inner)
+    return _layout.finish(dx, written), dgamma, dbeta

@@ -5,8 +5,9 @@ and calls ``cnorm._lrn.run``, which reads the channels-last arrays as ``(M, C)``
 matrices through the buffer protocol. Semantics and framework conventions: README, section "LRN".
 """
 
-from cnorm._dispatch import kernels
+from cnorm import _layout
 from cnorm import _validation as check
+from cnorm._dispatch import kernels
 
 _lrn = kernels("_lrn")
 
@@ -29,18 +30,29 @@ def _size_window(size, convention):
     return (size - 1) // 2, (size - 1) // 2
 
 
+def _tensors(x, dy, axis):
+    """x (and dy, None for the forward) as they go to the kernels: a
+    `cnorm._layout.Tensor` with channels on `axis`, and dy in x's memory order."""
+    x = _layout.tensor(x, "x", axis)
+    if dy is not None:
+        dy = _layout.matching(dy, "dy", x, "x")
+    return x, dy
+
+
 def _run(x, dy, out, before, after, a, k, beta, n_threads):
     """Clip the window to C - 1 and run the forward kernel (dy None) or the
-    backward one on the arrays as they are (channels last, no reshape)."""
-    n_channels = x.shape[-1]
-    y = check.output_array(out, x.shape, x.dtype)
+    backward one on the (outer, C, inner) view of the Tensor x (no copy)."""
+    n_channels = x.channels
+    y = _layout.output(out, x)
     if out is not None:
-        check.no_partial_overlap(y, x, dy)
+        check.no_partial_overlap(x.buffer(y), x.buffer(), None if dy is None else x.buffer(dy))
     n_threads = check.n_threads(n_threads)
-    if x.size:
-        _lrn.run(x, dy, y, min(before, n_channels - 1), min(after, n_channels - 1), a, k,
-                 beta, n_threads)
-    return y
+    written = _layout.target(y, x)
+    if y.size:
+        _lrn.run(x.buffer(), None if dy is None else x.buffer(dy), x.buffer(written),
+                 min(before, n_channels - 1), min(after, n_channels - 1), a, k, beta,
+                 n_threads, x.storage, x.outer, n_channels, x.inner)
+    return _layout.finish(y, written)
 
 
 def _lrn_params(depth_radius, bias, alpha, beta):
@@ -51,7 +63,8 @@ def _lrn_params(depth_radius, bias, alpha, beta):
     return depth_radius, bias, alpha, beta
 
 
-def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, out=None, n_threads=None):
+def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-1, out=None,
+        n_threads=None):
     """Local response normalization, as ``tf.nn.local_response_normalization``.
 
     For every element, with channels on the last axis::
@@ -103,12 +116,12 @@ def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, out=None, n_threads
     >>> cnorm.lrn(x, depth_radius=1, bias=0.0, alpha=1.0, beta=1.0)
     array([[[[0.25      , 0.16666667, 0.25      ]]]], dtype=float32)
     """
-    x = check.float_array(x, "x")
+    x, _ = _tensors(x, None, axis)
     depth_radius, bias, alpha, beta = _lrn_params(depth_radius, bias, alpha, beta)
     return _run(x, None, out, depth_radius, depth_radius, alpha, bias, beta, n_threads)
 
 
-def lrn_backward(dy, x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, out=None,
+def lrn_backward(dy, x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-1, out=None,
                  n_threads=None):
     """Gradient of `lrn` with respect to x, as TensorFlow's ``LRNGrad``.
 
@@ -143,8 +156,7 @@ def lrn_backward(dy, x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, out=No
     TypeError, ValueError
         As for `lrn`, and if dy does not match x in shape or dtype.
     """
-    x = check.float_array(x, "x")
-    dy = check.matching_array(dy, "dy", x, "x")
+    x, dy = _tensors(x, dy, axis)
     depth_radius, bias, alpha, beta = _lrn_params(depth_radius, bias, alpha, beta)
     return _run(x, dy, out, depth_radius, depth_radius, alpha, bias, beta, n_threads)
 
@@ -158,7 +170,7 @@ def _size_params(size, alpha, beta, k, convention):
 
 
 def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="torch",
-                        out=None, n_threads=None):
+                        axis=-1, out=None, n_threads=None):
     """Size-based local response normalization (PyTorch, ONNX and Caffe).
 
     For channel ``c``, with the window ``[c - before, c + after]`` clipped to
@@ -209,13 +221,13 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="to
     >>> cnorm.local_response_norm(x, 2, 1.0, 1.0, 1.0, convention="onnx").round(6)
     array([0.285714, 0.266667, 0.222222, 0.186047, 0.37037 ])
     """
-    x = check.float_array(x, "x")
+    x, _ = _tensors(x, None, axis)
     before, after, a, k, beta = _size_params(size, alpha, beta, k, convention)
     return _run(x, None, out, before, after, a, k, beta, n_threads)
 
 
 def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
-                                 convention="torch", out=None, n_threads=None):
+                                 convention="torch", axis=-1, out=None, n_threads=None):
     """Gradient of `local_response_norm` with respect to x.
 
     For even sizes the sum over outputs runs over the MIRRORED window
@@ -244,7 +256,6 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
     TypeError, ValueError
         As for `local_response_norm`, and if dy does not match x.
     """
-    x = check.float_array(x, "x")
-    dy = check.matching_array(dy, "dy", x, "x")
+    x, dy = _tensors(x, dy, axis)
     before, after, a, k, beta = _size_params(size, alpha, beta, k, convention)
     return _run(x, dy, out, before, after, a, k, beta, n_threads)

@@ -1,16 +1,48 @@
 """NumPy float64 reference: the executable specification of cnorm.
 
 Written for clarity, not speed. Every public function of cnorm has a twin here
-with the same name and the same semantic parameters (no ``out`` or
-``n_threads``); inputs are converted to float64 and results are float64. The
-tests compare the compiled kernels against these functions, and the formulas
-follow SEMANTICS.md line by line.
+with the same name and the same semantic parameters (``axis`` included; no
+``out`` or ``n_threads``); inputs of any float dtype (float16 and bfloat16
+too) are converted to float64 and results are float64. The tests compare the
+compiled kernels against these functions, and the formulas follow the README's
+"Semantics" sections line by line. Channels are computed on the last axis:
+``axis`` moves them there and back.
 """
+import functools
+
 import numpy as np
 
 __all__ = ["lrn", "lrn_backward", "local_response_norm", "local_response_norm_backward",
            "lrn_window", "batch_norm_inference", "batch_norm_training",
            "batch_norm_backward"]
+
+
+def _channels_last(function):
+    """Give `function` (channels on the last axis of its array arguments) an
+    ``axis`` keyword: array arguments are moved to put `axis` last, array
+    results of x's ndim moved back."""
+    @functools.wraps(function)
+    def wrapper(*args, axis=-1, **kwargs):
+        ndim = None
+        moved = []
+        for arg in args:
+            if isinstance(arg, np.ndarray) or isinstance(arg, (list, tuple)):
+                arg = np.asarray(arg)
+                if ndim is None:
+                    ndim = arg.ndim
+                if arg.ndim == ndim and ndim > 1:
+                    arg = np.moveaxis(arg, axis, -1)
+            moved.append(arg)
+        result = function(*moved, **kwargs)
+
+        def back(value):
+            if isinstance(value, np.ndarray) and value.ndim == ndim and ndim > 1:
+                return np.moveaxis(value, -1, axis)
+            return value
+        if isinstance(result, tuple):
+            return tuple(back(value) for value in result)
+        return back(result)
+    return wrapper
 
 
 def lrn_window(size, convention):
@@ -42,12 +74,14 @@ def _divisor(x, before, after, a, k):
     return k + a * _window_sum(x * x, before, after)
 
 
+@_channels_last
 def lrn_canonical(x, before, after, a, k, beta):
     """y = x * (k + a * S)**-beta with S the sum of squares over [c-before, c+after]."""
     x = np.asarray(x, dtype=np.float64)
     return x * _divisor(x, before, after, a, k) ** -beta
 
 
+@_channels_last
 def lrn_canonical_backward(dy, x, before, after, a, k, beta):
     """dx_i = dy_i D_i**-beta - 2 a beta x_i sum_{j: i in W(j)} dy_j y_j / D_j.
 
@@ -60,22 +94,26 @@ def lrn_canonical_backward(dy, x, before, after, a, k, beta):
     return dy * d ** -beta - 2 * a * beta * x * _window_sum(dy * y / d, after, before)
 
 
+@_channels_last
 def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5):
     """TensorFlow's ``tf.nn.local_response_normalization`` (alpha not divided)."""
     return lrn_canonical(x, depth_radius, depth_radius, alpha, bias, beta)
 
 
+@_channels_last
 def lrn_backward(dy, x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5):
     """TensorFlow's ``LRNGrad``: the gradient of `lrn` with respect to x."""
     return lrn_canonical_backward(dy, x, depth_radius, depth_radius, alpha, bias, beta)
 
 
+@_channels_last
 def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="torch"):
     """Size-based LRN of PyTorch, ONNX or Caffe: a = alpha / size."""
     before, after = lrn_window(size, convention)
     return lrn_canonical(x, before, after, alpha / size, k, beta)
 
 
+@_channels_last
 def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
                                  convention="torch"):
     """Gradient of `local_response_norm` with respect to x."""
@@ -93,6 +131,7 @@ def _channels(value, n_channels, default):
     return np.asarray(value, dtype=np.float64)
 
 
+@_channels_last
 def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, eps=1e-5):
     """y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta, per channel."""
     x = np.asarray(x, dtype=np.float64)
@@ -103,6 +142,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     return gamma * (x - np.asarray(running_mean, dtype=np.float64)) * invstd + beta
 
 
+@_channels_last
 def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None,
                         running_var=None, momentum=0.1, running_var_unbiased=True):
     """Normalize with the batch statistics; return (y, mean, invstd).
@@ -129,6 +169,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     return y, mean, invstd
 
 
+@_channels_last
 def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True):
     """Return (dx, dgamma, dbeta); training=False treats mean and invstd as constants."""
     x = np.asarray(x, dtype=np.float64)

@@ -678,11 +678,24 @@ def test_out_arguments(dtype, rng):
 
 
 def test_non_contiguous_and_nchw_views(dtype, rng):
-    # Any array is accepted; channels are always the last axis.
+    # Any array is accepted, channels on the last axis by default. A Fortran-
+    # ordered array is a permutation of a C-contiguous one: used without a
+    # copy, its channels then outermost in memory (the (1, C, inner) view).
+    # Inference is the same arithmetic in every layout: the same bits. The
+    # training statistics are summed in another order: equal to float64
+    # rounding (see test_layouts_agree).
     x, gamma, beta, _ = make_case(rng, (2, 5, 6, 4), dtype)
     view = np.asfortranarray(x)
-    np.testing.assert_array_equal(cnorm.batch_norm_training(view, gamma, beta)[0],
-                                  cnorm.batch_norm_training(x, gamma, beta)[0])
+    mean, var = rows(x).mean(axis=0), rows(x).var(axis=0) + 0.5
+    np.testing.assert_array_equal(cnorm.batch_norm_inference(view, mean, var, gamma, beta),
+                                  cnorm.batch_norm_inference(x, mean, var, gamma, beta))
+    y_view = cnorm.batch_norm_training(view, gamma, beta)[0]
+    assert y_view.flags.f_contiguous
+    y_ref, mean_ref, invstd_ref = ref.batch_norm_training(x, gamma, beta)
+    assert_close(y_view, y_ref, scale=training_y_scale(x, gamma, beta, mean_ref, invstd_ref))
+    strided = x[:, ::2]  # no permutation of it is contiguous: copied
+    np.testing.assert_array_equal(cnorm.batch_norm_training(strided, gamma, beta)[0],
+                                  cnorm.batch_norm_training(strided.copy(), gamma, beta)[0])
 
 
 # ---------------------------------------------------------------------------
@@ -728,7 +741,18 @@ def read_only(array):
 BAD = [
     # (function, overrides (callables of the good args), exception, message fragment)
     (call_inference, dict(x=lambda a: a["x"].astype(np.int32)), TypeError, "x must have dtype"),
-    (call_inference, dict(x=lambda a: a["x"].astype(np.float16)), TypeError, "x must have dtype"),
+    (call_inference, dict(x=lambda a: a["x"].astype(np.complex64)), TypeError, "x must have dtype"),
+    (call_inference, dict(x=lambda a: a["x"].astype(np.longdouble)), TypeError, "x must have dtype"),
+    (call_inference, dict(axis=lambda a: 3), ValueError, "axis 3 is out of bounds for x with 3 dimensions"),
+    (call_inference, dict(axis=lambda a: -4), ValueError, "axis -4 is out of bounds"),
+    (call_inference, dict(axis=lambda a: 1.0), TypeError, "axis must be an integer, got float"),
+    (call_inference, dict(axis=lambda a: True), TypeError, "axis must be an integer, got bool"),
+    (call_inference, dict(axis=lambda a: None), TypeError, "axis must be an integer, got NoneType"),
+    (call_inference, dict(running_mean=lambda a: np.zeros(C, np.float16)), TypeError, "running_mean must have dtype"),
+    (call_inference, dict(axis=lambda a: 1), ValueError, "running_mean must have shape (4,)"),
+    (call_training, dict(axis=lambda a: 0), ValueError, "gamma must have shape (2,)"),
+    (call_backward, dict(axis=lambda a: 5), ValueError, "axis 5 is out of bounds"),
+    (call_backward, dict(dy=lambda a: a["dy"].astype(np.float16)), TypeError, "dy must have the dtype of x"),
     (call_inference, dict(x=lambda a: np.ones(C, np.float32)), ValueError, "x must have at least 2"),
     (call_inference, dict(x=lambda a: np.ones((0, C), np.float32)), ValueError, "x must not be empty"),
     (call_inference, dict(running_mean=lambda a: np.zeros(C + 1)), ValueError, "running_mean must have shape"),

@@ -41,7 +41,7 @@ def batch_norm_raw(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     n_channels = flat.shape[1]
     mean = np.empty(n_channels)
     var = np.empty(n_channels)
-    _batchnorm.batch_stats(flat, mean, var, 1)
+    _batchnorm.batch_stats(flat, mean, var, 1, 1, flat.shape[0], n_channels, 1)
     out = np.empty_like(flat)
     _batchnorm.affine(flat, out, mean, 1 / np.sqrt(var + 1e-5), np.zeros(n_channels), True, 1)
     return out.reshape(x.shape)
