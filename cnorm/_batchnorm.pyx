@@ -89,6 +89,11 @@ from cnorm._buffers cimport Buffers
 from cnorm._storage cimport (CN_FLOAT32, CN_FLOAT64, cn_is_half, cn_item_size, cn_load_run,
                              cn_store_run)
 
+cdef extern from "cnorm/_simd.h":
+    enum:
+        CN_STREAM_ALIGN
+    void cn_stream_f32(float* p, const float* values) noexcept nogil
+
 cdef extern from *:
     # GCC and clang: a hint, never a fault (even past the end of an array).
     void __builtin_prefetch(const void* address, int rw, int locality) noexcept nogil
@@ -367,6 +372,86 @@ cdef extern from *:
                                             Py_ssize_t stop, Py_ssize_t n) noexcept nogil
     void _stream_fence "cnorm_stream_fence"() noexcept nogil
 
+cdef extern from *:
+    """
+    #include "cnorm/_simd.h"
+    /* The planar reductions (inner > 1): one channel of a tile, its runs of
+       n_inner values at o*outer_stride for o < n_outer, each run summed in
+       16 lanes (two cn_vd; lane j takes the values at j mod 16 of every run),
+       the lanes added in lane order at the end. Statistics: shifted sums
+       S1 = sum(x - shift), S2 = sum((x - shift)**2); backward: sum(dy) and
+       sum(dy*(x - center)); all in double. */
+    #define CN_PLANE_STATS(NAME, T, LOAD) \
+    static void NAME(const T *x, ptrdiff_t n_outer, ptrdiff_t n_inner, \
+                     ptrdiff_t outer_stride, double shift, double *total, double *squares) { \
+        cn_vd s = cn_broadcast_d(shift), zero = cn_broadcast_d(0.0); \
+        cn_vd t0 = zero, t1 = zero, q0 = zero, q1 = zero; \
+        ptrdiff_t o, i, j; \
+        for (o = 0; o < n_outer; o++) { \
+            const T *run = x + o * outer_stride; \
+            for (i = 0; i + 16 <= n_inner; i += 16) { \
+                cn_vd d0 = LOAD(run + i) - s, d1 = LOAD(run + i + 8) - s; \
+                t0 += d0; t1 += d1; q0 += d0 * d0; q1 += d1 * d1; \
+            } \
+            for (j = 0; i < n_inner; i++, j++) { \
+                double d = (double)run[i] - shift; \
+                if (j < 8) { t0[j] += d; q0[j] += d * d; } \
+                else { t1[j - 8] += d; q1[j - 8] += d * d; } \
+            } \
+        } \
+        *total = cn_lanes_sum(t0) + cn_lanes_sum(t1); \
+        *squares = cn_lanes_sum(q0) + cn_lanes_sum(q1); \
+    }
+    CN_PLANE_STATS(cn_plane_stats_f32, float, cn_load_d_f32)
+    CN_PLANE_STATS(cn_plane_stats_f64, double, cn_load_d_f64)
+    #define CN_PLANE_SUMS(NAME, T, LOAD) \
+    static void NAME(const T *dy, const T *x, ptrdiff_t n_outer, ptrdiff_t n_inner, \
+                     ptrdiff_t outer_stride, double center, double *sum_dy, \
+                     double *sum_dy_centered) { \
+        cn_vd m = cn_broadcast_d(center), zero = cn_broadcast_d(0.0); \
+        cn_vd a0 = zero, a1 = zero, b0 = zero, b1 = zero; \
+        ptrdiff_t o, i, j; \
+        for (o = 0; o < n_outer; o++) { \
+            const T *g = dy + o * outer_stride, *v = x + o * outer_stride; \
+            for (i = 0; i + 16 <= n_inner; i += 16) { \
+                cn_vd g0 = LOAD(g + i), g1 = LOAD(g + i + 8); \
+                a0 += g0; a1 += g1; \
+                b0 += g0 * (LOAD(v + i) - m); b1 += g1 * (LOAD(v + i + 8) - m); \
+            } \
+            for (j = 0; i < n_inner; i++, j++) { \
+                double gi = (double)g[i], di = (double)v[i] - center; \
+                if (j < 8) { a0[j] += gi; b0[j] += gi * di; } \
+                else { a1[j - 8] += gi; b1[j - 8] += gi * di; } \
+            } \
+        } \
+        *sum_dy = cn_lanes_sum(a0) + cn_lanes_sum(a1); \
+        *sum_dy_centered = cn_lanes_sum(b0) + cn_lanes_sum(b1); \
+    }
+    CN_PLANE_SUMS(cn_plane_sums_f32, float, cn_load_d_f32)
+    CN_PLANE_SUMS(cn_plane_sums_f64, double, cn_load_d_f64)
+    #undef CN_PLANE_STATS
+    #undef CN_PLANE_SUMS
+    """
+    void _plane_stats_f32 "cn_plane_stats_f32"(const float* x, Py_ssize_t n_outer,
+                                               Py_ssize_t n_inner, Py_ssize_t outer_stride,
+                                               double shift, double* total,
+                                               double* squares) noexcept nogil
+    void _plane_stats_f64 "cn_plane_stats_f64"(const double* x, Py_ssize_t n_outer,
+                                               Py_ssize_t n_inner, Py_ssize_t outer_stride,
+                                               double shift, double* total,
+                                               double* squares) noexcept nogil
+    void _plane_sums_f32 "cn_plane_sums_f32"(const float* dy, const float* x,
+                                             Py_ssize_t n_outer, Py_ssize_t n_inner,
+                                             Py_ssize_t outer_stride, double center,
+                                             double* sum_dy,
+                                             double* sum_dy_centered) noexcept nogil
+    void _plane_sums_f64 "cn_plane_sums_f64"(const double* dy, const double* x,
+                                             Py_ssize_t n_outer, Py_ssize_t n_inner,
+                                             Py_ssize_t outer_stride, double center,
+                                             double* sum_dy,
+                                             double* sum_dy_centered) noexcept nogil
+
+
 cdef enum:
     # About 64 KiB of float32 per chunk (more for wide layers, see below): a
     # chunk and its partials stay in L2 (1 MiB per core here, 512 KiB on most
@@ -433,17 +518,22 @@ cdef enum:
     LINE_BYTES = 64
     # Channels per block of the parallel merge (a cache-friendly stripe).
     MERGE_BLOCK = 256
-    # Tiles of data with inner > 1 (see _grid): about this many values (256
-    # KiB of float32: a tile and its half-precision scratch stay in L2), whole
-    # planes unless a plane set is larger and its planes longer than
-    # PLANAR_MIN_SEGMENT; a split plane is cut into segments of a multiple of
-    # SEGMENT_MULTIPLE values (whole 64-byte lines of float32).
+    # Tiles of data with inner > 1 (see _grid): whole plane sets (one outer
+    # index, every channel), several of them up to PLANAR_TILE values when
+    # that leaves 2*PLANAR_MIN_TILES tiles; a plane set of more than
+    # PLANAR_MAX_TILE values (4 MiB of float32), or one of few when there
+    # are fewer than PLANAR_MIN_TILES of them, is cut into segments of a
+    # multiple of SEGMENT_MULTIPLE values (whole 64-byte lines of float32)
+    # for the threads. Long runs read fastest (measured on 32x64x56x56 at 1
+    # thread: statistics over 784-value segments 1.4x the time of whole
+    # planes).
     PLANAR_TILE = 65536
-    PLANAR_MIN_SEGMENT = 2048
+    PLANAR_MAX_TILE = 1048576
+    # Values per piece of the half-precision elementwise passes (8 KiB of
+    # float scratch per tensor: L1), see _apply_half_tile.
+    HALF_PIECE = 2048
+    PLANAR_MIN_TILES = 8
     SEGMENT_MULTIPLE = 16
-    # Lanes of the planar reductions' partial sums (see _plane_sums): two
-    # AVX-512 vectors of doubles, so two independent addition chains per sum.
-    PLANE_LANES = 16
     # The reductions prefetch PREFETCH_BYTES ahead of the rows they read when
     # four rows are at most PREFETCH_MAX_BLOCK bytes (narrow layers: C <= 128
     # in float32): there the hardware prefetcher alone leaves the core waiting
@@ -568,11 +658,14 @@ cdef Grid _grid(int storage, Py_ssize_t outer, Py_ssize_t channels,
     g.segment = inner
     if inner == 1:
         g.block = _rows_per_chunk(outer, channels)
-    elif plane <= PLANAR_TILE or inner <= PLANAR_MIN_SEGMENT:
-        g.block = max(1, PLANAR_TILE // max(plane, 1))
-    else:
+    elif plane <= PLANAR_TILE and outer >= 2 * PLANAR_MIN_TILES * PLANAR_TILE // plane:
+        g.block = PLANAR_TILE // plane          # several whole plane sets
+    elif (plane <= PLANAR_TILE or outer >= PLANAR_MIN_TILES) and plane <= PLANAR_MAX_TILE:
+        g.block = 1                             # one plane set
+    else:                                       # segments of the planes
         g.block = 1
-        g.segments = (plane + PLANAR_TILE - 1) // PLANAR_TILE
+        g.segments = max((plane + PLANAR_TILE - 1) // PLANAR_TILE,
+                         (PLANAR_MIN_TILES + outer - 1) // outer)
         g.segment = (inner + g.segments - 1) // g.segments
         g.segment = (g.segment + SEGMENT_MULTIPLE - 1) // SEGMENT_MULTIPLE * SEGMENT_MULTIPLE
         g.segments = (inner + g.segment - 1) // g.segment
@@ -698,34 +791,67 @@ cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
 
 
 cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
-                        const floating* coefficients, bint folded, Py_ssize_t n_outer,
-                        Py_ssize_t n_channels, Py_ssize_t n_inner, Py_ssize_t channel_stride,
-                        Py_ssize_t outer_stride) noexcept nogil:
+                        const floating* coefficients, bint folded, bint stream,
+                        Py_ssize_t n_outer, Py_ssize_t n_channels, Py_ssize_t n_inner,
+                        Py_ssize_t channel_stride, Py_ssize_t outer_stride) noexcept nogil:
     # Planes of one channel (inner > 1): the run of n_inner values of channel c
     # at o*outer_stride + c*channel_stride, with that channel's coefficients as
     # scalars; the same formula as _apply_rows, so the same bits per element.
-    cdef Py_ssize_t o, c, i, base
+    # ``stream`` (float32 only): whole aligned blocks of 16 outputs written by
+    # cn_stream_f32 (see _streams), the same values.
+    cdef Py_ssize_t o, c, i, base, end, aligned
     cdef Py_ssize_t stride = _coefficient_stride(n_channels)
     cdef floating center, scale, shift, dy_scale
+    cdef int j
+    cdef float block[16]
     for o in range(n_outer):
         for c in range(n_channels):
             base = o * outer_stride + c * channel_stride
+            end = base + n_inner
             center = coefficients[c]
             scale = coefficients[stride + c]
             shift = coefficients[2 * stride + c]
             dy_scale = coefficients[3 * stride + c]
-            if dy == NULL and folded:
-                for i in range(base, base + n_inner):
-                    out[i] = _affine(x[i], center, scale, shift, True)
-            elif dy == NULL:
-                for i in range(base, base + n_inner):
-                    out[i] = _affine(x[i], center, scale, shift, False)
-            elif folded:
-                for i in range(base, base + n_inner):
-                    out[i] = dy[i] * dy_scale + _affine(x[i], center, scale, shift, True)
-            else:
-                for i in range(base, base + n_inner):
-                    out[i] = dy[i] * dy_scale + _affine(x[i], center, scale, shift, False)
+            if floating is float:
+                if stream and (<size_t>out) % sizeof(float) == 0:
+                    aligned = min(end, base + <Py_ssize_t>(
+                        ((CN_STREAM_ALIGN - (<size_t>(out + base)) % CN_STREAM_ALIGN)
+                         % CN_STREAM_ALIGN) // sizeof(float)))
+                    _affine_run(dy, x, out, center, scale, shift, dy_scale, folded, base,
+                                aligned)
+                    i = aligned
+                    while i + 16 <= end:
+                        for j in range(16):
+                            if dy == NULL:
+                                block[j] = _affine(x[i + j], center, scale, shift, folded)
+                            else:
+                                block[j] = dy[i + j] * dy_scale + _affine(
+                                    x[i + j], center, scale, shift, folded)
+                        cn_stream_f32(out + i, block)
+                        i += 16
+                    _affine_run(dy, x, out, center, scale, shift, dy_scale, folded, i, end)
+                    continue
+            _affine_run(dy, x, out, center, scale, shift, dy_scale, folded, base, end)
+
+
+cdef inline void _affine_run(const floating* dy, const floating* x, floating* out,
+                             floating center, floating scale, floating shift,
+                             floating dy_scale, bint folded, Py_ssize_t start,
+                             Py_ssize_t stop) noexcept nogil:
+    # out[i] = _affine(x[i]) [+ dy[i]*dy_scale] for i in [start, stop), one channel.
+    cdef Py_ssize_t i
+    if dy == NULL and folded:
+        for i in range(start, stop):
+            out[i] = _affine(x[i], center, scale, shift, True)
+    elif dy == NULL:
+        for i in range(start, stop):
+            out[i] = _affine(x[i], center, scale, shift, False)
+    elif folded:
+        for i in range(start, stop):
+            out[i] = dy[i] * dy_scale + _affine(x[i], center, scale, shift, True)
+    else:
+        for i in range(start, stop):
+            out[i] = dy[i] * dy_scale + _affine(x[i], center, scale, shift, False)
 
 
 cdef inline Py_ssize_t _coefficient_stride(Py_ssize_t n_channels) noexcept nogil:
@@ -901,20 +1027,18 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
     for i in range(stop - first):
         t = stop - 1 - i if reverse else first + i
         tile = _tile(g, t)
-        if scratch != NULL:
-            _load_tile(g, &tile, x, scratch)
-            x_t = <const floating*> scratch
-            out_t = <floating*> scratch
-            dy_t = NULL
-            if dy != NULL:
-                _load_tile(g, &tile, dy, scratch + _scratch_stride(g))
-                dy_t = <const floating*> (scratch + _scratch_stride(g))
-            channel_stride = tile.n_inner
-        else:
+        if floating is float:
+            if scratch != NULL:
+                _apply_half_tile(dy, x, out, coefficients, folded, g, &tile, scratch,
+                                 scratch + _scratch_stride(g))
+                continue
+        if True:
             offset = _tile_offset(g, &tile)
             x_t = x + offset
             out_t = out + offset
-            dy_t = NULL if dy == NULL else dy + offset
+            dy_t = NULL
+            if dy != NULL:
+                dy_t = dy + offset
             channel_stride = g.inner
         outer_stride = g.channels * channel_stride
         if g.inner == 1:
@@ -926,12 +1050,54 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
                     continue
             _apply_rows(dy_t, x_t, out_t, coefficients, folded, 0, tile.n_outer, g.channels)
         else:
-            _apply_planes(dy_t, x_t, out_t, coefficients, folded, tile.n_outer, g.channels,
-                          tile.n_inner, channel_stride, outer_stride)
-        if scratch != NULL:
-            _store_tile(g, &tile, scratch, out)
+            _apply_planes(dy_t, x_t, out_t, coefficients, folded, stream, tile.n_outer,
+                          g.channels, tile.n_inner, channel_stride, outer_stride)
     if stream:
         _stream_fence()
+
+
+cdef void _apply_half_tile(const void* dy, const void* x, void* out,
+                           const float* coefficients, bint folded, const Grid* g,
+                           const Tile* tile, float* x_s, float* dy_s) noexcept nogil:
+    # The elementwise pass over one tile of half-precision data, a piece of at
+    # most HALF_PIECE values (or one row) at a time: loaded into the float
+    # scratch, computed there in place by the float kernels, stored back
+    # rounded once; the pieces stay in L1. Every value is computed as in a
+    # float32 tensor holding the same values.
+    cdef size_t item = cn_item_size(g.storage)
+    cdef Py_ssize_t n_channels = g.channels, stride = _coefficient_stride(n_channels)
+    cdef Py_ssize_t rows = max(1, HALF_PIECE // n_channels)
+    cdef Py_ssize_t r, n, o, c, i, offset
+    cdef const char* xb = <const char*> x
+    cdef const char* dyb = <const char*> dy
+    cdef char* outb = <char*> out
+    if g.inner == 1:
+        r = tile.outer_start
+        while r < tile.outer_start + tile.n_outer:
+            n = min(rows, tile.outer_start + tile.n_outer - r) * n_channels
+            offset = r * n_channels
+            cn_load_run(g.storage, xb + offset * item, x_s, n)
+            if dy != NULL:
+                cn_load_run(g.storage, dyb + offset * item, dy_s, n)
+            _apply_rows(NULL if dy == NULL else dy_s, x_s, x_s, coefficients, folded, 0,
+                        n // n_channels, n_channels)
+            cn_store_run(g.storage, x_s, outb + offset * item, n)
+            r += rows
+        return
+    for o in range(tile.outer_start, tile.outer_start + tile.n_outer):
+        for c in range(n_channels):
+            i = tile.inner_start
+            while i < tile.inner_start + tile.n_inner:
+                n = min(<Py_ssize_t>HALF_PIECE, tile.inner_start + tile.n_inner - i)
+                offset = (o * n_channels + c) * g.inner + i
+                cn_load_run(g.storage, xb + offset * item, x_s, n)
+                if dy != NULL:
+                    cn_load_run(g.storage, dyb + offset * item, dy_s, n)
+                _affine_run(NULL if dy == NULL else dy_s, x_s, x_s, coefficients[c],
+                            coefficients[stride + c], coefficients[2 * stride + c],
+                            coefficients[3 * stride + c], folded, 0, n)
+                cn_store_run(g.storage, x_s, outb + offset * item, n)
+                i += HALF_PIECE
 
 
 cdef void _apply(const floating* dy, const floating* x, floating* out, const double* center,
@@ -953,8 +1119,8 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     cdef Py_ssize_t thread
     cdef bint folded
     cdef bint native_rows = g.inner == 1 and not cn_is_half(g.storage)
-    cdef bint stream = native_rows and _streams(2 if dy == NULL else 3, n_rows, n_channels,
-                                                sizeof(floating), reverse)
+    cdef bint stream = not cn_is_half(g.storage) and _streams(
+        2 if dy == NULL else 3, n_rows, n_channels, sizeof(floating), reverse)
     cdef void* block = NULL
     cdef bint by_range = (floating is float and RANGE_KERNEL and native_rows
                           and (stream or n_channels <= RANGE_MAX_CHANNELS))
@@ -1059,82 +1225,40 @@ cdef inline void _finish_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t 
         _shifted_moments(x[c], mean[c], m2[c], <double>n_rows, &mean[c], &m2[c])
 
 
-cdef inline double _lanes_sum(const double* lanes) noexcept nogil:
-    # The PLANE_LANES partial sums added in one fixed order.
-    cdef double total = lanes[0]
-    cdef int j
-    for j in range(1, PLANE_LANES):
-        total = total + lanes[j]
-    return total
-
-
 cdef void _plane_stats(const floating* x, Py_ssize_t n_outer, Py_ssize_t n_channels,
                        Py_ssize_t n_inner, Py_ssize_t channel_stride, Py_ssize_t outer_stride,
                        double* mean, double* m2) noexcept nogil:
     # Mean and M2 of each channel over a tile of planes (inner > 1) by shifted
-    # sums, as _chunk_stats: shift the channel's first value in the tile, S1
-    # and S2 in double, each in PLANE_LANES partial sums (lane j takes the
-    # values at i = j mod PLANE_LANES of every run) that the compiler
-    # vectorises, added in a fixed order at the end.
-    cdef double total[PLANE_LANES]
-    cdef double squares[PLANE_LANES]
-    cdef Py_ssize_t o, c, i, blocked = n_inner - n_inner % PLANE_LANES
-    cdef int j
-    cdef double s, d
-    cdef const floating* run
+    # sums, as _chunk_stats: shift the channel's first value in the tile
+    # (cn_plane_stats_*: 16 lanes of double sums, added in a fixed order).
+    cdef Py_ssize_t c
+    cdef double s, total, squares
     for c in range(n_channels):
         s = x[c * channel_stride]
-        for j in range(PLANE_LANES):
-            total[j] = 0.0
-            squares[j] = 0.0
-        for o in range(n_outer):
-            run = x + o * outer_stride + c * channel_stride
-            i = 0
-            while i < blocked:
-                for j in range(PLANE_LANES):
-                    d = run[i + j] - s
-                    total[j] += d
-                    squares[j] += d * d
-                i += PLANE_LANES
-            for i in range(blocked, n_inner):
-                d = run[i] - s
-                total[i - blocked] += d
-                squares[i - blocked] += d * d
-        _shifted_moments(s, _lanes_sum(total), _lanes_sum(squares),
-                         <double>(n_outer * n_inner), &mean[c], &m2[c])
+        if floating is float:
+            _plane_stats_f32(x + c * channel_stride, n_outer, n_inner, outer_stride, s,
+                             &total, &squares)
+        else:
+            _plane_stats_f64(x + c * channel_stride, n_outer, n_inner, outer_stride, s,
+                             &total, &squares)
+        _shifted_moments(s, total, squares, <double>(n_outer * n_inner), &mean[c], &m2[c])
 
 
 cdef void _plane_sums(const floating* dy, const floating* x, const double* center,
                       Py_ssize_t n_outer, Py_ssize_t n_channels, Py_ssize_t n_inner,
                       Py_ssize_t channel_stride, Py_ssize_t outer_stride, double* sum_dy,
                       double* sum_dy_centered) noexcept nogil:
-    # sum(dy) and sum(dy*(x - center)) of each channel over a tile of planes,
-    # in PLANE_LANES partial sums as _plane_stats.
-    cdef double a[PLANE_LANES]
-    cdef double b[PLANE_LANES]
-    cdef Py_ssize_t o, c, i, base, blocked = n_inner - n_inner % PLANE_LANES
-    cdef int j
-    cdef double m, g
+    # sum(dy) and sum(dy*(x - center)) of each channel over a tile of planes
+    # (cn_plane_sums_*, lanes as _plane_stats).
+    cdef Py_ssize_t c, offset
     for c in range(n_channels):
-        m = center[c]
-        for j in range(PLANE_LANES):
-            a[j] = 0.0
-            b[j] = 0.0
-        for o in range(n_outer):
-            base = o * outer_stride + c * channel_stride
-            i = base
-            while i < base + blocked:
-                for j in range(PLANE_LANES):
-                    g = dy[i + j]
-                    a[j] += g
-                    b[j] += g * (x[i + j] - m)
-                i += PLANE_LANES
-            for i in range(base + blocked, base + n_inner):
-                g = dy[i]
-                a[i - base - blocked] += g
-                b[i - base - blocked] += g * (x[i] - m)
-        sum_dy[c] = _lanes_sum(a)
-        sum_dy_centered[c] = _lanes_sum(b)
+        offset = c * channel_stride
+        if floating is float:
+            _plane_sums_f32(dy + offset, x + offset, n_outer, n_inner, outer_stride,
+                            center[c], &sum_dy[c], &sum_dy_centered[c])
+        else:
+            _plane_sums_f64(dy + offset, x + offset, n_outer, n_inner, outer_stride,
+                            center[c], &sum_dy[c], &sum_dy_centered[c])
 
 
 cdef void _merge_stats(const double* chunk_mean, const double* chunk_m2, const Grid* g,
