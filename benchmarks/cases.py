@@ -8,6 +8,12 @@ from cnorm import _openmp, reference
 
 OPERATIONS = ("lrn_forward", "lrn_forward_beta0.6", "lrn_backward",
               "bn_inference", "bn_training", "bn_backward")
+# How the data is held: channels last in float32 (the default rows), NCHW in
+# float32 (cnorm with axis=1, PyTorch on its native contiguous layout), or
+# channels last in a half type (beside cnorm on a float32 copy, "cnorm float32").
+VARIANTS = ("nhwc", "nchw", "float16", "bfloat16")
+# The half-precision rows: the operations the issue names (not the backward of LRN).
+HALF_OPERATIONS = ("lrn_forward", "bn_inference", "bn_training", "bn_backward")
 LRN_SHAPES = [(16, 55, 55, 96), (16, 27, 27, 256), (1, 55, 55, 96)]
 BN_SHAPES = [(32, 56, 56, 64), (32, 28, 28, 512), (32, 7, 7, 2048), (1, 56, 56, 256)]
 ALEXNET = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
@@ -22,49 +28,69 @@ class Case:
     params: dict
     arrays: dict = field(default_factory=dict)
     reads: int = 1  # tensors read, besides the one written, for the traffic count
+    variant: str = "nhwc"
 
     @property
     def x(self):
         return self.arrays["x"]
 
     @property
+    def axis(self):
+        return 1 if self.variant == "nchw" else -1
+
+    @property
+    def label(self):
+        return self.name if self.variant == "nhwc" else f"{self.name} {self.variant}"
+
+    @property
     def traffic_bytes(self):
         return (self.reads + 1) * self.x.nbytes
 
-    def cnorm(self, n_threads):
-        a, out = self.arrays, self.arrays["out"]
+    def cnorm(self, n_threads, arrays=None):
+        """cnorm on this case's arrays (or on `arrays`, e.g. a float32 copy)."""
+        a = self.arrays if arrays is None else arrays
+        out, axis = a["out"], self.axis
         if self.name.startswith("lrn_forward"):
-            return lambda: cnorm.lrn(a["x"], **self.params, out=out, n_threads=n_threads)
+            return lambda: cnorm.lrn(a["x"], **self.params, axis=axis, out=out,
+                                     n_threads=n_threads)
         if self.name == "lrn_backward":
-            return lambda: cnorm.lrn_backward(a["dy"], a["x"], **self.params, out=out,
-                                              n_threads=n_threads)
+            return lambda: cnorm.lrn_backward(a["dy"], a["x"], **self.params, axis=axis,
+                                              out=out, n_threads=n_threads)
         if self.name == "bn_inference":
             return lambda: cnorm.batch_norm_inference(
-                a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS, out=out,
-                n_threads=n_threads)
+                a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS, axis=axis,
+                out=out, n_threads=n_threads)
         if self.name == "bn_training":
             return lambda: cnorm.batch_norm_training(
-                a["x"], a["gamma"], a["beta"], BN_EPS, out=out, n_threads=n_threads)
+                a["x"], a["gamma"], a["beta"], BN_EPS, axis=axis, out=out,
+                n_threads=n_threads)
         if self.name == "bn_backward":
             return lambda: cnorm.batch_norm_backward(
-                a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"], out=out,
+                a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"], axis=axis, out=out,
                 n_threads=n_threads)
         raise ValueError(self.name)
 
+    def float32_copy(self, n_threads):
+        """For a half-precision case: cnorm on float32 copies of the same values."""
+        arrays = {key: (value.astype(np.float32) if value.dtype.itemsize == 2 else value)
+                  for key, value in self.arrays.items()}
+        return self.cnorm(n_threads, arrays)
+
     def reference(self):
-        a = self.arrays
+        a, axis = self.arrays, self.axis
         if self.name.startswith("lrn_forward"):
-            return lambda: reference.lrn(a["x"], **self.params)
+            return lambda: reference.lrn(a["x"], **self.params, axis=axis)
         if self.name == "lrn_backward":
-            return lambda: reference.lrn_backward(a["dy"], a["x"], **self.params)
+            return lambda: reference.lrn_backward(a["dy"], a["x"], **self.params, axis=axis)
         if self.name == "bn_inference":
             return lambda: reference.batch_norm_inference(
-                a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS)
+                a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS, axis=axis)
         if self.name == "bn_training":
-            return lambda: reference.batch_norm_training(a["x"], a["gamma"], a["beta"], BN_EPS)
+            return lambda: reference.batch_norm_training(a["x"], a["gamma"], a["beta"], BN_EPS,
+                                                         axis=axis)
         if self.name == "bn_backward":
             return lambda: reference.batch_norm_backward(
-                a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"])
+                a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"], axis=axis)
         raise ValueError(self.name)
 
 
@@ -88,7 +114,35 @@ def _bn_arrays(shape, *names):
     return arrays
 
 
-def all_cases(operations):
+def _in_variant(arrays, variant):
+    """The NHWC float32 arrays as `variant` holds them (per-channel ones unchanged)."""
+    if variant == "nhwc":
+        return arrays
+    if variant == "nchw":
+        return {key: (np.ascontiguousarray(value.transpose(0, 3, 1, 2)) if value.ndim == 4
+                      else value) for key, value in arrays.items()}
+    if variant == "float16":
+        dtype = np.dtype(np.float16)
+    else:
+        import ml_dtypes  # the bfloat16 rows need it (pip install ml_dtypes)
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    return {key: (value.astype(dtype) if value.ndim == 4 else value)
+            for key, value in arrays.items()}
+
+
+def all_cases(operations, variants=("nhwc",)):
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant!r}; choose from {VARIANTS}")
+        for case in _nhwc_cases(operations):
+            if variant in ("float16", "bfloat16") and case.name not in HALF_OPERATIONS:
+                continue
+            case.arrays = _in_variant(case.arrays, variant)
+            case.variant = variant
+            yield case
+
+
+def _nhwc_cases(operations):
     for name in operations:
         if name not in OPERATIONS:
             raise SystemExit(f"unknown operation {name!r}; choose from {OPERATIONS}")
@@ -108,7 +162,7 @@ def all_cases(operations):
 
 def copy_function(case, n_threads):
     """The yardstick: a parallel copy of x (one read, one write) with n_threads."""
-    source = case.x.reshape(-1, case.x.shape[-1]).view(np.uint8)
+    source = case.x.reshape(case.x.shape[0], -1).view(np.uint8)
     target = case.arrays["out"].reshape(source.shape[0], -1).view(np.uint8)
     copy_target = np.empty_like(target)
     return lambda: _openmp.parallel_copy(source, copy_target, n_threads)

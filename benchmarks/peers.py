@@ -6,8 +6,10 @@ every builder checks the peer's first result against the NumPy reference, so a
 misconfigured peer is reported, not timed. A builder returns None for an
 operation the peer does not offer.
 
-* torch: channels_last tensors; backward via autograd (retain_graph) timing the
-  backward alone.
+* torch: channels_last tensors (NCHW-contiguous ones for the nchw rows, bfloat16
+  or float16 channels_last ones for the half rows); backward via autograd
+  (retain_graph) timing the backward alone. The only peer of the nchw and half
+  rows.
 * onnxruntime: single-node graphs (LRN, BatchNormalization) on NCHW data, one
   session per case, intra-op threads fixed; inference ops only.
 * tensorflow: NHWC eager ops (tf.nn.local_response_normalization, LRNGrad,
@@ -53,19 +55,23 @@ def set_threads(n_threads):
 
 def function(name, case, n_threads):
     """A zero-argument callable running `case` in peer `name`, or None."""
+    if case.variant != "nhwc" and name != "torch":
+        return None
     try:
         built = _BUILDERS[name](case, n_threads)
+        if built is None:
+            return None
+        run, result = built
+        got = np.asarray(result(run()), dtype=np.float64)
     except Exception as exc:  # a peer that cannot run this case is reported, not fatal
-        _problems.append(f"{name} {case.name} {case.shape}: {type(exc).__name__}: {exc}")
+        _problems.append(f"{name} {case.label} {case.shape}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}")
         return None
-    if built is None:
-        return None
-    run, result = built
     expected = _expected(case)
-    got = np.asarray(result(run()), dtype=np.float64)
     scale = np.max(np.abs(expected)) + 1e-30
-    if got.shape != expected.shape or np.max(np.abs(got - expected)) > 2e-3 * scale:
-        _problems.append(f"{name} {case.name} {case.shape}: result differs from the reference")
+    tolerance = 3e-2 if case.variant in ("float16", "bfloat16") else 2e-3
+    if got.shape != expected.shape or np.max(np.abs(got - expected)) > tolerance * scale:
+        _problems.append(f"{name} {case.label} {case.shape}: result differs from the reference")
         return None
     return run
 
@@ -74,7 +80,7 @@ _EXPECTED = {}
 
 
 def _expected(case):
-    key = (case.name, case.shape)
+    key = (case.label, case.shape)
     if key not in _EXPECTED:
         output = case.reference()()
         _EXPECTED.clear()
@@ -101,8 +107,17 @@ def _torch(case, n_threads):
     import torch.nn.functional as F
 
     a, p = case.arrays, case.params
-    to_torch = lambda array: torch.from_numpy(array).permute(0, 3, 1, 2)  # channels_last NCHW view
-    back = lambda tensor: tensor.detach().permute(0, 2, 3, 1).numpy()
+    if case.variant == "nchw":  # NCHW-contiguous: PyTorch's native layout
+        to_torch = torch.from_numpy
+        back = lambda tensor: tensor.detach().numpy()
+    elif case.variant in ("float16", "bfloat16"):  # channels_last, in the half type
+        dtype = torch.float16 if case.variant == "float16" else torch.bfloat16
+        to_torch = lambda array: torch.from_numpy(array.astype(np.float32)).permute(
+            0, 3, 1, 2).to(dtype)
+        back = lambda tensor: tensor.detach().float().permute(0, 2, 3, 1).numpy()
+    else:
+        to_torch = lambda array: torch.from_numpy(array).permute(0, 3, 1, 2)  # channels_last
+        back = lambda tensor: tensor.detach().permute(0, 2, 3, 1).numpy()
     if case.name.startswith("lrn"):
         size = _lrn_size(p)
         args = dict(size=size, alpha=p["alpha"] * size, beta=p["beta"], k=p["bias"])

@@ -94,13 +94,15 @@ def _steal_share(before, after):
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
-def run(ops, n_threads, repeat, reference_repeat):
+def run(ops, n_threads, repeat, reference_repeat, variants=("nhwc",)):
     peers.set_threads(n_threads)
     available, missing = peers.available()
     rows = []
-    for case in cases.all_cases(ops):
+    for case in cases.all_cases(ops, variants):
         functions = {"copy": cases.copy_function(case, n_threads),
                      "cnorm": case.cnorm(n_threads)}
+        if case.variant in ("float16", "bfloat16"):
+            functions["cnorm float32"] = case.float32_copy(n_threads)
         for name in available:
             function = peers.function(name, case, n_threads)
             if function is not None:
@@ -115,7 +117,7 @@ def run(ops, n_threads, repeat, reference_repeat):
         peer_times = [t for name, t in medians.items() if name in available]
         for name, seconds in medians.items():
             rows.append({
-                "operation": case.name,
+                "operation": case.label,
                 "shape": "x".join(map(str, case.shape)),
                 "implementation": name,
                 "ms": seconds * 1e3,
@@ -124,32 +126,39 @@ def run(ops, n_threads, repeat, reference_repeat):
                 "x copy spread": (_round_spread(samples[name], samples["copy"])
                                   if name in samples and name != "copy" else None),
                 "x fastest peer": seconds / min(peer_times) if peer_times else None,
+                "x float32": (seconds / medians["cnorm float32"]
+                              if "cnorm float32" in medians and name == "cnorm" else None),
                 "steal": steal,
             })
-        print(f"done: {case.name} {case.shape}", file=sys.stderr)
+        print(f"done: {case.label} {case.shape}", file=sys.stderr)
     return rows, available, missing
 
 
 def markdown(rows, n_threads, available, missing):
     notes = [f"- {problem}" for problem in peers.problems()]
     lines = [
-        f"Threads: {n_threads}; float32; median of interleaved calls. GB/s counts the least "
+        f"Threads: {n_threads}; float32 unless the operation names a layout (nchw: axis=1, "
+        "the peers on NCHW tensors) or a half type (beside cnorm on a float32 copy of the "
+        "same values: 'x float32'); median of interleaved calls. GB/s counts the least "
         "traffic of each operation; 'x copy' is the time over the same-run parallel copy of "
         "the input, and 'spread' the 25th to 75th percentile over the rounds of each round's "
         "time over the copy's in that round. Peers measured: " + (", ".join(available) or "none") +
         ("; missing: " + ", ".join(missing) if missing else "") + ".",
         "",
-        "| operation | shape | implementation | ms | GB/s | x copy | spread | x fastest peer |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| operation | shape | implementation | ms | GB/s | x copy | spread | x fastest peer"
+        " | x float32 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     steals = {}
     for row in rows:
         peer = "" if row["x fastest peer"] is None else f"{row['x fastest peer']:.2f}"
         spread = ("" if row["x copy spread"] is None
                   else "{:.2f}-{:.2f}".format(*row["x copy spread"]))
+        half = "" if row.get("x float32") is None else f"{row['x float32']:.2f}"
         lines.append(
             f"| {row['operation']} | {row['shape']} | {row['implementation']} | "
-            f"{row['ms']:.3f} | {row['GB/s']:.1f} | {row['x copy']:.2f} | {spread} | {peer} |")
+            f"{row['ms']:.3f} | {row['GB/s']:.1f} | {row['x copy']:.2f} | {spread} | {peer} "
+            f"| {half} |")
         if row.get("steal") is not None:
             steals[f"{row['operation']} {row['shape']}"] = row["steal"]
     if steals and max(steals.values()) > 0:
@@ -164,6 +173,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", default="all",
                         help="comma-separated: " + ", ".join(cases.OPERATIONS) + " or all")
+    parser.add_argument("--variants", default="nhwc",
+                        help="comma-separated: " + ", ".join(cases.VARIANTS) + " or all")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=10, help="rounds (blocks of 3 timed calls)")
     parser.add_argument("--reference-repeat", type=int, default=1,
@@ -174,7 +185,9 @@ def main(argv=None):
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     ops = cases.OPERATIONS if args.ops == "all" else args.ops.split(",")
-    rows, available, missing = run(ops, args.threads, args.repeat, args.reference_repeat)
+    variants = cases.VARIANTS if args.variants == "all" else args.variants.split(",")
+    rows, available, missing = run(ops, args.threads, args.repeat, args.reference_repeat,
+                                   variants)
     table = markdown(rows, args.threads, available, missing)
     print(table)
     if args.markdown:
