@@ -1,12 +1,22 @@
-"""Batch normalization kernels over the (M, C) view of channels-last data.
+"""Batch normalization kernels over the (outer, C, inner) view of a tensor.
 
-Design
+Design (the layers of the kernel core: docs/design.md)
 ------
 Layout
-    ``x`` is a C-contiguous ``(M, C)`` array: row ``r`` holds the ``C`` channels of
-    one pixel, contiguous, so every loop over channels is innermost and unit-stride
-    and per-channel quantities are plain ``C``-long vectors.
-Formula (SEMANTICS.md, section 2)
+    The tensor is C-contiguous in memory, seen as ``(outer, C, inner)`` with the
+    channels in the middle (cnorm/_layout.py). ``inner == 1`` (channels last,
+    NHWC): row ``r`` holds the ``C`` channels of one pixel, contiguous, so the
+    loops over channels are innermost and unit-stride and per-channel
+    quantities are plain ``C``-long vectors. ``inner > 1`` (NCHW): the plane of
+    channel ``c`` at outer index ``o`` is a contiguous run of ``inner`` values,
+    and per-channel quantities are scalars of that run (the *_planes and
+    cn_plane_* kernels). A ``Grid`` cuts the view into tiles (see _grid).
+Storage
+    Kernels compute in double (float64 data) or float (float32, float16,
+    bfloat16). Half-precision tiles pass through a per-thread float scratch
+    (cnorm/_storage.h): loaded, computed by the float kernels, stored rounded
+    once; so they give exactly float32's results on the same values.
+Formula (README, "Batch normalization")
     ``mean = sum(x)/m``, ``var_b = sum((x - mean)**2)/m`` (m = M rows), and every
     output is an affine map per channel whose coefficients are computed once
     per call, in double, from C values, by the entry points (``normalize``,

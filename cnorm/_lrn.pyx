@@ -1,11 +1,21 @@
-"""Local response normalization kernels over the (M, C) view of channels-last data.
+"""Local response normalization kernels over the (outer, C, inner) view of a tensor.
 
-Design
+Design (the layers of the kernel core: docs/design.md)
 ------
 Layout
-    ``x`` is a C-contiguous ``(M, C)`` array: row ``r`` holds the ``C`` channels of
-    one pixel, contiguous, so every loop over channels is innermost and unit-stride.
-Formula (canonical form of SEMANTICS.md, section 1)
+    The tensor is C-contiguous in memory, seen as ``(outer, C, inner)``
+    (cnorm/_layout.py). ``inner == 1`` (channels last): row ``r`` holds the
+    ``C`` channels of one pixel, contiguous, and the window runs along the
+    row (_forward_rows, _backward_rows). ``inner > 1`` (NCHW): a tile is a
+    block of pixels of one outer index, every channel, channel ``c``'s run at
+    ``(o*C + c)*inner``; the window runs across the channel rows of the tile
+    (_planes), with the rows' per-element arithmetic and their per-pixel
+    float-path decision, so every element has the same bits in both layouts.
+Storage
+    Half-precision tiles are loaded into a per-thread float scratch, computed
+    by the float kernels and stored rounded once (cnorm/_storage.h): exactly
+    float32's results on the same values.
+Formula (the canonical form of the README, "Local response normalization")
     ``S_c = sum(x_i**2, i in [c - before, c + after])`` clipped to ``[0, C)``,
     ``D_c = k + a*S_c``, ``y_c = x_c * D_c**-beta``.  The backward is
     ``dx_i = dy_i*D_i**-beta - 2*a*beta*x_i * sum(dy_j*x_j*D_j**(-beta-1))`` with

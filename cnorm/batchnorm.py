@@ -2,10 +2,12 @@
 
 Every function validates all its arguments first (so a bad call changes
 nothing), then makes one call into ``cnorm._batchnorm`` (two in training:
-statistics, then normalization), which reads the channels-last arrays as
-``(M, C)`` matrices through the buffer protocol, computes the per-channel
-coefficients in float64 and runs the passes over the tensor. Running statistics are updated in NumPy, after the kernels. Semantics and the
-framework conventions: BN_README.md / README, section "Batch normalization".
+statistics, then normalization), which reads the tensors through the buffer
+protocol as the ``(outer, C, inner)`` view of cnorm._layout (channels on any
+axis, no copy), computes the per-channel coefficients in float64 and runs the
+passes over the tensor. Running statistics are updated in NumPy, after the
+kernels. Semantics and the framework conventions: README, section "Batch
+normalization".
 """
 import numpy as np
 
@@ -125,7 +127,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
                          *, axis=-1, out=None, n_threads=None):
     """Batch normalization with fixed statistics (inference, ``model.eval()``).
 
-    Per channel ``c`` (the last axis)::
+    Per channel ``c`` (the index along `axis`, the last by default)::
 
         y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta
           = x * A + B,  A = gamma / sqrt(running_var + eps),  B = beta - running_mean * A
@@ -143,8 +145,10 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
 
     Parameters
     ----------
-    x : array_like of float32 or float64, shape (..., C)
-        Input with channels on the last axis (NHWC for images), ndim >= 2, not empty.
+    x : array_like of float32, float64, float16 or bfloat16
+        Input with C channels on `axis` (NHWC images with the default, NCHW
+        with ``axis=1``), ndim >= 2, not empty. Half-precision data is
+        normalized in float32 and each output rounded once.
     running_mean, running_var : array_like of float32 or float64, shape (C,)
         The statistics to normalize with; running_var must be >= 0.
     gamma, beta : array_like of float32 or float64, shape (C,), optional
@@ -152,9 +156,12 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     eps : float, default 1e-5
         Added to the variance; must be finite and > 0 (PyTorch's default; TF's
         Keras layer uses 1e-3).
+    axis : int, default -1
+        The channel axis: statistics are per index along it (NCHW data from
+        PyTorch is ``axis=1``, read in place with no copy).
     out : numpy.ndarray, optional
-        C-contiguous array of x's shape and dtype to write into; may be ``x``
-        itself (in-place).
+        Array of x's shape, dtype and memory layout to write into; may be
+        ``x`` itself (in-place).
     n_threads : int, optional
         Upper bound on the threads used; None uses OpenMP's default (which
         follows ``OMP_NUM_THREADS`` and threadpoolctl).
@@ -162,14 +169,16 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     Returns
     -------
     numpy.ndarray
-        y, of x's shape and dtype (``out`` if given).
+        y, of x's shape, dtype and memory layout (``out`` if given).
 
     Raises
     ------
     TypeError
-        If an array has a dtype other than float32/float64, or a scalar the wrong type.
+        If x is not float32/float64/float16/bfloat16, a per-channel array is
+        not float32/float64, or a scalar (axis included) has the wrong type.
     ValueError
-        If x is empty or has ndim < 2, a per-channel array is not of shape (C,),
+        If x is empty or has ndim < 2, axis is out of range (numpy's
+        AxisError), a per-channel array is not of shape (C,),
         running_var has a negative value, eps is not finite and > 0, `out` does
         not match x, or n_threads < 1.
 
@@ -239,9 +248,9 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
 
     Parameters
     ----------
-    x : array_like of float32 or float64, shape (..., C)
-        Input with channels on the last axis; ndim >= 2, and more than one
-        value per channel.
+    x : array_like of float32, float64, float16 or bfloat16
+        Input with C channels on `axis`; ndim >= 2, and more than one value
+        per channel.
     gamma, beta : array_like of float32 or float64, shape (C,), optional
         Scale and shift; None means 1 and 0.
     eps : float, default 1e-5
@@ -254,8 +263,11 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     running_var_unbiased : bool, default True
         Whether the running variance takes the unbiased batch variance
         (PyTorch, TensorFlow) or the biased one (Keras 3, ONNX).
+    axis : int, default -1
+        The channel axis: statistics are per index along it (NCHW data from
+        PyTorch is ``axis=1``, read in place with no copy).
     out : numpy.ndarray, optional
-        C-contiguous array of x's shape and dtype to write y into (may be x).
+        Array of x's shape, dtype and memory layout to write y into (may be x).
     n_threads : int, optional
         As for `batch_norm_inference`.
 
@@ -360,8 +372,8 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=
     ----------
     dy : array_like, shape and dtype of x
         Gradient of the loss with respect to y.
-    x : array_like of float32 or float64, shape (..., C)
-        The forward input (ndim >= 2, not empty).
+    x : array_like of float32, float64, float16 or bfloat16
+        The forward input, channels on `axis` (ndim >= 2, not empty).
     mean, invstd : array_like of float32 or float64, shape (C,)
         The statistics the forward normalized with (float64 as returned by
         `batch_norm_training`; float32 is accepted too, e.g. a framework's saved
@@ -370,8 +382,11 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=
         The forward's scale; None means 1.
     training : bool, default True
         Whether the statistics were those of the batch (True) or fixed (False).
+    axis : int, default -1
+        The channel axis: statistics are per index along it (NCHW data from
+        PyTorch is ``axis=1``, read in place with no copy).
     out : numpy.ndarray, optional
-        C-contiguous array of x's shape and dtype to write dx into (may be dy or x).
+        Array of x's shape, dtype and memory layout to write dx into (may be dy or x).
     n_threads : int, optional
         As for `batch_norm_inference`.
 

@@ -1,8 +1,10 @@
 """Local response normalization across channels: the public API.
 
 Every function validates its arguments, resolves the window and thread count
-and calls ``cnorm._lrn.run``, which reads the channels-last arrays as ``(M, C)``
-matrices through the buffer protocol. Semantics and framework conventions: README, section "LRN".
+and calls ``cnorm._lrn.run``, which reads the tensors through the buffer
+protocol as the ``(outer, C, inner)`` view of cnorm._layout (channels on any
+axis, no copy). Semantics and framework conventions: README, section
+"Local response normalization".
 """
 
 from cnorm import _layout
@@ -67,7 +69,7 @@ def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-1, out=None,
         n_threads=None):
     """Local response normalization, as ``tf.nn.local_response_normalization``.
 
-    For every element, with channels on the last axis::
+    For every element, with channels on `axis` (the last by default)::
 
         sqr_sum[..., c] = sum(x[..., c - depth_radius : c + depth_radius + 1] ** 2)
         y = x / (bias + alpha * sqr_sum) ** beta
@@ -78,8 +80,10 @@ def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-1, out=None,
 
     Parameters
     ----------
-    x : array_like of float32 or float64, shape (..., C)
-        Input with channels on the last axis (NHWC for images). Any ndim >= 1.
+    x : array_like of float32, float64, float16 or bfloat16
+        Input with C channels on `axis` (NHWC images with the default, NCHW
+        with ``axis=1``). Any ndim >= 1. Half-precision data is computed in
+        float32 (sums in float64) and each output rounded once.
     depth_radius : int, default 5
         Half-width of the window: it spans ``2 * depth_radius + 1`` channels.
     bias : float, default 1.0
@@ -88,9 +92,12 @@ def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-1, out=None,
         Scale of the sum of squares.
     beta : float, default 0.5
         Exponent.
+    axis : int, default -1
+        The channel axis: the window runs along it. NCHW data (PyTorch) is
+        ``axis=1`` and is read in place, with no copy.
     out : numpy.ndarray, optional
-        C-contiguous array of x's shape and dtype to write into; may be ``x``
-        itself (in-place) when x is a C-contiguous array of float32 or float64.
+        Array of x's shape, dtype and memory layout to write into; may be ``x``
+        itself (in-place) when x is used without a copy.
     n_threads : int, optional
         Upper bound on the threads used. None uses OpenMP's default, which
         follows ``OMP_NUM_THREADS`` and threadpoolctl. The result is the same,
@@ -99,15 +106,17 @@ def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-1, out=None,
     Returns
     -------
     numpy.ndarray
-        Array of x's shape and dtype (``out`` if given).
+        Array of x's shape, dtype and memory layout (``out`` if given).
 
     Raises
     ------
     TypeError
-        If x is not float32/float64, or a parameter has the wrong type.
+        If x is not float32/float64/float16/bfloat16, or a parameter (axis
+        included) has the wrong type.
     ValueError
-        If x is 0-d, depth_radius is negative, a float parameter is not finite,
-        `out` does not match x, or n_threads < 1.
+        If x is 0-d, axis is out of range (numpy's AxisError), depth_radius is
+        negative, a float parameter is not finite, `out` does not match x, or
+        n_threads < 1.
 
     Examples
     --------
@@ -137,12 +146,12 @@ def lrn_backward(dy, x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-
     ----------
     dy : array_like, shape and dtype of x
         Gradient of the loss with respect to ``lrn(x, ...)``.
-    x : array_like of float32 or float64, shape (..., C)
-        The forward input.
-    depth_radius, bias, alpha, beta
+    x : array_like of float32, float64, float16 or bfloat16
+        The forward input, channels on `axis`.
+    depth_radius, bias, alpha, beta, axis
         As for `lrn`.
     out : numpy.ndarray, optional
-        C-contiguous array of x's shape and dtype to write dx into (may be dy).
+        Array of x's shape, dtype and memory layout to write dx into (may be dy).
     n_threads : int, optional
         As for `lrn`.
 
@@ -180,8 +189,9 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="to
 
     Parameters
     ----------
-    x : array_like of float32 or float64, shape (..., C)
-        Input with channels on the last axis (NHWC; transpose NCHW data first).
+    x : array_like of float32, float64, float16 or bfloat16
+        Input with C channels on `axis` (NHWC with the default, NCHW with
+        ``axis=1``, read in place). Any ndim >= 1.
     size : int
         Number of channels in the window, >= 1.
     alpha : float, default 1e-4
@@ -196,6 +206,9 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="to
         ``(size - 1) // 2`` after; ``"onnx"`` (ONNX ``LRN``, ONNX Runtime) puts
         ``(size - 1) // 2`` before and ``size // 2`` after; ``"caffe"`` accepts
         odd sizes only. For odd sizes all three agree.
+    axis : int, default -1
+        The channel axis: the window runs along it. NCHW data (PyTorch) is
+        ``axis=1`` and is read in place, with no copy.
     out : numpy.ndarray, optional
         As for `lrn`.
     n_threads : int, optional
@@ -237,12 +250,12 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
     ----------
     dy : array_like, shape and dtype of x
         Gradient of the loss with respect to the forward output.
-    x : array_like of float32 or float64, shape (..., C)
-        The forward input.
-    size, alpha, beta, k, convention
+    x : array_like of float32, float64, float16 or bfloat16
+        The forward input, channels on `axis`.
+    size, alpha, beta, k, convention, axis
         As for `local_response_norm`.
     out : numpy.ndarray, optional
-        C-contiguous array of x's shape and dtype to write dx into.
+        Array of x's shape, dtype and memory layout to write dx into.
     n_threads : int, optional
         As for `lrn`.
 

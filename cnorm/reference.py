@@ -122,7 +122,7 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
 
 
 # ---------------------------------------------------------------------------
-# Batch normalization (SEMANTICS.md, section 2), over the (M, C) view
+# Batch normalization (README, "Batch normalization"), over the (M, C) view
 
 
 def _channels(value, n_channels, default):
