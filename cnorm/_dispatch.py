@@ -11,6 +11,7 @@ The ISA levels give the same results within the documented tolerance but not
 bit for bit (v3 and v4 contract multiply-adds into FMA); each is bit-identical
 across thread counts.
 """
+import contextlib
 import importlib
 import os
 import warnings
@@ -55,3 +56,27 @@ ISA_LEVEL = _choose()
 def kernels(module):
     """Return the kernel module `module` (e.g. "_lrn") built for ISA_LEVEL."""
     return _built(ISA_LEVEL, module) or importlib.import_module(f"cnorm.{module}")
+
+
+def available_levels():
+    """The ISA levels that are built and that this CPU runs, lowest first."""
+    cpu = _openmp.cpu_level()
+    return [level for level in LEVELS if _CPU_LEVEL[level] <= cpu
+            and _built(level, "_lrn") is not None and _built(level, "_batchnorm") is not None]
+
+
+@contextlib.contextmanager
+def using(level):
+    """Within the block, the public functions call the kernels built for `level`.
+
+    For the tests, which run every build the CPU can run in one process (not
+    thread-safe: the public modules' kernel bindings are swapped).
+    """
+    lrn = importlib.import_module("cnorm.lrn")  # the modules, not cnorm's functions of the name
+    batchnorm = importlib.import_module("cnorm.batchnorm")
+    saved = lrn._lrn, batchnorm._bn
+    lrn._lrn, batchnorm._bn = _built(level, "_lrn"), _built(level, "_batchnorm")
+    try:
+        yield level
+    finally:
+        lrn._lrn, batchnorm._bn = saved

@@ -31,3 +31,12 @@ def n_threads(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261123)
+
+
+@pytest.fixture(params=__import__("cnorm._dispatch", fromlist=["_"]).available_levels())
+def isa(request):
+    """Run the test with the kernels of each ISA build this CPU can run (one process)."""
+    from cnorm import _dispatch
+
+    with _dispatch.using(request.param):
+        yield request.param

@@ -4,6 +4,8 @@
   ``axis=-1`` where the arithmetic is the same (LRN forward and backward, batch
   norm inference and the frozen backward); the training statistics agree to
   float64 rounding. Every layout is bit-identical for 1, 2 and 3 threads.
+- Each test that takes the ``isa`` fixture runs on every ISA build this CPU
+  runs (baseline, x86-64-v3, x86-64-v4), in one process.
 - float16 and bfloat16: each result is what the float32 kernels give on the
   same values upcast, rounded once to the storage type (bit for bit), and
   within one unit in the last place of the storage type of the float64
@@ -97,7 +99,7 @@ def lrn_case(rng, shape, dtype, huge=False):
 
 @pytest.mark.parametrize("setting", LRN_SETTINGS, ids=lambda s: "-".join(map(str, s.values())))
 @pytest.mark.parametrize("shape", [(2, 5, 7, 12), (3, 3, 3, 96), (1, 9, 9, 40), (2, 1, 19, 3)])
-def test_lrn_nchw_has_the_nhwc_bits(setting, shape, dtype):
+def test_lrn_nchw_has_the_nhwc_bits(setting, shape, dtype, isa):
     rng = np.random.default_rng(sum(shape))
     forward, backward = lrn_calls(**setting)
     x, dy = lrn_case(rng, shape, dtype, huge=shape[-1] > 3)
@@ -138,7 +140,7 @@ def bn_case(rng, shape, dtype, axis, offset=0.0):
 
 @pytest.mark.parametrize("shape", [(4, 6, 5, 7), (2, 64, 9, 9), (1, 16, 80, 80), (3, 5, 2, 2)])
 @pytest.mark.parametrize("offset", [0.0, 1e4])
-def test_batch_norm_nchw(shape, offset, dtype):
+def test_batch_norm_nchw(shape, offset, dtype, isa):
     rng = np.random.default_rng(sum(shape))
     x, gamma, beta, dy = bn_case(rng, shape, dtype, 1, offset)
     x_nhwc = np.ascontiguousarray(np.moveaxis(x, 1, -1))
@@ -284,7 +286,7 @@ def float32_of(x):
 @pytest.mark.parametrize("half", HALF)
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 @pytest.mark.parametrize("setting", LRN_SETTINGS[:5], ids=lambda s: "-".join(map(str, s.values())))
-def test_half_lrn_is_float32_rounded_once(half, layout, setting):
+def test_half_lrn_is_float32_rounded_once(half, layout, setting, isa):
     rng = np.random.default_rng(11)
     x, dy = half_case(rng, (3, 9, 11, 40), half, scale=3.0)
     axis = -1 if layout == "nhwc" else 1
@@ -310,7 +312,7 @@ def test_half_lrn_is_float32_rounded_once(half, layout, setting):
 @pytest.mark.parametrize("half", HALF)
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 @pytest.mark.parametrize("offset", [0.0, 30.0])
-def test_half_batch_norm_is_float32_rounded_once(half, layout, offset):
+def test_half_batch_norm_is_float32_rounded_once(half, layout, offset, isa):
     rng = np.random.default_rng(12)
     shape = (6, 11, 13, 24) if layout == "nhwc" else (6, 24, 31, 37)
     axis = -1 if layout == "nhwc" else 1
@@ -358,7 +360,7 @@ def test_half_batch_norm_is_float32_rounded_once(half, layout, offset):
 
 
 @pytest.mark.parametrize("half", HALF)
-def test_half_extremes(half):
+def test_half_extremes(half, isa):
     # Values near the top of the range and among the subnormals; squares are
     # never formed in half precision (fp16 squares overflow from 256).
     info = np.finfo(half)
@@ -404,3 +406,18 @@ def test_half_nan_and_out(half):
     same = x.copy()
     cnorm.local_response_norm(same, 3, out=same)
     np.testing.assert_array_equal(same.view(np.uint16), y.view(np.uint16))
+
+
+def test_every_isa_build_is_tested():
+    # The fixture covers every build the CPU runs: on an AVX-512 machine all three.
+    from cnorm import _dispatch
+
+    levels = _dispatch.available_levels()
+    assert "baseline" in levels and _dispatch.ISA_LEVEL in levels
+    import importlib
+
+    lrn_module = importlib.import_module("cnorm.lrn")
+    for level in levels:
+        with _dispatch.using(level):
+            suffix = "" if level == "baseline" else "_" + level.replace("-", "_")
+            assert lrn_module._lrn.__name__ == "cnorm._lrn" + suffix
