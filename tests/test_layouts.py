@@ -116,10 +116,10 @@ def test_lrn_nchw_has_the_nhwc_bits(setting, shape, dtype, isa):
 def test_lrn_nchw_many_tiles(n_threads):
     # Several pixel blocks per image and several images, partial last block.
     rng = np.random.default_rng(5)
-    x, dy = lrn_case(rng, (3, 96, 23, 29), np.float32)
+    x, dy = lrn_case(rng, (3, 96, 37, 41), np.float32)
     forward, backward = lrn_calls(size=5, alpha=1e-4, beta=0.75, k=2.0)
-    block = kernels("_lrn").plane_block(96, 23 * 29)
-    assert (23 * 29) % block != 0 and 23 * 29 > block
+    block = kernels("_lrn").plane_block(96, 37 * 41)
+    assert (37 * 41) % block != 0 and 37 * 41 > block
     y = forward(x, axis=1, n_threads=n_threads)
     assert_close(y, ref.local_response_norm(x, 5, 1e-4, 0.75, 2.0, axis=1))
     x_nhwc = np.ascontiguousarray(np.moveaxis(x, 1, -1))
