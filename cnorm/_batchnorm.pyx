@@ -1221,8 +1221,12 @@ cdef inline void _shifted_moments(double shift, double total, double squares, do
                                   double* mean, double* m2) noexcept nogil:
     # Mean and M2 of ``count`` values from their shifted sums S1 = ``total``
     # and S2 = ``squares`` (deviations from ``shift``, a value of the
-    # channel): mean = shift + S1/n, M2 = S2 - S1**2/n.
-    m2[0] = max(0.0, squares - total * total / count)
+    # channel): mean = shift + S1/n, M2 = S2 - S1**2/n. A rounding below 0 is
+    # clipped; a NaN (non-finite data, or squares that overflowed: inf - inf)
+    # is kept, so non-finite data give non-finite statistics (max(0.0, NaN)
+    # was 0: invstd 1/sqrt(eps) and a finite running variance).
+    cdef double moment = squares - total * total / count
+    m2[0] = 0.0 if moment < 0.0 else moment
     mean[0] = shift + total / count
 
 

@@ -54,8 +54,9 @@ cdef object _ndarray = numpy.ndarray
 
 def float64_vectors(Py_ssize_t n, *arrays):
     """True if every one of ``arrays`` that is not None is a numpy.ndarray holding a
-    C-contiguous native float64 vector of length n: the per-channel arguments'
-    common case, checked at once (the callers check one by one otherwise)."""
+    C-contiguous, 8-byte aligned native float64 vector of length n: the
+    per-channel arguments' common case, checked at once (the callers check one
+    by one otherwise)."""
     cdef Py_buffer view
     cdef bint ok
     for array in arrays:
@@ -68,7 +69,8 @@ def float64_vectors(Py_ssize_t n, *arrays):
         except (BufferError, ValueError, TypeError):  # NumPy: strided, or no buffer format
             return False
         ok = (view.ndim == 1 and view.shape[0] == n and view.format != NULL
-              and view.format[0] == b"d" and view.format[1] == 0)
+              and view.format[0] == b"d" and view.format[1] == 0
+              and <size_t>view.buf % sizeof(double) == 0)
         PyBuffer_Release(&view)
         if not ok:
             return False

@@ -41,28 +41,30 @@ def _per_channel(value, name, n_channels):
 
     The caller's array itself when it already is one (it is only read)."""
     if (type(value) is np.ndarray and value.dtype == _FLOAT64 and value.shape == (n_channels,)
-            and value.flags.c_contiguous):
+            and value.flags.c_contiguous and value.flags.aligned):
         return value  # the common case, checked in a fraction of a microsecond
     if value is None:
         raise TypeError(f"{name} must be an array of shape ({n_channels},), got None")
-    array = np.asarray(value)
+    array = check.as_array(value, name)
     if array.dtype.type not in check.SUPPORTED_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}")
     if array.shape != (n_channels,):
         raise ValueError(
             f"{name} must have shape ({n_channels},) (one value per channel), got {array.shape}"
         )
-    return np.ascontiguousarray(array, dtype=np.float64)
+    return check.float64_vector(array)
 
 
 def _non_negative(array, name):
     """Check a float32/float64 array of shape (C,) has no negative value (NaN passes)."""
-    if array.dtype is _FLOAT64 and array.flags.c_contiguous:
+    if array.dtype is _FLOAT64 and array.flags.c_contiguous and array.flags.aligned:
         negative = _buffers.first_negative(array) >= 0  # a fraction of np.any's microseconds
     else:
         negative = (array < 0).any()
     if negative:
-        raise ValueError(f"{name} must be >= 0 everywhere, got min {array.min()!r}")
+        index = int(np.flatnonzero(array < 0)[0])
+        raise ValueError(f"{name} must be >= 0 everywhere, got {float(array[index])} "
+                         f"at index {index}")
 
 
 def _eps(eps):
@@ -105,6 +107,22 @@ def _running(value, name, n_channels):
     if not value.flags.writeable:
         raise ValueError(f"{name} must be writable (it is updated in place)")
     return value
+
+
+def _separate_running(running_mean, running_var, **others):
+    """Check the running statistics share no memory with each other or with any
+    other argument: they are written after the kernels have read the inputs
+    and written `out`, so an overlap would give a wrong y, wrong statistics,
+    or a modified input."""
+    if np.may_share_memory(running_mean, running_var):
+        raise ValueError("running_mean and running_var must not share memory")
+    for name, other in others.items():
+        if not isinstance(other, np.ndarray):
+            continue
+        for running_name, running in (("running_mean", running_mean),
+                                      ("running_var", running_var)):
+            if np.may_share_memory(running, other):
+                raise ValueError(f"{running_name} must not share memory with {name}")
 
 
 def _output(out, x, dy=None):
@@ -299,6 +317,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     >>> mean, running_var.round(5)
     (array([2.5]), array([1.06667]))
     """
+    given = dict(x=x, out=out, gamma=gamma, beta=beta)  # as passed: for _separate_running
     x = _input(x, axis)
     n_channels = x.channels
     m = x.outer * x.inner
@@ -316,6 +335,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
         _running(running_mean, "running_mean", n_channels)
         _running(running_var, "running_var", n_channels)
         _non_negative(running_var, "running_var")
+        _separate_running(running_mean, running_var, **given)
     if m == 1:
         raise ValueError(
             f"Expected more than 1 value per channel when training, got x of shape {x.shape}"

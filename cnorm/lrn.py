@@ -175,7 +175,7 @@ def _size_params(size, alpha, beta, k, convention):
     alpha = check.finite_real(alpha, "alpha")
     beta = check.finite_real(beta, "beta")
     k = check.finite_real(k, "k")
-    return before, after, alpha / size, k, beta
+    return before, after, check.exact_ratio(alpha, size), k, beta
 
 
 def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="torch",
