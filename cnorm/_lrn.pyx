@@ -54,7 +54,7 @@ from libc.math cimport INFINITY, fabs, pow, sqrt, sqrtf
 from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport calloc, free
 
-from cnorm._buffers cimport Buffers
+from cnorm._buffers cimport DEBUG_CHECKS, Buffers, check_sizes
 from cnorm._storage cimport (CN_FLOAT32, CN_FLOAT64, cn_is_half, cn_item_size, cn_load_run,
                              cn_store_run)
 
@@ -607,6 +607,8 @@ def lrn_forward(const floating[:, ::1] x, floating[:, ::1] y, Py_ssize_t before,
     The caller has validated everything: 0 <= before, after < C; x and y of the
     same shape (y may be x); n_threads >= 1.
     """
+    if DEBUG_CHECKS:
+        _check_memoryviews(x, y, x, before, after, n_threads)
     if x.shape[0] == 0 or x.shape[1] == 0:
         return
     _run(<const floating*> NULL, &x[0, 0], &y[0, 0],
@@ -621,10 +623,25 @@ def lrn_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
 
     The caller has validated everything, as for lrn_forward; dx may be dy or x.
     """
+    if DEBUG_CHECKS:
+        _check_memoryviews(x, dx, dy, before, after, n_threads)
     if x.shape[0] == 0 or x.shape[1] == 0:
         return
     _run(&dy[0, 0], &x[0, 0], &dx[0, 0], CN_FLOAT64 if floating is double else CN_FLOAT32,
          x.shape[0], x.shape[1], 1, before, after, a, k, beta, n_threads)
+
+
+cdef int _check_memoryviews(const floating[:, ::1] x, const floating[:, ::1] y,
+                            const floating[:, ::1] dy, Py_ssize_t before, Py_ssize_t after,
+                            int n_threads) except -1:
+    # Debug builds: the (M, C) arrays of lrn_forward / lrn_backward agree in
+    # shape and the window fits.
+    if y.shape[0] != x.shape[0] or y.shape[1] != x.shape[1] or dy.shape[0] != x.shape[0] \
+            or dy.shape[1] != x.shape[1]:
+        raise ValueError("cnorm kernel: x, dy and the output differ in shape")
+    if x.shape[0] and x.shape[1]:
+        check_sizes(x.shape[1], before, after, n_threads)
+    return 0
 
 
 def run(x, dy, y, Py_ssize_t before, Py_ssize_t after, double a, double k, double beta,
@@ -643,6 +660,8 @@ def run(x, dy, y, Py_ssize_t before, Py_ssize_t after, double a, double k, doubl
     cdef const void* xp = b.get(x, False)
     cdef void* yp = b.get(y, True)
     cdef const void* dyp = b.get(dy, False)
+    if DEBUG_CHECKS:
+        b.check(b.count, storage, outer, n_channels, inner, before, after, n_threads)
     if outer * n_channels * inner == 0:
         return
     if storage == CN_FLOAT64:
