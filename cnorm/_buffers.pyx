@@ -9,6 +9,8 @@ have validated the arrays (C-contiguous, float32/float64, shapes). A debug
 build (DEBUG_CHECKS) checks that too, in ``Buffers.check`` and
 ``check_sizes``, and raises ValueError where a release build trusts.
 """
+from libc.float cimport FLT_MAX, FLT_MIN
+from libc.math cimport INFINITY, fabs
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
 
@@ -77,6 +79,32 @@ def float64_vectors(Py_ssize_t n, *arrays):
         if not ok:
             return False
     return True
+
+
+def float32_unsafe(*arrays):
+    """True if an array (each None, or a C-contiguous aligned float64 vector) holds a
+    finite nonzero value outside float32's normal range: above its largest
+    value or below its smallest normal one (1.2e-38). float32 data are then
+    normalized in float64: coefficients rounded to float32 would be inf or lose
+    their precision (NaN and inf are the same in both types)."""
+    cdef Py_buffer view
+    cdef Py_ssize_t i
+    cdef const double* data
+    cdef double magnitude
+    for array in arrays:
+        if array is None:
+            continue
+        PyObject_GetBuffer(array, &view, PyBUF_C_CONTIGUOUS)
+        try:
+            data = <const double*> view.buf
+            for i in range(view.len // <Py_ssize_t>sizeof(double)):
+                magnitude = fabs(data[i])
+                if magnitude != 0 and (magnitude < FLT_MIN
+                                       or FLT_MAX < magnitude < INFINITY):
+                    return True
+        finally:
+            PyBuffer_Release(&view)
+    return False
 
 
 def first_negative(values):

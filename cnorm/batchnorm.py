@@ -125,6 +125,32 @@ def _separate_running(running_mean, running_var, **others):
                 raise ValueError(f"{running_name} must not share memory with {name}")
 
 
+# Below this eps, 1/sqrt(var + eps) can exceed float32's largest value.
+_FLOAT32_MIN_EPS = 1e-76
+
+
+def _widen(x, *vectors, eps=1.0):
+    """Whether data stored in float32, float16 or bfloat16 (computed in float32)
+    must be normalized in float64 instead: a per-channel value (or 1/sqrt(eps))
+    outside float32's normal range would round to inf, 0 or a subnormal in the
+    float32 pass's coefficients, and give inf, NaN or lost precision where the
+    float64 answer fits. Never for float64 data."""
+    return x.storage != 0 and (eps < _FLOAT32_MIN_EPS or _buffers.float32_unsafe(*vectors))
+
+
+def _widened(x, array=None):
+    """`array` (default: x's data) in x's memory order, as float64."""
+    return (x.memory if array is None else x.buffer(array).view(x.memory.dtype)).astype(
+        np.float64)
+
+
+def _store_widened(y, x, values):
+    """Round the float64 `values` (x's memory order) once into the output y."""
+    memory = y if x.order is None else y.transpose(x.order)
+    np.copyto(memory, values, casting="unsafe")
+    return y
+
+
 def _output(out, x, dy=None):
     """The output array (`out` checked against the Tensor x, or a new one) and
     the array the kernel writes (see cnorm._layout.target).
@@ -222,6 +248,11 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     eps = _eps(eps)
     y, written = _output(out, x)
     n_threads = check.n_threads(n_threads)
+    if _widen(x, running_mean, running_var, gamma, beta, eps=eps):
+        wide = _widened(x)
+        _bn.normalize(wide, wide, running_mean, running_var, gamma, beta, eps, None, False,
+                      n_threads, 0, x.outer, n_channels, x.inner)
+        return _store_widened(y, x, wide)
     _bn.normalize(x.buffer(), x.buffer(written), running_mean, running_var, gamma, beta, eps,
                   None, False, n_threads, x.storage, x.outer, n_channels, x.inner)
     return _layout.finish(y, written)
@@ -348,9 +379,15 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     view = (x.storage, x.outer, n_channels, x.inner)
     _bn.batch_stats(x.buffer(), mean, var_biased, n_threads, *view)
     invstd = np.empty(n_channels)
-    _bn.normalize(x.buffer(), x.buffer(written), mean, var_biased, gamma, beta, eps, invstd,
-                  True, n_threads, *view)
-    _layout.finish(y, written)
+    if _widen(x, gamma, beta, mean, var_biased, eps=eps):
+        wide = _widened(x)
+        _bn.normalize(wide, wide, mean, var_biased, gamma, beta, eps, invstd, True, n_threads,
+                      0, x.outer, n_channels, x.inner)
+        _store_widened(y, x, wide)
+    else:
+        _bn.normalize(x.buffer(), x.buffer(written), mean, var_biased, gamma, beta, eps,
+                      invstd, True, n_threads, *view)
+        _layout.finish(y, written)
 
     if running_mean is not None:
         batch_var = var_biased * (m / (m - 1)) if running_var_unbiased else var_biased
@@ -437,6 +474,11 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=
 
     dgamma = np.empty(n_channels)
     dbeta = np.empty(n_channels)
+    if _widen(x, mean, invstd, gamma):
+        wide = _widened(x)
+        _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, training, dgamma, dbeta,
+                     n_threads, 0, x.outer, n_channels, x.inner)
+        return _store_widened(dx, x, wide), dgamma, dbeta
     _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma, training,
                  dgamma, dbeta, n_threads, x.storage, x.outer, n_channels, x.inner)
     return _layout.finish(dx, written), dgamma, dbeta
