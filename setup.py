@@ -7,8 +7,16 @@ the OpenMP probe.
 Environment switches
 --------------------
 CNORM_CYTHON_DEBUG=1
-    Compile with boundscheck, wraparound and initializedcheck on (a debug build
-    that CI runs the tests against once).
+    Compile with boundscheck, wraparound and initializedcheck on, and with the
+    kernel entry points checking the arrays and sizes they are given
+    (CNORM_DEBUG_CHECKS; see cnorm/_buffers.pyx): a debug build that CI runs
+    the tests against once.
+CNORM_SANITIZE=1
+    Compile and link the extensions with AddressSanitizer and
+    UndefinedBehaviorSanitizer (-fsanitize=address,undefined
+    -fno-omit-frame-pointer -g). Python itself is not instrumented: run with
+    LD_PRELOAD of the compiler's libasan and ASAN_OPTIONS=detect_leaks=0 (see
+    .ci/run). For CI, never for a release.
 CNORM_DISABLE_OPENMP=1
     Build without OpenMP even where the compiler supports it.
 CNORM_BASELINE_ONLY=1
@@ -40,6 +48,7 @@ ISA_LEVELS = {"x86_64_v3": ["-march=x86-64-v3"],
 # and vectorise sqrt. Never -ffast-math or -march=native: see README "Building".
 BASE_COMPILE_ARGS = ["-O3", "-fno-math-errno"]
 OPENMP_FLAG = "-fopenmp"
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
 
 RELEASE_DIRECTIVES = {
     "language_level": 3,
@@ -125,15 +134,22 @@ def extensions():
     from Cython.Build import cythonize
 
     debug = _env_flag("CNORM_CYTHON_DEBUG")
+    sanitize = _env_flag("CNORM_SANITIZE")
     openmp = not _env_flag("CNORM_DISABLE_OPENMP") and _openmp_works()
     compile_args = BASE_COMPILE_ARGS + ([OPENMP_FLAG] if openmp else [])
     link_args = [OPENMP_FLAG] if openmp else []
+    if debug:
+        compile_args.append("-DCNORM_DEBUG_CHECKS=1")
+    if sanitize:
+        compile_args += SANITIZE_FLAGS
+        link_args += SANITIZE_FLAGS
     build_info = {
         "compiler": _compiler_version(),
         "cython": _cython_version(),
         "compile_args": " ".join(compile_args),
         "openmp": openmp,
         "debug_directives": debug,
+        "sanitize": sanitize,
     }
     isa_levels = _isa_levels()
     build_info["isa_levels"] = ["baseline"] + list(isa_levels)
@@ -162,7 +178,7 @@ def extensions():
         compiler_directives=DEBUG_DIRECTIVES if debug else RELEASE_DIRECTIVES,
         build_dir=os.path.join("build", "cython"),
         include_path=["."],
-        force=debug,
+        force=debug or sanitize,
     )
 
 

@@ -95,7 +95,7 @@ from cython.parallel cimport prange
 from libc.math cimport fabs, isfinite, sqrt
 from libc.stdlib cimport calloc, free, malloc
 
-from cnorm._buffers cimport Buffers
+from cnorm._buffers cimport DEBUG_CHECKS, Buffers, check_sizes
 from cnorm._storage cimport (CN_FLOAT32, CN_FLOAT64, cn_is_half, cn_item_size, cn_load_run,
                              cn_store_run)
 
@@ -950,6 +950,13 @@ def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] cente
     _coefficients. The caller has validated everything: y of x's shape
     (y may be x), the per-channel arrays of length C, n_threads >= 1.
     """
+    if DEBUG_CHECKS:
+        if y.shape[0] != x.shape[0] or y.shape[1] != x.shape[1]:
+            raise ValueError("cnorm kernel: x and y differ in shape")
+        if x.shape[1] and not (center.shape[0] == scale.shape[0] == shift.shape[0]
+                               == x.shape[1]):
+            raise ValueError("cnorm kernel: coefficients not of length C")
+        check_sizes(x.shape[1], -1, -1, n_threads)
     if x.shape[0] == 0 or x.shape[1] == 0:
         return
     cdef Grid g = _grid(CN_FLOAT64 if floating is double else CN_FLOAT32, x.shape[0],
@@ -981,6 +988,8 @@ def normalize(x, y, mean, var, gamma, beta, double eps, invstd, bint reverse,
     cdef const double* gamma_p = <const double*> b.get(gamma, False)
     cdef const double* beta_p = <const double*> b.get(beta, False)
     cdef double* invstd_p = <double*> b.get(invstd, True)
+    if DEBUG_CHECKS:
+        b.check(2, storage, outer, n_channels, inner, -1, -1, n_threads)
     cdef Grid g = _grid(storage, outer, n_channels, inner)
     if outer * n_channels * inner == 0:
         return
@@ -1221,8 +1230,12 @@ cdef inline void _shifted_moments(double shift, double total, double squares, do
                                   double* mean, double* m2) noexcept nogil:
     # Mean and M2 of ``count`` values from their shifted sums S1 = ``total``
     # and S2 = ``squares`` (deviations from ``shift``, a value of the
-    # channel): mean = shift + S1/n, M2 = S2 - S1**2/n.
-    m2[0] = max(0.0, squares - total * total / count)
+    # channel): mean = shift + S1/n, M2 = S2 - S1**2/n. A rounding below 0 is
+    # clipped; a NaN (non-finite data, or squares that overflowed: inf - inf)
+    # is kept, so non-finite data give non-finite statistics (max(0.0, NaN)
+    # was 0: invstd 1/sqrt(eps) and a finite running variance).
+    cdef double moment = squares - total * total / count
+    m2[0] = 0.0 if moment < 0.0 else moment
     mean[0] = shift + total / count
 
 
@@ -1307,6 +1320,8 @@ def batch_stats(x, mean, var, int n_threads, int storage, Py_ssize_t outer,
     cdef const void* xp = b.get(x, False)
     cdef double* mean_p = <double*> b.get(mean, True)
     cdef double* var_p = <double*> b.get(var, True)
+    if DEBUG_CHECKS:
+        b.check(1, storage, outer, n_channels, inner, -1, -1, n_threads)
     cdef Grid g = _grid(storage, outer, n_channels, inner)
     if outer * n_channels * inner == 0:
         return
@@ -1548,6 +1563,8 @@ def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n
     cdef const double* gamma_p = <const double*> b.get(gamma, False)
     cdef double* dgamma_p = <double*> b.get(dgamma, True)
     cdef double* dbeta_p = <double*> b.get(dbeta, True)
+    if DEBUG_CHECKS:
+        b.check(3, storage, outer, n_channels, inner, -1, -1, n_threads)
     cdef Grid g = _grid(storage, outer, n_channels, inner)
     if outer * n_channels * inner == 0:
         return

@@ -7,3 +7,21 @@ cdef class Buffers:
     cdef Py_ssize_t channels(self)
     cdef Py_ssize_t rows(self)
     cdef bint single(self)
+    cdef int check(self, int n_tensors, int storage, Py_ssize_t outer, Py_ssize_t n_channels,
+                   Py_ssize_t inner, Py_ssize_t before, Py_ssize_t after,
+                   int n_threads) except -1
+
+
+# True in a debug build (CNORM_CYTHON_DEBUG=1 sets -DCNORM_DEBUG_CHECKS=1): the
+# kernel entry points then check what they are given (Buffers.check,
+# check_sizes) instead of trusting their caller.
+cdef extern from *:
+    """
+    #ifndef CNORM_DEBUG_CHECKS
+    #define CNORM_DEBUG_CHECKS 0
+    #endif
+    """
+    const bint DEBUG_CHECKS "CNORM_DEBUG_CHECKS"
+
+cdef int check_sizes(Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
+                     int n_threads) except -1

@@ -54,7 +54,7 @@ from libc.math cimport INFINITY, fabs, pow, sqrt, sqrtf
 from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport calloc, free
 
-from cnorm._buffers cimport Buffers
+from cnorm._buffers cimport DEBUG_CHECKS, Buffers, check_sizes
 from cnorm._storage cimport (CN_FLOAT32, CN_FLOAT64, cn_is_half, cn_item_size, cn_load_run,
                              cn_store_run)
 
@@ -147,11 +147,17 @@ cdef extern from *:
             __m512 inv = _mm512_rcp14_ps(d);
             inv = _mm512_mul_ps(inv, _mm512_fnmadd_ps(d, inv, _mm512_set1_ps(2.0f)));
             __m512 q1 = _mm512_mul_ps(q0, inv);                         /* D**-1.75 */
-            __m512 prod = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(dy + c),
-                                                      _mm512_loadu_ps(x + c)), q1);
+            /* dy*x*q1 in double: in float, dy*x can overflow where p does not. */
+            __m512 vdy = _mm512_loadu_ps(dy + c), vx = _mm512_loadu_ps(x + c);
             _mm512_storeu_ps(q + c, q0);
-            _mm512_storeu_pd(p + c, _mm512_cvtps_pd(_mm512_castps512_ps256(prod)));
-            _mm512_storeu_pd(p + c + 8, _mm512_cvtps_pd(_mm512_extractf32x8_ps(prod, 1)));
+            _mm512_storeu_pd(p + c, _mm512_mul_pd(
+                _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(vdy)),
+                              _mm512_cvtps_pd(_mm512_castps512_ps256(vx))),
+                _mm512_cvtps_pd(_mm512_castps512_ps256(q1))));
+            _mm512_storeu_pd(p + c + 8, _mm512_mul_pd(
+                _mm512_mul_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(vdy, 1)),
+                              _mm512_cvtps_pd(_mm512_extractf32x8_ps(vx, 1))),
+                _mm512_cvtps_pd(_mm512_extractf32x8_ps(q1, 1))));
         }
         if (c < n) {  /* the tail through the same vector code, as in the forward */
             float dyb[16] = {0}, xb[16] = {0}, qb[16];
@@ -398,7 +404,7 @@ cdef void _backward_rows(const floating* dy, const floating* x, floating* dx,
                                   a, k, path, beta)
             _window_sum(p, g, n_channels, width)
             _backward_finish_float(dy_row, x_row, dx_row, <float*>q, g, n_channels,
-                                   <float>two_a_beta)
+                                   two_a_beta)
             continue
         _divisors(x_row, squares, d, n_channels, before, width, a, k)
         _inverse_power(d, q, n_channels, path, beta)
@@ -476,11 +482,14 @@ cdef inline float _power_float(float d, float exponent, float exponent_high) noe
 
 cdef void _backward_finish_float(const float* dy_row, const float* x_row, float* dx_row,
                                  const float* q, const double* g, Py_ssize_t n_channels,
-                                 float two_a_beta) noexcept nogil:
-    # dx = dy*q - 2*a*beta * x * g in float, g the mirrored window sums (double).
+                                 double two_a_beta) noexcept nogil:
+    # dx = dy*q - 2*a*beta * x * g, g the mirrored window sums (double): the
+    # second term in double, as g and x*g can leave float's range where dx
+    # does not (with _backward_power_float's products in double: alpha 0 and
+    # x near 3e38 gave 0 * inf = NaN for a dx of dy*q).
     cdef Py_ssize_t c
     for c in range(n_channels):
-        dx_row[c] = dy_row[c] * q[c] - two_a_beta * x_row[c] * <float>g[c]
+        dx_row[c] = <float>(dy_row[c] * q[c] - two_a_beta * x_row[c] * g[c])
 
 
 def power_float32(const float[::1] d, float exponent, float[::1] out):
@@ -520,9 +529,10 @@ cdef void _backward_power_float(const float* dy_row, const float* x_row,
                                 const double* sums, float* q, double* p,
                                 Py_ssize_t n_channels, double a, double k,
                                 BetaPath path, double beta) noexcept nogil:
-    # q = D**-beta and p = dy * x * D**(-beta-1), in float from D = k + a*sums
-    # rounded once to float (q1 = D**(-beta-1), q = D * q1); p is stored in
-    # double, to be summed in double.
+    # q = D**-beta and p = dy * x * D**(-beta-1), the powers in float from
+    # D = k + a*sums rounded once to float (q1 = D**(-beta-1), q = D * q1); p
+    # is taken and stored in double, to be summed in double (in float, dy*x
+    # overflowed where p does not).
     cdef Py_ssize_t c
     cdef float d, r, q1, high
     if path == BETA_THREE_QUARTERS and AVX512_KERNELS:
@@ -533,26 +543,26 @@ cdef void _backward_power_float(const float* dy_row, const float* x_row,
             r = sqrtf(d)
             q1 = <float>1.0 / (d * r * sqrtf(r))
             q[c] = d * q1
-            p[c] = dy_row[c] * x_row[c] * q1
+            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
     elif path == BETA_HALF:
         for c in range(n_channels):
             d = <float>(k + a * sums[c])
             q1 = <float>1.0 / (d * sqrtf(d))
             q[c] = d * q1
-            p[c] = dy_row[c] * x_row[c] * q1
+            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
     elif path == BETA_ONE:
         for c in range(n_channels):
             d = <float>(k + a * sums[c])
             q1 = <float>1.0 / (d * d)
             q[c] = d * q1
-            p[c] = dy_row[c] * x_row[c] * q1
+            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
     else:
         high = _exponent_high(<float>(-beta - 1.0))
         for c in range(n_channels):
             d = <float>(k + a * sums[c])
             q1 = _power_float(d, <float>(-beta - 1.0), high)
             q[c] = d * q1
-            p[c] = dy_row[c] * x_row[c] * q1
+            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
 
 
 def float_square_limit(double a, double k, double beta, Py_ssize_t width):
@@ -610,6 +620,8 @@ def lrn_forward(const floating[:, ::1] x, floating[:, ::1] y, Py_ssize_t before,
     The caller has validated everything: 0 <= before, after < C; x and y of the
     same shape (y may be x); n_threads >= 1.
     """
+    if DEBUG_CHECKS:
+        _check_memoryviews(x, y, x, before, after, n_threads)
     if x.shape[0] == 0 or x.shape[1] == 0:
         return
     _run(<const floating*> NULL, &x[0, 0], &y[0, 0],
@@ -624,10 +636,25 @@ def lrn_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
 
     The caller has validated everything, as for lrn_forward; dx may be dy or x.
     """
+    if DEBUG_CHECKS:
+        _check_memoryviews(x, dx, dy, before, after, n_threads)
     if x.shape[0] == 0 or x.shape[1] == 0:
         return
     _run(&dy[0, 0], &x[0, 0], &dx[0, 0], CN_FLOAT64 if floating is double else CN_FLOAT32,
          x.shape[0], x.shape[1], 1, before, after, a, k, beta, n_threads)
+
+
+cdef int _check_memoryviews(const floating[:, ::1] x, const floating[:, ::1] y,
+                            const floating[:, ::1] dy, Py_ssize_t before, Py_ssize_t after,
+                            int n_threads) except -1:
+    # Debug builds: the (M, C) arrays of lrn_forward / lrn_backward agree in
+    # shape and the window fits.
+    if y.shape[0] != x.shape[0] or y.shape[1] != x.shape[1] or dy.shape[0] != x.shape[0] \
+            or dy.shape[1] != x.shape[1]:
+        raise ValueError("cnorm kernel: x, dy and the output differ in shape")
+    if x.shape[0] and x.shape[1]:
+        check_sizes(x.shape[1], before, after, n_threads)
+    return 0
 
 
 def run(x, dy, y, Py_ssize_t before, Py_ssize_t after, double a, double k, double beta,
@@ -646,6 +673,8 @@ def run(x, dy, y, Py_ssize_t before, Py_ssize_t after, double a, double k, doubl
     cdef const void* xp = b.get(x, False)
     cdef void* yp = b.get(y, True)
     cdef const void* dyp = b.get(dy, False)
+    if DEBUG_CHECKS:
+        b.check(b.count, storage, outer, n_channels, inner, before, after, n_threads)
     if outer * n_channels * inner == 0:
         return
     if storage == CN_FLOAT64:
@@ -801,7 +830,7 @@ cdef void _planes(const floating* dy, const floating* x, floating* out, Py_ssize
                             fix[p] = (dy_c[p] * q[c * lines + p]
                                       - two_a_beta * x_c[p] * g[p])
                 _backward_finish_float(dy_c, x_c, out_c, q_float + c * lines, g, n,
-                                       <float>two_a_beta)
+                                       two_a_beta)
                 if any_bad:
                     for p in range(n):
                         if bad[p]:

@@ -41,28 +41,30 @@ def _per_channel(value, name, n_channels):
 
     The caller's array itself when it already is one (it is only read)."""
     if (type(value) is np.ndarray and value.dtype == _FLOAT64 and value.shape == (n_channels,)
-            and value.flags.c_contiguous):
+            and value.flags.c_contiguous and value.flags.aligned):
         return value  # the common case, checked in a fraction of a microsecond
     if value is None:
         raise TypeError(f"{name} must be an array of shape ({n_channels},), got None")
-    array = np.asarray(value)
+    array = check.as_array(value, name)
     if array.dtype.type not in check.SUPPORTED_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}")
     if array.shape != (n_channels,):
         raise ValueError(
             f"{name} must have shape ({n_channels},) (one value per channel), got {array.shape}"
         )
-    return np.ascontiguousarray(array, dtype=np.float64)
+    return check.float64_vector(array)
 
 
 def _non_negative(array, name):
     """Check a float32/float64 array of shape (C,) has no negative value (NaN passes)."""
-    if array.dtype is _FLOAT64 and array.flags.c_contiguous:
+    if array.dtype is _FLOAT64 and array.flags.c_contiguous and array.flags.aligned:
         negative = _buffers.first_negative(array) >= 0  # a fraction of np.any's microseconds
     else:
         negative = (array < 0).any()
     if negative:
-        raise ValueError(f"{name} must be >= 0 everywhere, got min {array.min()!r}")
+        index = int(np.flatnonzero(array < 0)[0])
+        raise ValueError(f"{name} must be >= 0 everywhere, got {float(array[index])} "
+                         f"at index {index}")
 
 
 def _eps(eps):
@@ -105,6 +107,48 @@ def _running(value, name, n_channels):
     if not value.flags.writeable:
         raise ValueError(f"{name} must be writable (it is updated in place)")
     return value
+
+
+def _separate_running(running_mean, running_var, **others):
+    """Check the running statistics share no memory with each other or with any
+    other argument: they are written after the kernels have read the inputs
+    and written `out`, so an overlap would give a wrong y, wrong statistics,
+    or a modified input."""
+    if np.may_share_memory(running_mean, running_var):
+        raise ValueError("running_mean and running_var must not share memory")
+    for name, other in others.items():
+        if not isinstance(other, np.ndarray):
+            continue
+        for running_name, running in (("running_mean", running_mean),
+                                      ("running_var", running_var)):
+            if np.may_share_memory(running, other):
+                raise ValueError(f"{running_name} must not share memory with {name}")
+
+
+# Below this eps, 1/sqrt(var + eps) can exceed float32's largest value.
+_FLOAT32_MIN_EPS = 1e-76
+
+
+def _widen(x, *vectors, eps=1.0):
+    """Whether data stored in float32, float16 or bfloat16 (computed in float32)
+    must be normalized in float64 instead: a per-channel value (or 1/sqrt(eps))
+    outside float32's normal range would round to inf, 0 or a subnormal in the
+    float32 pass's coefficients, and give inf, NaN or lost precision where the
+    float64 answer fits. Never for float64 data."""
+    return x.storage != 0 and (eps < _FLOAT32_MIN_EPS or _buffers.float32_unsafe(*vectors))
+
+
+def _widened(x, array=None):
+    """`array` (default: x's data) in x's memory order, as float64."""
+    return (x.memory if array is None else x.buffer(array).view(x.memory.dtype)).astype(
+        np.float64)
+
+
+def _store_widened(y, x, values):
+    """Round the float64 `values` (x's memory order) once into the output y."""
+    memory = y if x.order is None else y.transpose(x.order)
+    np.copyto(memory, values, casting="unsafe")
+    return y
 
 
 def _output(out, x, dy=None):
@@ -204,6 +248,11 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     eps = _eps(eps)
     y, written = _output(out, x)
     n_threads = check.n_threads(n_threads)
+    if _widen(x, running_mean, running_var, gamma, beta, eps=eps):
+        wide = _widened(x)
+        _bn.normalize(wide, wide, running_mean, running_var, gamma, beta, eps, None, False,
+                      n_threads, 0, x.outer, n_channels, x.inner)
+        return _store_widened(y, x, wide)
     _bn.normalize(x.buffer(), x.buffer(written), running_mean, running_var, gamma, beta, eps,
                   None, False, n_threads, x.storage, x.outer, n_channels, x.inner)
     return _layout.finish(y, written)
@@ -299,6 +348,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     >>> mean, running_var.round(5)
     (array([2.5]), array([1.06667]))
     """
+    given = dict(x=x, out=out, gamma=gamma, beta=beta)  # as passed: for _separate_running
     x = _input(x, axis)
     n_channels = x.channels
     m = x.outer * x.inner
@@ -316,6 +366,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
         _running(running_mean, "running_mean", n_channels)
         _running(running_var, "running_var", n_channels)
         _non_negative(running_var, "running_var")
+        _separate_running(running_mean, running_var, **given)
     if m == 1:
         raise ValueError(
             f"Expected more than 1 value per channel when training, got x of shape {x.shape}"
@@ -328,9 +379,15 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     view = (x.storage, x.outer, n_channels, x.inner)
     _bn.batch_stats(x.buffer(), mean, var_biased, n_threads, *view)
     invstd = np.empty(n_channels)
-    _bn.normalize(x.buffer(), x.buffer(written), mean, var_biased, gamma, beta, eps, invstd,
-                  True, n_threads, *view)
-    _layout.finish(y, written)
+    if _widen(x, gamma, beta, mean, var_biased, eps=eps):
+        wide = _widened(x)
+        _bn.normalize(wide, wide, mean, var_biased, gamma, beta, eps, invstd, True, n_threads,
+                      0, x.outer, n_channels, x.inner)
+        _store_widened(y, x, wide)
+    else:
+        _bn.normalize(x.buffer(), x.buffer(written), mean, var_biased, gamma, beta, eps,
+                      invstd, True, n_threads, *view)
+        _layout.finish(y, written)
 
     if running_mean is not None:
         batch_var = var_biased * (m / (m - 1)) if running_var_unbiased else var_biased
@@ -417,6 +474,11 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=
 
     dgamma = np.empty(n_channels)
     dbeta = np.empty(n_channels)
+    if _widen(x, mean, invstd, gamma):
+        wide = _widened(x)
+        _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, training, dgamma, dbeta,
+                     n_threads, 0, x.outer, n_channels, x.inner)
+        return _store_widened(dx, x, wide), dgamma, dbeta
     _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma, training,
                  dgamma, dbeta, n_threads, x.storage, x.outer, n_channels, x.inner)
     return _layout.finish(dx, written), dgamma, dbeta

@@ -32,11 +32,13 @@ def _size_window(size, convention):
     return (size - 1) // 2, (size - 1) // 2
 
 
-def _tensors(x, dy, axis):
-    """x (and dy, None for the forward) as they go to the kernels: a
-    `cnorm._layout.Tensor` with channels on `axis`, and dy in x's memory order."""
+def _tensors(x, dy, axis, backward=False):
+    """x (and, for the backward, dy) as they go to the kernels: a
+    `cnorm._layout.Tensor` with channels on `axis`, and dy in x's memory order.
+    A backward's dy is checked even when it is None (a TypeError): the kernel
+    takes dy None for the forward, and lrn_backward(None, x) had returned it."""
     x = _layout.tensor(x, "x", axis)
-    if dy is not None:
+    if backward:
         dy = _layout.matching(dy, "dy", x, "x")
     return x, dy
 
@@ -165,7 +167,7 @@ def lrn_backward(dy, x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-
     TypeError, ValueError
         As for `lrn`, and if dy does not match x in shape or dtype.
     """
-    x, dy = _tensors(x, dy, axis)
+    x, dy = _tensors(x, dy, axis, backward=True)
     depth_radius, bias, alpha, beta = _lrn_params(depth_radius, bias, alpha, beta)
     return _run(x, dy, out, depth_radius, depth_radius, alpha, bias, beta, n_threads)
 
@@ -175,7 +177,7 @@ def _size_params(size, alpha, beta, k, convention):
     alpha = check.finite_real(alpha, "alpha")
     beta = check.finite_real(beta, "beta")
     k = check.finite_real(k, "k")
-    return before, after, alpha / size, k, beta
+    return before, after, check.exact_ratio(alpha, size), k, beta
 
 
 def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="torch",
@@ -269,6 +271,6 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
     TypeError, ValueError
         As for `local_response_norm`, and if dy does not match x.
     """
-    x, dy = _tensors(x, dy, axis)
+    x, dy = _tensors(x, dy, axis, backward=True)
     before, after, a, k, beta = _size_params(size, alpha, beta, k, convention)
     return _run(x, dy, out, before, after, a, k, beta, n_threads)

@@ -1,0 +1,752 @@
+"""A fuzzer over every public entry point: hostile arguments of every kind.
+
+One table, ENTRIES, lists the public callables with the role of each argument;
+a new entry point is one row. For each example hypothesis draws a valid call
+(dtype, shape up to 6-D with zero-size axes, C = 1 and wide C, values with
+NaN, inf, -0.0, huge and subnormal ones) and then, usually, replaces one
+argument by a hostile one: another dtype (integers, bool, complex, object,
+datetime, structured, strings, float16, longdouble), another memory layout
+(Fortran order, negative and zero strides, broadcast, read-only,
+byte-swapped, misaligned views into a byte buffer), an aliased `out` (an
+input itself, partly overlapping one, a broadcast view), an aliased running
+statistic, or a parameter that is NaN, inf, -0.0, huge, a bool, a NumPy
+scalar, a 0-d array, a Fraction, a Decimal, None or a string.
+
+The property: the call either raises TypeError or ValueError whose message
+names the replaced argument (or the argument it must match), with every
+array argument byte-for-byte unchanged; or it returns what the float64
+reference returns, within a tolerance relative to the size of the terms.
+Never another exception, a crash (the sanitizer run of .ci/run turns memory
+errors and undefined behaviour into crashes), or a wrong answer.
+
+Examples per test: CNORM_FUZZ_EXAMPLES (default 60) for the long sanitizer
+run; the normal suite keeps the profile's modest count.
+"""
+import decimal
+import fractions
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import cnorm
+from cnorm import reference
+
+EXAMPLES = int(os.environ.get("CNORM_FUZZ_EXAMPLES", "0")) or None
+FUZZ_SETTINGS = settings(
+    max_examples=EXAMPLES or settings.default.max_examples,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+
+FLOATS = (np.float32, np.float64)
+# Tolerance relative to the size of the summed terms (see the scale functions):
+# loose enough for every ISA's rounding, tight enough that a wrong answer shows.
+RTOL = {np.dtype(np.float16): 2e-2, np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-9}
+
+OTHER_DTYPES = [
+    np.int8, np.int32, np.int64, np.uint8, np.uint64, np.bool_, np.complex64,
+    np.complex128, np.float16, np.longdouble, object, "datetime64[ns]", "timedelta64[s]",
+    [("a", "f4"), ("b", "f4")], "U3", "S3", "V8",
+]
+
+
+# ---------------------------------------------------------------------------
+# Arrays in every memory layout. Each returns an array equal in values to
+# `values` (a C-contiguous array) of the given dtype.
+
+def _misaligned(values, dtype):
+    dtype = np.dtype(dtype)
+    raw = np.zeros(values.size * dtype.itemsize + 1, np.uint8)
+    view = raw[1:].view(dtype).reshape(values.shape)
+    view[...] = values
+    return view
+
+
+def _fortran(values, dtype):
+    return np.asfortranarray(values.astype(dtype))
+
+
+def _negative_strides(values, dtype):
+    flipped = np.ascontiguousarray(values.astype(dtype)[(slice(None, None, -1),) * values.ndim])
+    return flipped[(slice(None, None, -1),) * values.ndim]
+
+
+def _strided(values, dtype):
+    wide = np.zeros(values.shape[:-1] + (2 * values.shape[-1],), dtype)
+    wide[..., ::2] = values
+    return wide[..., ::2]
+
+
+def _read_only(values, dtype):
+    array = values.astype(dtype)
+    array.flags.writeable = False
+    return array
+
+
+def _byte_swapped(values, dtype):
+    return values.astype(np.dtype(dtype).newbyteorder())
+
+
+def _broadcast(values, dtype):
+    # Zero strides: only where every row is the same, so use the first row.
+    return np.broadcast_to(values.astype(dtype).reshape(-1, values.shape[-1])[:1],
+                           values.shape) if values.size and values.ndim else values.astype(dtype)
+
+
+LAYOUTS = {
+    "contiguous": lambda values, dtype: values.astype(dtype),
+    "misaligned": _misaligned,
+    "fortran": _fortran,
+    "negative strides": _negative_strides,
+    "strided": _strided,
+    "read-only": _read_only,
+    "byte-swapped": _byte_swapped,
+    "list": lambda values, dtype: values.astype(dtype).tolist(),
+}
+
+
+# ---------------------------------------------------------------------------
+# Argument roles: how to draw a valid value and a hostile one.
+
+SPECIALS = [np.nan, np.inf, -np.inf, -0.0, 1e30, -1e30, 1e-40, 1e200, 3e38]
+# float32 batch norm computes products of data and coefficients in float32:
+# where they exceed float32's range while the float64 answer does not (|dy| near
+# 3e38 with gamma*invstd > 1, say), the result is inf or NaN. A known limit
+# (README, Errors), so its values stay where no such product overflows;
+# per-channel values beyond float32's range are drawn (they are widened).
+BN_FLOAT32_SPECIALS = [np.nan, np.inf, -np.inf, -0.0, 1e6, -1e6, 1e-40]
+
+
+def _values(draw, shape, positive=False, call=None):
+    """Float64 values with, sometimes, NaN, inf, -0.0, huge and tiny entries."""
+    size = int(np.prod(shape))
+    base = np.array(draw(st.lists(st.floats(-4, 4, allow_nan=False, width=32),
+                                  min_size=size, max_size=size)), np.float64)
+    if size and draw(st.integers(0, 4)) == 0:
+        specials = SPECIALS
+        if call is not None and call.batch_norm and call.dtype == np.float32:
+            specials = BN_FLOAT32_SPECIALS
+        base[draw(st.integers(0, size - 1))] = draw(st.sampled_from(specials))
+    if positive:
+        base = np.abs(base)
+    return base.reshape(shape)
+
+
+class Role:
+    """An argument's role; `partners` are the argument names a message about it may name."""
+    partners = ()
+
+    def valid(self, draw, call):
+        raise NotImplementedError
+
+    def hostile(self, draw, call):
+        raise NotImplementedError
+
+
+class Tensor(Role):
+    """x: the data (its dtype and shape decide the call's)."""
+    partners = ("out", "dy")
+
+    def valid(self, draw, call):
+        values = _values(draw, call.shape, call=call)
+        call.data[self] = values
+        return LAYOUTS["contiguous"](values, call.dtype)
+
+    def hostile(self, draw, call):
+        values = _values(draw, call.shape, call=call)
+        kind = draw(st.sampled_from(["layout", "layout", "dtype", "shape", "ragged",
+                                     "object", "scalar"]))
+        if kind == "layout":
+            layout = draw(st.sampled_from(sorted(LAYOUTS)))
+            call.data[self] = values
+            return LAYOUTS[layout](values, call.dtype)
+        if kind == "dtype":
+            dtype = draw(st.sampled_from(OTHER_DTYPES))
+            try:
+                return values.astype(dtype)
+            except (TypeError, ValueError):
+                return np.zeros(call.shape, dtype)
+        if kind == "shape":
+            shape = draw(st.sampled_from([(), (0,), (1,), (3, 0), (0, 4)]))
+            return np.ones(shape, call.dtype)
+        if kind == "ragged":
+            return [[1.0, 2.0], [3.0]]
+        if kind == "object":
+            return draw(st.sampled_from([None, "x", object(), {"a": 1}, 3.0]))
+        return call.dtype(1.0)
+
+
+class Like(Tensor):
+    """dy: the shape and dtype of x."""
+    partners = ("x", "out")
+
+    def valid(self, draw, call):
+        values = _values(draw, call.shape, call=call)
+        call.data[self] = values
+        return values.astype(call.dtype)
+
+    def hostile(self, draw, call):
+        if draw(st.booleans()):
+            other = np.float64 if call.dtype == np.float32 else np.float32
+            return np.ones(call.shape, other)
+        return super().hostile(draw, call)
+
+
+def _channel_values(draw, call, positive):
+    values = _values(draw, (call.n_channels,))
+    if positive:
+        values = np.abs(values)
+    if call.dtype == np.float32:
+        # Beyond float32's range (widened to float64) or inside the range
+        # where no float32 product overflows (see BN_FLOAT32_SPECIALS).
+        values = np.where((np.abs(values) > 1e6) & (np.abs(values) < 1e39),
+                          np.sign(values) * 1e6, values)
+        values = np.where((np.abs(values) < 1e-6) & (np.abs(values) > 1e-30), 0.0, values)
+    return values
+
+
+class Channels(Role):
+    """A per-channel array of shape (C,) that is only read (None allowed if `optional`)."""
+
+    def __init__(self, optional=False, positive=False):
+        self.optional = optional
+        self.positive = positive
+
+    def valid(self, draw, call):
+        if self.optional and draw(st.integers(0, 3)) == 0:
+            return None
+        values = _channel_values(draw, call, self.positive)
+        call.data[self] = values
+        return values.astype(draw(st.sampled_from(FLOATS)))
+
+    def hostile(self, draw, call):
+        kind = draw(st.sampled_from(["layout", "dtype", "shape", "none", "negative",
+                                     "ragged", "into out"]))
+        values = _channel_values(draw, call, True) + 1
+        if kind == "layout":
+            call.data[self] = values
+            return LAYOUTS[draw(st.sampled_from(sorted(LAYOUTS)))](values, np.float64)
+        if kind == "dtype":
+            return np.ones(call.n_channels, draw(st.sampled_from(OTHER_DTYPES[:10])))
+        if kind == "shape":
+            return np.ones(draw(st.sampled_from([(), (call.n_channels + 1,),
+                                                 (1, call.n_channels), (0,)])))
+        if kind == "none":
+            return None
+        if kind == "negative":
+            values[0] = -1.0 if self.positive else values[0]
+            call.data[self] = values
+            return values
+        if kind == "ragged":
+            return [[1.0], [1.0, 2.0]]
+        call.alias_out[self] = "into out"  # a view into `out`, filled in later
+        call.data[self] = values
+        return values
+
+
+class Running(Role):
+    """A running statistic, updated in place: ndarray only, writable, shape (C,)."""
+    partners = ("running_mean", "running_var")
+
+    def __init__(self, var=False):
+        self.var = var
+
+    def valid(self, draw, call):
+        values = np.abs(_values(draw, (call.n_channels,))) if self.var else _values(
+            draw, (call.n_channels,))
+        values = np.where(np.isnan(values), 1.0, values)
+        call.data[self] = values
+        return values.astype(draw(st.sampled_from(FLOATS)))
+
+    def hostile(self, draw, call):
+        kind = draw(st.sampled_from(["list", "read-only", "dtype", "shape", "negative",
+                                     "into x", "into out", "strided"]))
+        values = np.ones(call.n_channels)
+        if kind == "list":
+            return values.tolist()
+        if kind == "read-only":
+            return _read_only(values, np.float64)
+        if kind == "dtype":
+            return np.ones(call.n_channels, draw(st.sampled_from(OTHER_DTYPES[:10])))
+        if kind == "shape":
+            return np.ones(call.n_channels + 1)
+        if kind == "negative":
+            values[0] = -1.0 if self.var else 0.0
+            call.data[self] = values
+            return values
+        if kind == "strided":
+            call.data[self] = values
+            return _strided(values[None], np.float64)[0]
+        call.alias_out[self] = kind  # filled in once x and out exist
+        call.data[self] = values
+        return values
+
+
+class Real(Role):
+    """A scalar hyper-parameter drawn from [low, high] (finite, never NaN)."""
+
+    def __init__(self, low, high, positive=False):
+        self.low, self.high, self.positive = low, high, positive
+
+    def valid(self, draw, call):
+        value = draw(st.floats(self.low, self.high, allow_nan=False,
+                               exclude_min=self.positive))
+        return draw(st.sampled_from([value, np.float64(value), np.float32(value)
+                                     if np.isfinite(np.float32(value)) and
+                                     (not self.positive or np.float32(value) > 0) else value,
+                                     fractions.Fraction(value)]))
+
+    def hostile(self, draw, call):
+        return draw(st.sampled_from([
+            np.nan, np.inf, -np.inf, 10 ** 400, -(10 ** 400), fractions.Fraction(10 ** 400),
+            True, np.bool_(False), None, "1.0", 1j, decimal.Decimal("0.5"), np.array(0.5),
+            np.array([0.5]), self.low - 1 if np.isfinite(self.low) else -np.inf,
+            self.high + 1 if np.isfinite(self.high) else np.inf, -0.0 if self.positive else np.nan,
+        ]))
+
+
+class Integer(Role):
+    def __init__(self, low, high):
+        self.low, self.high = low, high
+
+    def valid(self, draw, call):
+        value = draw(st.integers(self.low, self.high))
+        return draw(st.sampled_from([value, np.int64(value), np.uint8(value)]))
+
+    def hostile(self, draw, call):
+        return draw(st.sampled_from([self.low - 1, -(10 ** 30), 1.0, 2.5, True, None, "3",
+                                     np.float64(3.0), np.array(3)]))
+
+
+class Huge(Integer):
+    """An integer that may be far beyond C (the window is clipped)."""
+
+    def valid(self, draw, call):
+        return draw(st.sampled_from([draw(st.integers(self.low, self.high)), 10 ** 30,
+                                     2 ** 63, 10 ** 400]))
+
+
+class Choice(Role):
+    def __init__(self, *values):
+        self.values = values
+
+    def valid(self, draw, call):
+        return draw(st.sampled_from(self.values))
+
+    def hostile(self, draw, call):
+        return draw(st.sampled_from(["bogus", None, 1, b"torch", ("torch",)]))
+
+
+class Flag(Choice):
+    def __init__(self):
+        super().__init__(True, False, np.bool_(True))
+
+    def hostile(self, draw, call):
+        return draw(st.sampled_from([1, 0, None, "True", 1.0, np.array(True)]))
+
+
+class Threads(Role):
+    def valid(self, draw, call):
+        return draw(st.sampled_from([None, 1, 2, 3, np.int32(2), 2 ** 31, 2 ** 64, 10 ** 9]))
+
+    def hostile(self, draw, call):
+        return draw(st.sampled_from([0, -1, -(2 ** 63), 1.5, True, "2", np.float64(2.0)]))
+
+
+class Out(Role):
+    """out: None, a fresh array, x or dy itself, or hostile: wrong dtype/shape,
+    read-only, broadcast, non-contiguous, misaligned, partly overlapping an input."""
+    partners = ("x", "dy")
+
+    def valid(self, draw, call):
+        kind = draw(st.sampled_from(["none", "fresh", "input", "misaligned"]))
+        if kind == "none":
+            return None
+        if kind == "input":
+            return "input"  # resolved once the inputs exist
+        values = np.zeros(call.shape)
+        return LAYOUTS["misaligned" if kind == "misaligned" else "contiguous"](values,
+                                                                              call.dtype)
+
+    def hostile(self, draw, call):
+        kind = draw(st.sampled_from(["dtype", "shape", "read-only", "broadcast", "fortran",
+                                     "overlap", "list"]))
+        if kind == "overlap":
+            return "overlap"
+        values = np.zeros(call.shape)
+        if kind == "dtype":
+            other = np.float64 if call.dtype == np.float32 else np.float32
+            return values.astype(other)
+        if kind == "shape":
+            return np.zeros(call.shape + (1,), call.dtype)
+        if kind == "read-only":
+            return _read_only(values, call.dtype)
+        if kind == "broadcast":
+            return np.broadcast_to(np.zeros(call.n_channels, call.dtype), call.shape)
+        if kind == "list":
+            return values.tolist()
+        return np.asfortranarray(np.zeros(call.shape + (2,), call.dtype))[..., 0]
+
+
+class Call:
+    """The state of one drawn call."""
+
+    def __init__(self, dtype, shape, batch_norm=False):
+        self.batch_norm = batch_norm
+        self.dtype = dtype
+        self.shape = shape
+        self.n_channels = shape[-1] if shape else 0
+        self.data = {}        # role -> float64 values the argument holds
+        self.alias_out = {}   # role -> aliasing to set up once x and out exist
+
+
+# ---------------------------------------------------------------------------
+# The entry points. `min_ndim`, and the reference of each: expected outputs
+# with the size of their terms.
+
+def _f64(value):
+    return None if value is None else np.array(value, dtype=np.float64)
+
+
+def _lrn_reference(kw):
+    x = _f64(kw["x"])
+    r = kw["depth_radius"]
+    return [(reference.lrn_canonical(x, r, r, float(kw["alpha"]), float(kw["bias"]),
+                                     float(kw["beta"])), None)]
+
+
+def _window(size, convention):
+    return reference.lrn_window(size, convention) if size < 2 ** 62 else (size // 2,
+                                                                         (size - 1) // 2)
+
+
+def _size_args(kw):
+    size = int(kw["size"])
+    before, after = _window(size, kw["convention"])
+    n_channels = np.shape(kw["x"])[-1]
+    a = float(fractions.Fraction(float(kw["alpha"])) / size)
+    return min(before, n_channels), min(after, n_channels), a
+
+
+def _local_response_norm_reference(kw):
+    before, after, a = _size_args(kw)
+    return [(reference.lrn_canonical(_f64(kw["x"]), before, after, a, float(kw["k"]),
+                                     float(kw["beta"])), None)]
+
+
+def _lrn_backward_scale(dy, x, before, after, a, k, beta):
+    d = reference._divisor(x, before, after, a, k)
+    y = x * d ** -beta
+    cross = reference._window_sum(np.abs(dy * y / d), after, before)
+    return np.abs(dy * d ** -beta) + np.abs(2 * a * beta * x) * cross
+
+
+def _lrn_backward_reference(kw):
+    x, dy = _f64(kw["x"]), _f64(kw["dy"])
+    r, a, k, beta = kw["depth_radius"], float(kw["alpha"]), float(kw["bias"]), float(kw["beta"])
+    with np.errstate(all="ignore"):
+        return [(reference.lrn_canonical_backward(dy, x, r, r, a, k, beta),
+                 _lrn_backward_scale(dy, x, r, r, a, k, beta))]
+
+
+def _local_response_norm_backward_reference(kw):
+    before, after, a = _size_args(kw)
+    x, dy = _f64(kw["x"]), _f64(kw["dy"])
+    k, beta = float(kw["k"]), float(kw["beta"])
+    with np.errstate(all="ignore"):
+        return [(reference.lrn_canonical_backward(dy, x, before, after, a, k, beta),
+                 _lrn_backward_scale(dy, x, before, after, a, k, beta))]
+
+
+def _channels(value, n, default):
+    return np.full(n, default) if value is None else _f64(value)
+
+
+def _inference_reference(kw):
+    x = _f64(kw["x"])
+    n = x.shape[-1]
+    gamma, beta = _channels(kw["gamma"], n, 1.0), _channels(kw["beta"], n, 0.0)
+    mean, var = _f64(kw["running_mean"]), _f64(kw["running_var"])
+    eps = float(kw["eps"])
+    y = reference.batch_norm_inference(x, mean, var, gamma, beta, eps)
+    invstd = 1 / np.sqrt(var + eps)
+    scale = np.abs(gamma * invstd) * (np.abs(x) + np.abs(mean)) + np.abs(beta)
+    return [(y, scale)]
+
+
+def _training_reference(kw):
+    x = _f64(kw["x"])
+    n = x.shape[-1]
+    gamma, beta = _channels(kw["gamma"], n, 1.0), _channels(kw["beta"], n, 0.0)
+    eps = float(kw["eps"])
+    running_mean, running_var = _f64(kw.get("running_mean")), _f64(kw.get("running_var"))
+    if float(kw.get("momentum", 0.1)) == 1.0 and running_mean is not None:
+        # cnorm's documented rule: momentum 1 replaces (an inf running value
+        # does not survive as 0 * inf = NaN, as in the reference's formula).
+        running_mean[...] = 0.0
+        running_var[...] = 0.0
+    y, mean, invstd = reference.batch_norm_training(
+        x, gamma, beta, eps, running_mean=running_mean, running_var=running_var,
+        momentum=float(kw.get("momentum", 0.1)),
+        running_var_unbiased=bool(kw.get("running_var_unbiased", True)))
+    rows = x.reshape(-1, n)
+    spread = np.abs(rows - mean).max(axis=0) if rows.size else np.zeros(n)
+    outputs = [(y, np.abs(gamma * (x - mean) * invstd) + np.abs(beta)),
+               (mean, np.abs(rows).mean(axis=0)),
+               (invstd, invstd + 0.5 * invstd ** 3 * spread ** 2)]
+    if running_mean is not None:
+        momentum = float(kw.get("momentum", 0.1))
+        outputs.append((running_mean, np.abs(_f64(kw["running_mean"])) + np.abs(mean)))
+        outputs.append((running_var, np.abs(_f64(kw["running_var"]))
+                        + 2 * momentum * spread ** 2))
+    return outputs
+
+
+def _backward_reference(kw):
+    x, g = _f64(kw["x"]), _f64(kw["dy"])
+    n = x.shape[-1]
+    mean, invstd = _f64(kw["mean"]), _f64(kw["invstd"])
+    gamma = _channels(kw["gamma"], n, 1.0)
+    training = bool(kw.get("training", True))
+    dx, dgamma, dbeta = reference.batch_norm_backward(g, x, mean, invstd, gamma,
+                                                      training=training)
+    rows, grows = x.reshape(-1, n), g.reshape(-1, n)
+    m = rows.shape[0]
+    xhat = (rows - mean) * invstd
+    dbeta_terms = np.abs(grows).sum(axis=0)
+    dgamma_terms = np.abs(grows * xhat).sum(axis=0)
+    dx_terms = np.abs(grows)
+    if training:
+        dx_terms = dx_terms + dbeta_terms / m + np.abs(xhat) * dgamma_terms / m
+    return [(dx, (np.abs(gamma * invstd) * dx_terms).reshape(x.shape)),
+            (dgamma, dgamma_terms), (dbeta, dbeta_terms)]
+
+
+class Entry:
+    def __init__(self, name, function, reference, args, min_ndim=1, outputs=()):
+        self.name = name
+        self.function = function
+        self.reference = reference
+        self.args = args            # name -> Role, in the order of the signature
+        self.min_ndim = min_ndim
+        self.outputs = outputs      # names of arguments updated in place (returned too)
+
+    def __repr__(self):
+        return self.name
+
+
+_LRN = {"x": Tensor(), "depth_radius": Huge(0, 7), "bias": Real(1e-3, 10.0),
+        "alpha": Real(0.0, 2.0), "beta": Real(0.1, 1.5)}
+_SIZE = {"x": Tensor(), "size": Huge(1, 9), "alpha": Real(0.0, 2.0), "beta": Real(0.1, 1.5),
+         "k": Real(1e-3, 10.0), "convention": Choice("torch", "onnx")}
+_COMMON = {"out": Out(), "n_threads": Threads()}
+
+ENTRIES = [
+    Entry("lrn", cnorm.lrn, _lrn_reference, {**_LRN, **_COMMON}),
+    Entry("lrn_backward", cnorm.lrn_backward, _lrn_backward_reference,
+          {"dy": Like(), **_LRN, **_COMMON}),
+    Entry("local_response_norm", cnorm.local_response_norm, _local_response_norm_reference,
+          {**_SIZE, **_COMMON}),
+    Entry("local_response_norm_backward", cnorm.local_response_norm_backward,
+          _local_response_norm_backward_reference, {"dy": Like(), **_SIZE, **_COMMON}),
+    Entry("batch_norm_inference", cnorm.batch_norm_inference, _inference_reference,
+          {"x": Tensor(), "running_mean": Channels(), "running_var": Channels(positive=True),
+           "gamma": Channels(optional=True), "beta": Channels(optional=True),
+           "eps": Real(1e-6, 1.0, positive=True), **_COMMON}, min_ndim=2),
+    Entry("batch_norm_training", cnorm.batch_norm_training, _training_reference,
+          {"x": Tensor(), "gamma": Channels(optional=True), "beta": Channels(optional=True),
+           "eps": Real(1e-6, 1.0, positive=True), "running_mean": Running(),
+           "running_var": Running(var=True), "momentum": Real(0.0, 1.0),
+           "running_var_unbiased": Flag(), **_COMMON},
+          min_ndim=2, outputs=("running_mean", "running_var")),
+    Entry("batch_norm_backward", cnorm.batch_norm_backward, _backward_reference,
+          {"dy": Like(), "x": Tensor(), "mean": Channels(),
+           "invstd": Channels(positive=True), "gamma": Channels(optional=True),
+           "training": Flag(), **_COMMON}, min_ndim=2),
+]
+
+
+# ---------------------------------------------------------------------------
+# Drawing a call, running it, checking the property.
+
+SHAPES = st.one_of(
+    st.lists(st.integers(1, 4), min_size=1, max_size=6).map(tuple),          # up to 6-D
+    st.tuples(st.integers(0, 3), st.integers(0, 3)),                          # zero-size axes
+    st.tuples(st.integers(1, 40), st.just(1)),                                # C = 1
+    st.tuples(st.integers(1, 3), st.integers(100, 400)),                      # wide C
+)
+
+
+@st.composite
+def calls(draw, entry):
+    dtype = draw(st.sampled_from(FLOATS))
+    shape = draw(SHAPES)
+    while len(shape) < entry.min_ndim:
+        shape = (2,) + shape
+    if entry.min_ndim == 2:  # batch norm: not empty, more than one value per channel
+        shape = tuple(max(n, 1) for n in shape)
+        if int(np.prod(shape[:-1])) < 2:
+            shape = (2,) + shape
+    call = Call(dtype, shape, batch_norm=entry.min_ndim == 2)
+    hostile = draw(st.one_of(st.none(), st.sampled_from(sorted(entry.args))))  # about half
+    kwargs = {}
+    for name, role in entry.args.items():
+        if name == hostile:
+            kwargs[name] = role.hostile(draw, call)
+        else:
+            kwargs[name] = role.valid(draw, call)
+    if "running_mean" in entry.outputs and draw(st.integers(0, 2)) == 0 and hostile not in (
+            "running_mean", "running_var"):
+        kwargs["running_mean"] = kwargs["running_var"] = None  # neither, as is allowed
+    _resolve_aliases(draw, entry, call, kwargs)
+    return call, hostile, kwargs
+
+
+def _resolve_aliases(draw, entry, call, kwargs):
+    inputs = [name for name in ("x", "dy") if name in kwargs]
+    if isinstance(kwargs.get("out"), str):
+        source = kwargs[draw(st.sampled_from(inputs))]
+        if kwargs["out"] == "input":
+            kwargs["out"] = source  # out is x or dy itself
+        elif isinstance(source, np.ndarray) and source.size > 1 and source.ndim:
+            # out partly overlapping an input: same buffer, one element further
+            flat = np.zeros(source.size + 1, source.dtype)
+            flat[:source.size] = np.asarray(source).reshape(-1)
+            name = [n for n in inputs if kwargs[n] is source][0]
+            kwargs[name] = flat[:source.size].reshape(source.shape)
+            kwargs["out"] = flat[1:].reshape(source.shape)
+        else:
+            kwargs["out"] = None
+    for role, kind in call.alias_out.items():
+        name = [n for n, r in entry.args.items() if r is role][0]
+        target = kwargs.get("x") if kind == "into x" else kwargs.get("out")
+        if not isinstance(target, np.ndarray) or target.dtype != call.dtype or \
+                target.size < call.n_channels or not target.flags.writeable:
+            target = np.zeros(call.shape, call.dtype)
+            if kind != "into x":
+                kwargs["out"] = target
+        view = target.reshape(-1)[:call.n_channels] if target.flags.c_contiguous else None
+        if view is None or not np.shares_memory(view, target):
+            continue
+        view[...] = call.data.get(role, np.ones(call.n_channels))
+        kwargs[name] = view
+
+
+def _arrays(kwargs):
+    """Every array among the arguments, with a copy of its bytes."""
+    return {name: (value, np.array(value, copy=True))
+            for name, value in kwargs.items() if isinstance(value, np.ndarray)}
+
+
+def _unchanged(snapshot):
+    for name, (value, saved) in snapshot.items():
+        if value.dtype.kind == "O":
+            same = all(a is b for a, b in zip(value.ravel(), saved.ravel()))
+        else:
+            same = (np.ascontiguousarray(value).tobytes()
+                    == np.ascontiguousarray(saved).tobytes())
+        assert same, f"{name} was modified by a failing call"
+
+
+def _agree(actual, expected, scale, err_msg):
+    """actual (the call's dtype) against the float64 expected, within RTOL of the
+    size of the terms; non-finite expected values must be non-finite, values
+    beyond the dtype's range may overflow to inf."""
+    actual = np.asarray(actual)
+    assert actual.shape == np.shape(expected), (actual.shape, np.shape(expected), err_msg)
+    a = actual.astype(np.float64)
+    expected = np.asarray(expected, np.float64)
+    info = np.finfo(actual.dtype)
+    with np.errstate(all="ignore"):
+        bound = np.abs(expected) if scale is None else np.broadcast_to(
+            np.abs(scale), expected.shape) + np.abs(expected)
+        in_range = np.isfinite(expected) & np.isfinite(bound) & (bound <= info.max / 4)
+        bad_nonfinite = ~np.isfinite(expected) & np.isfinite(a)
+        wrong_sign = np.isinf(expected) & np.isinf(a) & (np.sign(a) != np.sign(expected))
+        error = np.where(in_range, np.abs(a - expected), 0.0)
+        bad_value = in_range & ~(error <= RTOL[actual.dtype] * bound + 4 * info.tiny)
+    bad = bad_nonfinite | wrong_sign | bad_value
+    if bad.any():
+        index = np.unravel_index(np.argmax(bad), bad.shape)
+        raise AssertionError(f"{err_msg}: {bad.sum()} of {bad.size} wrong; at {index} got "
+                             f"{a[index]!r}, expected {expected[index]!r} "
+                             f"(scale {bound[index]!r})")
+
+
+def _finite_channels(kwargs):
+    """Per channel, whether the data (x, and dy if given) hold only finite values."""
+    finite = None
+    for name in ("x", "dy"):
+        value = kwargs.get(name)
+        if isinstance(value, np.ndarray):
+            rows = np.isfinite(value).reshape(-1, value.shape[-1]).all(axis=0)
+            finite = rows if finite is None else finite & rows
+    return finite
+
+
+def check_call(entry, call, hostile, kwargs):
+    snapshot = _arrays(kwargs)
+    before = {name: np.array(value, dtype=np.float64) for name, (value, _) in snapshot.items()
+              if value.dtype.kind == "f"}
+    try:
+        with np.errstate(all="ignore"):
+            result = entry.function(**kwargs)
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        # The replaced argument, or one it must match; with none replaced, an
+        # aliasing the valid draw set up (a running statistic inside out).
+        names = [hostile, *entry.args[hostile].partners] if hostile else list(entry.args)
+        assert any(name in message for name in names), (
+            f"{entry.name}: message does not name {names}: {message!r}")
+        _unchanged(snapshot)
+        return "error"
+    # Success: against the reference on the values as given (before the call).
+    inputs = dict(kwargs)
+    inputs.update(before)
+    for name, value in kwargs.items():
+        if isinstance(value, list):
+            inputs[name] = np.array(value, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        expected = entry.reference(inputs)
+    results = list(result) if isinstance(result, tuple) else [result]
+    results += [kwargs[name] for name in entry.outputs if kwargs.get(name) is not None]
+    assert len(results) == len(expected), (entry.name, len(results), len(expected))
+    if entry.name == "batch_norm_training":
+        _mask_non_finite_statistics(inputs, results, expected)
+    for index, (actual, (want, scale)) in enumerate(zip(results, expected)):
+        _agree(actual, want, scale, f"{entry.name} output {index}")
+    return "ok"
+
+
+def _mask_non_finite_statistics(inputs, results, expected):
+    """Training: a channel whose data hold NaN or inf, or whose squares overflow
+    float64, must get non-finite statistics (a NaN variance where the two-pass
+    reference may find an infinite one); its outputs are then not compared."""
+    finite = _finite_channels(inputs)
+    with np.errstate(all="ignore"):
+        reference_var = expected[2][0] ** -2.0
+    doubtful = ~finite | ~np.isfinite(reference_var)
+    mean, invstd = results[1], results[2]
+    signalled = ~np.isfinite(mean) | ~np.isfinite(invstd) | (invstd == 0)
+    assert signalled[doubtful].all(), (
+        f"finite statistics for non-finite data: mean {mean[doubtful]}, "
+        f"invstd {invstd[doubtful]}")
+    for index, (want, scale) in enumerate(expected):
+        if np.ndim(want) == 0:
+            continue
+        mask = np.broadcast_to(doubtful, np.shape(want))
+        expected[index] = (np.where(mask, np.nan, want), scale)
+        results[index] = np.where(mask, np.nan, results[index]).astype(
+            np.asarray(results[index]).dtype)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=repr)
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_hostile_arguments(entry, data):
+    call, hostile, kwargs = data.draw(calls(entry))
+    event(f"{check_call(entry, call, hostile, kwargs)} ({'hostile' if hostile else 'valid'})")

@@ -1,0 +1,155 @@
+"""Hostile input, case by case: the defects the fuzzer (test_fuzz.py) found, the
+n_threads cap, the debug build's kernel checks and that the sanitizers are live."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cnorm
+from cnorm import _validation, reference
+from cnorm._build_info import BUILD_INFO
+
+
+def test_nan_data_gives_non_finite_statistics():
+    x = np.arange(40.0).reshape(10, 4)
+    x[3, 1] = np.nan
+    running_mean, running_var = np.zeros(4), np.ones(4)
+    _, mean, invstd = cnorm.batch_norm_training(x, running_mean=running_mean,
+                                                running_var=running_var)
+    assert np.isnan(mean[1]) and np.isnan(invstd[1]) and np.isnan(running_var[1])
+    assert np.isfinite(invstd[[0, 2, 3]]).all()
+
+
+def test_overflowing_squares_give_non_finite_variance():
+    x = np.array([1.0, 2.0, 3.0, 1e160]).reshape(4, 1)
+    _, _, invstd = cnorm.batch_norm_training(x)
+    assert not np.isfinite(invstd[0]) or invstd[0] == 0
+
+
+@pytest.mark.parametrize("n_threads", [2 ** 31, 2 ** 64, 10 ** 9])
+def test_huge_n_threads_is_capped(n_threads):
+    x = np.ones((3, 4))
+    for call in (lambda: cnorm.lrn(x, n_threads=n_threads),
+                 lambda: cnorm.batch_norm_training(x, n_threads=n_threads)):
+        call()
+    assert _validation.n_threads(n_threads) == _validation.MAX_THREADS
+
+
+@pytest.mark.parametrize("value", [10 ** 400, -(10 ** 400)])
+def test_huge_int_parameter_is_a_value_error(value):
+    with pytest.raises(ValueError, match="bias must be finite"):
+        cnorm.lrn(np.ones((2, 3)), bias=value)
+
+
+def test_huge_size_is_clipped():
+    x = np.arange(1.0, 6.0)
+    y = cnorm.local_response_norm(x, 10 ** 400, alpha=1.0, beta=1.0, k=1.0)
+    np.testing.assert_array_equal(y, x)  # alpha / size rounds to 0
+
+
+def test_ragged_list_names_x():
+    with pytest.raises(ValueError, match="^x must be an array"):
+        cnorm.lrn([[1.0, 2.0], [3.0]])
+
+
+def test_negative_variance_message_is_a_plain_number():
+    with pytest.raises(ValueError, match=r"got -1\.0 at index 1$"):
+        cnorm.batch_norm_inference(np.ones((2, 2)), np.zeros(2), np.array([1.0, -1.0]))
+
+
+def test_backward_without_dy_is_a_type_error():
+    for call in (lambda: cnorm.lrn_backward(None, np.ones((2, 3))),
+                 lambda: cnorm.local_response_norm_backward(None, np.ones((2, 3)), 3)):
+        with pytest.raises(TypeError, match="dy"):
+            call()
+
+
+@pytest.mark.parametrize("kind", ["into out", "into x", "each other"])
+def test_running_statistics_must_not_alias(kind):
+    x = np.arange(12.0).reshape(6, 2)
+    out = np.empty_like(x)
+    running_mean, running_var = np.zeros(2), np.ones(2)
+    if kind == "into out":
+        running_mean = out.reshape(-1)[:2]
+    elif kind == "into x":
+        running_var = x.reshape(-1)[2:4]
+    else:
+        both = np.ones(3)
+        running_mean, running_var = both[:2], both[1:]
+    saved = x.copy()
+    with pytest.raises(ValueError, match="must not share memory"):
+        cnorm.batch_norm_training(x, running_mean=running_mean, running_var=running_var,
+                                  out=out)
+    np.testing.assert_array_equal(x, saved)
+
+
+def _misaligned(values):
+    raw = np.zeros(values.nbytes + 1, np.uint8)
+    view = raw[1:].view(values.dtype).reshape(values.shape)
+    view[...] = values
+    return view
+
+
+def test_misaligned_per_channel_vectors():
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    mean, var = _misaligned(np.array([0.5, -1.0, 2.0])), _misaligned(np.array([1.0, 2.0, 0.5]))
+    assert not mean.flags.aligned
+    y = cnorm.batch_norm_inference(x, mean, var, gamma=_misaligned(np.ones(3)))
+    np.testing.assert_allclose(y, reference.batch_norm_inference(x, mean, var), rtol=1e-12)
+
+
+@pytest.mark.parametrize("values", [dict(running_mean=[1e300, 0.0], running_var=[1e300, 1.0],
+                                         gamma=[1e300, 1.0]),
+                                    dict(running_mean=[0.0, 0.0], running_var=[1.0, 1.0],
+                                         gamma=[1e-41, 1.0])])
+def test_float32_data_with_per_channel_values_beyond_float32(values):
+    x = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    y = cnorm.batch_norm_inference(x, **values)
+    with np.errstate(over="ignore"):
+        expected = reference.batch_norm_inference(x, **values).astype(np.float32)
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=0)
+
+
+def test_lrn_float32_backward_products_beyond_float32():
+    x = np.array([[3e38, 0.0]], np.float32)
+    dy = np.array([[2.0, 0.0]], np.float32)
+    dx = cnorm.local_response_norm_backward(dy, x, 1, alpha=0.0, beta=1.0, k=1.0)
+    np.testing.assert_array_equal(dx, [[2.0, 0.0]])
+    x, dy = np.array([[1e19, 0.0]], np.float32), np.array([[1e20, 0.0]], np.float32)
+    dx = cnorm.local_response_norm_backward(dy, x, 1, alpha=1e-30, beta=0.75, k=1.0)
+    expected = reference.local_response_norm_backward(dy, x, 1, alpha=1e-30, beta=0.75, k=1.0)
+    np.testing.assert_allclose(dx, expected, rtol=1e-5)
+
+
+@pytest.mark.skipif(not BUILD_INFO.get("debug_directives"), reason="needs CNORM_CYTHON_DEBUG=1")
+def test_debug_build_kernels_check_their_arguments():
+    from cnorm import _batchnorm, _lrn
+    x, y = np.ones((4, 3)), np.empty((4, 3))
+    bad = [lambda: _lrn.run(x, None, y, 5, 0, 1.0, 1.0, 0.5, 1, 0, 4, 3, 1),
+           lambda: _lrn.run(x, None, y, 0, 0, 1.0, 1.0, 0.5, 1, 0, 5, 3, 1),
+           lambda: _lrn.run(x, None, y, 0, 0, 1.0, 1.0, 0.5, 1, 1, 4, 3, 1),
+           lambda: _lrn.run(x, None, y, 0, 0, 1.0, 1.0, 0.5, 0, 0, 4, 3, 1),
+           lambda: _batchnorm.normalize(x, y, np.zeros(2), np.ones(3), None, None, 1e-5, None,
+                                        False, 1, 0, 4, 3, 1),
+           lambda: _batchnorm.batch_stats(x, np.zeros(3), np.zeros(3, np.float32), 1, 0, 4, 3,
+                                          1),
+           lambda: _lrn.lrn_forward(x, y, 3, 0, 1.0, 1.0, 0.5, 1)]
+    for call in bad:
+        with pytest.raises(ValueError, match="cnorm kernel"):
+            call()
+
+
+@pytest.mark.skipif(not os.environ.get("CNORM_EXPECT_SANITIZER"),
+                    reason="the sanitizer run of .ci/run sets CNORM_EXPECT_SANITIZER=1")
+def test_sanitizers_are_live():
+    """A misaligned pointer handed to a kernel directly must abort the process:
+    proof that the run's sanitizers would have reported a defect."""
+    assert BUILD_INFO.get("sanitize"), BUILD_INFO
+    program = ("import numpy as np\nfrom cnorm import _lrn\n"
+               "raw = np.zeros(8 * 12 + 1, np.uint8)\n"
+               "x = raw[1:].view(np.float64).reshape(4, 3); x[:] = 1\n"
+               "_lrn.run(x, None, np.empty((4, 3)), 1, 1, 1.0, 1.0, 0.5, 1, 0, 4, 3, 1)\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert result.returncode != 0 and "runtime error" in result.stderr, result.stderr[-2000:]
