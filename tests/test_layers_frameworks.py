@@ -1,7 +1,8 @@
 """Round trips of the layer objects with the live frameworks: PyTorch, Keras 3
 (torch backend), ONNX and ONNX Runtime, safetensors. Each test skips when its
 framework is not installed (``pip install 'cnorm[frameworks]'`` has them all);
-the stored golden data (test_layers.py) runs always.
+the stored golden data (test_layers.py) runs always. CI sets
+CNORM_REQUIRE_FRAMEWORKS=1 where it installs them, so none is skipped there.
 
 Each round trip loads a cnorm layer from the framework's layer, runs several
 training steps side by side on the same batches, then evaluates: running
@@ -18,9 +19,17 @@ from test_layers import close
 os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 without TensorFlow
 
 
+def need(module):
+    """Import a framework, or skip the test without it; with
+    CNORM_REQUIRE_FRAMEWORKS=1 (CI, where the extra is installed) fail instead."""
+    if os.environ.get("CNORM_REQUIRE_FRAMEWORKS") == "1":
+        return __import__(module)
+    return pytest.importorskip(module)
+
+
 def torch_steps(module, layer, rng, shape, steps=3):
     """Training steps then an evaluation, module and layer side by side."""
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     dtype = np.float64 if module_dtype(module) == torch.float64 else np.float32
     for step in range(steps + 1):
         training = step < steps
@@ -54,7 +63,7 @@ def module_dtype(module):
 
 
 def randomize(module, rng):
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     with torch.no_grad():
         for name, tensor in module.named_parameters():
             tensor.copy_(torch.from_numpy(rng.uniform(0.5, 2, tensor.shape)))
@@ -77,7 +86,7 @@ TORCH_CASES = [
 
 @pytest.mark.parametrize("kind,options,shape,dtype", TORCH_CASES)
 def test_torch_round_trip(rng, kind, options, shape, dtype):
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     module = randomize(getattr(torch.nn, kind)(shape[1], **options).to(getattr(torch, dtype)), rng)
     layer = cnorm.BatchNorm.from_torch(module)
     assert (layer.momentum, layer.affine, layer.track_running_stats, layer.axis) == (
@@ -95,7 +104,7 @@ def test_torch_round_trip(rng, kind, options, shape, dtype):
 
 
 def test_torch_sync_batch_norm_and_channels_last(rng):
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     module = randomize(torch.nn.SyncBatchNorm(4, momentum=0.2), rng).eval()
     layer = cnorm.BatchNorm.from_torch(module, axis=-1)
     x = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
@@ -107,7 +116,7 @@ def test_torch_sync_batch_norm_and_channels_last(rng):
 
 def test_torch_three_lines(rng):
     """The README's three lines: a BatchNorm2d of a torch model, torch's eval output."""
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
     model.train()
     for _ in range(3):
@@ -122,7 +131,7 @@ def test_torch_three_lines(rng):
 
 
 def test_torch_errors():
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     for module in (torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True),
                    torch.nn.Linear(3, 3), torch.nn.LocalResponseNorm(3)):
         with pytest.raises(TypeError, match="module must be a torch.nn BatchNorm"):
@@ -138,7 +147,7 @@ def test_torch_errors():
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
 def test_torch_lrn_round_trip(rng, size):
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     module = torch.nn.LocalResponseNorm(size, alpha=0.5, beta=0.75, k=0.5)
     layer = cnorm.LocalResponseNorm.from_torch(module)
     x = rng.standard_normal((2, 6, 3, 4)).astype(np.float32)
@@ -151,7 +160,7 @@ def test_torch_lrn_round_trip(rng, size):
 
 
 def test_safetensors_state_dict(rng, tmp_path):
-    pytest.importorskip("safetensors")
+    need("safetensors")
     from safetensors.numpy import load_file, save_file
 
     layer = cnorm.BatchNorm(5, momentum=None)
@@ -177,8 +186,8 @@ def test_safetensors_state_dict(rng, tmp_path):
     (dict(scale=False, momentum=0.5), (4, 5, 3)),
 ])
 def test_keras_round_trip(rng, options, shape):
-    keras = pytest.importorskip("keras")
-    torch = pytest.importorskip("torch")
+    keras = need("keras")
+    torch = need("torch")
     if keras.backend.backend() != "torch":
         pytest.skip("the Keras round trip runs on the torch backend")
     keras_layer = keras.layers.BatchNormalization(**options)
@@ -217,7 +226,7 @@ def test_keras_round_trip(rng, options, shape):
 
 
 def test_keras_errors():
-    keras = pytest.importorskip("keras")
+    keras = need("keras")
     with pytest.raises(ValueError, match="not built"):
         cnorm.BatchNorm.from_keras(keras.layers.BatchNormalization())
     with pytest.raises(TypeError, match="Keras BatchNormalization"):
@@ -233,7 +242,7 @@ def test_keras_errors():
 
 def onnx_model(rng, shape, training=False):
     """x -> bn1 -> lrn1 -> relu -> bn2 -> lrn2, every intermediate an output."""
-    onnx = pytest.importorskip("onnx")
+    onnx = need("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     n = shape[1]
@@ -266,14 +275,14 @@ def onnx_model(rng, shape, training=False):
 
 
 def ort_run(model, x):
-    ort = pytest.importorskip("onnxruntime")
+    ort = need("onnxruntime")
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [output.name for output in model.graph.output]
     return dict(zip(names, session.run(None, {"x": x})))
 
 
 def test_onnx_model_into_layers_by_name(rng, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    onnx = need("onnx")
     shape = (2, 6, 4, 4)
     model = onnx_model(rng, shape)
     x = (rng.standard_normal(shape) * 2).astype(np.float32)
@@ -294,7 +303,7 @@ def test_onnx_model_into_layers_by_name(rng, tmp_path):
 
 
 def test_onnx_runtime_training_mode(rng):
-    pytest.importorskip("onnx")
+    need("onnx")
     from onnx import numpy_helper
 
     shape = (4, 6, 3, 3)
@@ -315,7 +324,7 @@ def test_onnx_runtime_training_mode(rng):
 
 
 def test_onnx_errors(rng):
-    pytest.importorskip("onnx")
+    need("onnx")
     model = onnx_model(rng, (2, 6, 4, 4))
     with pytest.raises(ValueError, match="'relu' is a Relu node, not BatchNormalization"):
         cnorm.BatchNorm.from_onnx(model, "relu")
