@@ -117,6 +117,11 @@ def _import_onnx():
     return onnx, numpy_helper
 
 
+def _onnx_float(value):
+    # ONNX float attributes (and their defaults) are float32: what ONNX Runtime uses.
+    return float(np.float32(value))
+
+
 def _onnx_node(model, node_name, op_type):
     """The node named `node_name` of an ONNX model (ModelProto or path), its
     attributes as a dict, and a function giving an input's array."""
@@ -694,12 +699,12 @@ class BatchNorm:
                              "(an uninitialized lazy module?)")
         affine = bool(module.affine)
         track = bool(module.track_running_stats)
-        sample = _to_numpy(module.running_mean if track else module.weight, "module state") \
-            if (track or affine) else np.zeros(0, np.float32)
-        if sample.dtype not in _STATE_DTYPES:
-            raise TypeError(f"module must be float32 or float64, got {sample.dtype}")
+        sample = module.running_mean if track else module.weight if affine else None
+        dtype = str(getattr(sample, "dtype", "float32")).replace("torch.", "")
+        if dtype not in ("float32", "float64"):
+            raise TypeError(f"module must be float32 or float64, got {dtype}")
         layer = cls(int(module.num_features), float(module.eps), module.momentum,
-                    affine=affine, track_running_stats=track, axis=axis, dtype=sample.dtype)
+                    affine=affine, track_running_stats=track, axis=axis, dtype=dtype)
         state = {}
         if affine:
             state["weight"], state["bias"] = module.weight, module.bias
@@ -787,17 +792,33 @@ class BatchNorm:
         scale, shift = value(1, "scale"), value(2, "B")
         mean, var = value(3, "input_mean"), value(4, "input_var")
         dtype = mean.dtype if mean.dtype in _STATE_DTYPES else np.float32
-        layer = cls(mean.shape[0], float(attributes.get("epsilon", 1e-5)),
-                    1.0 - float(attributes.get("momentum", 0.9)), running_var_unbiased=False,
-                    axis=axis, dtype=dtype)
+        layer = cls(mean.shape[0], attributes.get("epsilon", _onnx_float(1e-5)),
+                    1.0 - attributes.get("momentum", _onnx_float(0.9)),
+                    running_var_unbiased=False, axis=axis, dtype=dtype)
         layer.set_weights([scale, shift, mean, var])
         return layer
+
+    def __reduce__(self):
+        # Pickling and copy.deepcopy: the configuration and the state (not the
+        # record of the last forward).
+        config = dict(num_features=self.num_features, eps=self.eps, momentum=self._momentum,
+                      affine=self._affine, track_running_stats=self._track_running_stats,
+                      running_var_unbiased=self._running_var_unbiased, axis=self._axis,
+                      dtype=self.dtype)
+        return _restore_batch_norm, (config, self._state.copy(), self._num_batches_tracked)
 
     def __repr__(self):
         return (f"BatchNorm({self.num_features}, eps={self.eps!r}, momentum={self._momentum!r}, "
                 f"affine={self._affine}, track_running_stats={self._track_running_stats}, "
                 f"running_var_unbiased={self._running_var_unbiased}, axis={self._axis}, "
                 f"dtype={self.dtype.name})")
+
+
+def _restore_batch_norm(config, state, num_batches_tracked):
+    layer = BatchNorm(**config)
+    layer._state[...] = state
+    layer._num_batches_tracked = num_batches_tracked
+    return layer
 
 
 # ---------------------------------------------------------------------------
@@ -911,8 +932,8 @@ class LocalResponseNorm:
         attributes, _ = _onnx_node(model, node_name, "LRN")
         if "size" not in attributes:
             raise ValueError(f"LRN node {node_name!r} has no size attribute")
-        return cls(int(attributes["size"]), float(attributes.get("alpha", 1e-4)),
-                   float(attributes.get("beta", 0.75)), float(attributes.get("bias", 1.0)),
+        return cls(int(attributes["size"]), attributes.get("alpha", _onnx_float(1e-4)),
+                   attributes.get("beta", 0.75), attributes.get("bias", 1.0),
                    convention="onnx", axis=axis)
 
     def __call__(self, x, *, out=None, n_threads=None):
@@ -1006,6 +1027,14 @@ class LocalResponseNorm:
         return _along_last(function, axis, x, out, inputs=inputs, n_threads=n_threads,
                            **params)
 
+    def __reduce__(self):
+        # Pickling and copy.deepcopy (not the record of the last forward).
+        if self._depth_radius is not None:
+            return _restore_lrn, ((self._depth_radius, self._k, self._tf_alpha, self._beta),
+                                  self._axis, None)
+        return _restore_lrn, ((self._size, self._alpha, self._beta, self._k), self._axis,
+                              self._convention)
+
     def __repr__(self):
         if self._depth_radius is not None:
             return (f"LocalResponseNorm.from_tf(depth_radius={self._depth_radius}, "
@@ -1013,3 +1042,9 @@ class LocalResponseNorm:
                     f"axis={self._axis})")
         return (f"LocalResponseNorm({self._size}, alpha={self._alpha!r}, beta={self._beta!r}, "
                 f"k={self._k!r}, convention={self._convention!r}, axis={self._axis})")
+
+
+def _restore_lrn(arguments, axis, convention):
+    if convention is None:  # TensorFlow's
+        return LocalResponseNorm.from_tf(*arguments, axis=axis)
+    return LocalResponseNorm(*arguments, convention=convention, axis=axis)

@@ -650,3 +650,26 @@ def test_repr_and_docstring_example():
         "running_var_unbiased=True, axis=-1, dtype=float32)")
     assert repr(cnorm.LocalResponseNorm(2, convention="onnx", axis=1)) == (
         "LocalResponseNorm(2, alpha=0.0001, beta=0.75, k=1.0, convention='onnx', axis=1)")
+
+
+def test_pickle_and_deepcopy_keep_configuration_and_state(rng):
+    import copy
+    import pickle
+
+    layer = random_layer(rng, 5, momentum=None, axis=1, dtype=np.float64, eps=1e-3)
+    layer(rng.standard_normal((4, 5, 2)), training=True)
+    lrns = [cnorm.LocalResponseNorm(4, 0.5, 0.6, 2.0, convention="onnx", axis=0),
+            cnorm.LocalResponseNorm.from_tf(2, 0.5, 0.3, 0.6, axis=1)]
+    for copier in (copy.deepcopy, lambda obj: pickle.loads(pickle.dumps(obj))):
+        twin = copier(layer)
+        assert repr(twin) == repr(layer) and twin.num_batches_tracked == 1
+        for key, value in layer.state_dict().items():
+            np.testing.assert_array_equal(twin.state_dict()[key], value)
+        assert not np.shares_memory(twin.running_var, layer.running_var)
+        x = rng.standard_normal((3, 5, 2))
+        np.testing.assert_array_equal(twin(x), layer(x))
+        for lrn in lrns:
+            twin = copier(lrn)
+            assert repr(twin) == repr(lrn)
+            x = rng.standard_normal((6, 7))
+            np.testing.assert_array_equal(twin(x), lrn(x))

@@ -291,7 +291,8 @@ def test_onnx_model_into_layers_by_name(rng, tmp_path):
         ("bn1", cnorm.BatchNorm), ("lrn1", cnorm.LocalResponseNorm),
         ("bn2", cnorm.BatchNorm), ("lrn2", cnorm.LocalResponseNorm)]}
     assert layers["lrn1"].convention == "onnx" and layers["bn1"].axis == 1
-    assert layers["bn2"].eps == np.float32(1e-5) and not layers["bn2"].running_var_unbiased
+    assert layers["bn2"].eps == float(np.float32(1e-5)) and not layers["bn2"].running_var_unbiased
+    assert layers["bn2"].momentum == 1 - float(np.float32(0.9))
     t1 = layers["bn1"](x)
     close(t1, expected["t1"], "bn1")
     close(layers["lrn1"](expected["t1"]), expected["t2"], "lrn1")
