@@ -108,7 +108,7 @@ cdef class _BatchNormPlan:
     cdef public bint affine
     cdef public bint fast          # False: every inference call takes the checked path
     cdef public int axis
-    cdef public object vectors     # (mean, var, gamma, beta) float64; gamma, beta None if not affine
+    cdef public object vectors     # float64 (mean, var, gamma, beta); gamma, beta None: not affine
     cdef public object last        # the record of the last forward, for backward
 
     def __cinit__(self, state, normalize, double eps, bint affine, bint fast, int axis):

@@ -366,17 +366,22 @@ def test_state_dict_round_trip(rng):
     assert only_stats.num_batches_tracked == 0
 
 
+def without(mapping, key):
+    return {k: v for k, v in mapping.items() if k != key}
+
+
 def test_bad_state_dicts():
     good = cnorm.BatchNorm(3).state_dict()
     for mapping, prefix, error, match in [
-        ({k: v for k, v in good.items() if k != "bias"}, "", ValueError, "has 'weight' but lacks 'bias'"),
-        ({k: v for k, v in good.items() if k != "running_mean"}, "", ValueError, "lacks 'running_mean'"),
+        (without(good, "bias"), "", ValueError, "has 'weight' but lacks 'bias'"),
+        (without(good, "running_mean"), "", ValueError, "lacks 'running_mean'"),
         (good, "bn.", ValueError, "no BatchNorm keys under prefix 'bn.'"),
         ({**good, "weight": np.ones(4)}, "", ValueError, r"weight must have shape \(3,\)"),
         ({**good, "running_var": np.ones((3, 1))}, "", ValueError, r"running_var must have shape"),
         ({**good, "running_mean": np.ones((3, 1))}, "", ValueError, "must be a vector"),
         ({**good, "bias": np.array(["a", "b", "c"])}, "", TypeError, "bias must hold real numbers"),
-        ({**good, "num_batches_tracked": np.ones(2)}, "", ValueError, "num_batches_tracked must be one integer"),
+        ({**good, "num_batches_tracked": np.ones(2)}, "", ValueError,
+         "num_batches_tracked must be one integer"),
         ([1, 2], "", TypeError, "mapping must be a mapping"),
     ]:
         with pytest.raises(error, match=match):

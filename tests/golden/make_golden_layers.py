@@ -113,7 +113,8 @@ def keras_case(name, shape, seed, **options):
         weights.append(rng.uniform(0.5, 2, n).astype(np.float32))
     if layer.center:
         weights.append(rng.standard_normal(n).astype(np.float32))
-    weights += [rng.standard_normal(n).astype(np.float32), rng.uniform(0.5, 2, n).astype(np.float32)]
+    weights += [rng.standard_normal(n).astype(np.float32),
+                rng.uniform(0.5, 2, n).astype(np.float32)]
     layer.set_weights(weights)
     arrays = {f"weights_in_{i}": w for i, w in enumerate(weights)}
     arrays.update(axis=axis, epsilon=layer.epsilon, momentum=layer.momentum, center=layer.center,
@@ -178,8 +179,8 @@ def onnx_chain():
         helper.make_node("LRN", ["t3"], ["y"], name="lrn2", size=5),
     ]
     initializers = bn_initializers(rng, "bn1", shape[1]) + bn_initializers(rng, "bn2", shape[1])
-    graph = helper.make_graph(nodes, "chain", [info("x")], [info(n) for n in ("t1", "t2", "t3", "y")],
-                              initializer=initializers)
+    graph = helper.make_graph(nodes, "chain", [info("x")],
+                              [info(n) for n in ("t1", "t2", "t3", "y")], initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     x = (rng.standard_normal(shape) * 2).astype(np.float32)
     t1, t2, t3, y = session(model).run(None, {"x": x})
@@ -196,7 +197,8 @@ def onnx_training():
     initializers = bn_initializers(rng, "bn", n)
     arrays = {}
     for i in range(STEPS):
-        node = helper.make_node("BatchNormalization", ["x", "bn_scale", "bn_B", "bn_mean", "bn_var"],
+        node = helper.make_node("BatchNormalization",
+                                ["x", "bn_scale", "bn_B", "bn_mean", "bn_var"],
                                 ["y", "running_mean", "running_var"], name="bn", epsilon=1e-4,
                                 momentum=0.7, training_mode=1)
         outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape),
