@@ -50,6 +50,12 @@ def _axis(axis):
     return int(axis)
 
 
+def _plan_axis(axis):
+    # The axis as the compiled fast path's C int takes it: one no input has
+    # (out of range for every array) where it would not fit.
+    return axis if -2**30 <= axis < 2**30 else 2**30
+
+
 def _resolve_axis(axis, shape, min_ndim):
     """The channel axis of an input of `shape` as an index in [0, ndim)."""
     ndim = len(shape)
@@ -268,7 +274,7 @@ class BatchNorm:
         self._num_batches_tracked = 0
         self._lock = threading.Lock()
         self._plan = _BatchNormPlan(state, _bn_kernels.normalize, eps, affine,
-                                    track_running_stats, axis)
+                                    track_running_stats, _plan_axis(axis))
 
     # -- configuration ------------------------------------------------------
     @property
@@ -873,7 +879,7 @@ class LocalResponseNorm:
         self._axis = _axis(axis)
         self._depth_radius = self._tf_alpha = None  # set by from_tf: TensorFlow's lrn
         self._plan = _LocalResponseNormPlan(_lrn_kernels.run, before, after, alpha / size, k,
-                                            beta, self._axis)
+                                            beta, _plan_axis(self._axis))
 
     size = property(lambda self: self._size, doc="Channels in the window.")
     alpha = property(lambda self: self._alpha, doc="Scale of the sum (divided by size).")

@@ -626,6 +626,58 @@ def test_concurrent_inference_calls_on_one_layer(rng):
             np.testing.assert_array_equal(y_lrn, want_lrn)
 
 
+def test_concurrent_inference_on_the_checked_path(rng):
+    layer = random_layer(rng, 6, axis=0)
+    inputs = [rng.standard_normal((6, 5, 4)) for _ in range(16)]
+    expected = [layer(x) for x in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for got, want in zip(pool.map(lambda x: [layer(x.tolist()) for _ in range(5)], inputs),
+                             expected):
+            for y in got:
+                np.testing.assert_array_equal(y, want)
+
+
+def test_inference_while_another_thread_changes_the_state(rng):
+    """Every call sees the state before or after a change, never a stale mix."""
+    layer = random_layer(rng, 8)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    values = (layer.running_mean[3], layer.running_mean[3] + 5)
+    outputs = []
+    for value in values:
+        layer.running_mean[3] = value
+        outputs.append(layer(x))
+    stop = []
+
+    def toggle():
+        for i in range(2000):
+            layer.running_mean[3] = values[i % 2]
+        stop.append(True)
+
+    def infer():
+        out = np.empty_like(x)
+        seen = set()
+        while not stop:
+            layer(x, out=out)
+            matches = [i for i, y in enumerate(outputs) if np.array_equal(out, y)]
+            assert matches, out
+            seen.update(matches)
+        return seen
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = [pool.submit(infer) for _ in range(3)]
+        pool.submit(toggle).result()
+        for result in results:
+            result.result()
+    layer.running_mean[3] = values[1]
+    np.testing.assert_array_equal(layer(x), outputs[1])
+
+
+def test_huge_axis_is_out_of_range_for_every_input():
+    layer = cnorm.BatchNorm(3, axis=2**40)
+    with pytest.raises(ValueError, match="out of range"):
+        layer(np.ones((2, 3)))
+
+
 def test_concurrent_training_calls_are_serialized(rng):
     layer = cnorm.BatchNorm(4, momentum=None, dtype=np.float64)
     batches = [rng.standard_normal((50, 4)) + i for i in range(40)]
