@@ -95,6 +95,36 @@ cdef int _threads(object n_threads) except -2:
     return -1
 
 
+cdef object _plain_call(object x, object out, object n_threads, int axis, int min_ndim,
+                        Py_ssize_t n_channels, Py_ssize_t* channels, int* threads,
+                        bint* in_place):
+    # The output of a plain call (a C-contiguous native float32/float64 ndarray
+    # x, not empty, of ndim >= min_ndim, with channels on the last axis, which
+    # `axis` names, and n_channels of them unless that is -1; a usable `out`;
+    # a valid n_threads), with its channel count, thread count and whether it
+    # is x's memory; None for any other call.
+    cdef Py_buffer xv
+    if type(x) is not _ndarray:
+        return None
+    try:
+        PyObject_GetBuffer(x, &xv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except (BufferError, ValueError, TypeError):
+        return None
+    try:
+        if (xv.ndim < min_ndim or xv.len == 0 or _float_format(&xv) == 0
+                or not (axis == -1 or axis == xv.ndim - 1)
+                or (n_channels >= 0 and xv.shape[xv.ndim - 1] != n_channels)):
+            return None
+        channels[0] = xv.shape[xv.ndim - 1]
+        y = _output(x, &xv, out, in_place)
+    finally:
+        PyBuffer_Release(&xv)
+    if y is None:
+        return None
+    threads[0] = _threads(n_threads)
+    return None if threads[0] < 0 else y
+
+
 cdef class _BatchNormPlan:
     """The float64 vectors of a BatchNorm's inference, kept while its state is unchanged."""
 
@@ -171,29 +201,16 @@ cdef class _BatchNormPlan:
 
     def infer(self, x, out, n_threads):
         """y for a plain call, or None: the caller takes the checked path."""
-        cdef Py_buffer xv
+        cdef Py_ssize_t n_channels
         cdef int threads
         cdef bint in_place
-        if not self.fast or type(x) is not _ndarray:
+        if not self.fast:
             return None
         if memcmp(self.state_view.buf, self.snapshot, self.state_view.len) != 0:
             self.refresh()
-        try:
-            PyObject_GetBuffer(x, &xv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-        except (BufferError, ValueError, TypeError):
-            return None
-        try:
-            if (xv.ndim < 2 or xv.len == 0 or _float_format(&xv) == 0
-                    or xv.shape[xv.ndim - 1] != self.n_channels
-                    or not (self.axis == -1 or self.axis == xv.ndim - 1)):
-                return None
-            y = _output(x, &xv, out, &in_place)
-        finally:
-            PyBuffer_Release(&xv)
+        y = _plain_call(x, out, n_threads, self.axis, 2, self.n_channels, &n_channels,
+                        &threads, &in_place)
         if y is None:
-            return None
-        threads = _threads(n_threads)
-        if threads < 0:
             return None
         vectors = self.vectors
         mean, var, gamma, beta = vectors
@@ -224,28 +241,11 @@ cdef class _LocalResponseNormPlan:
 
     def infer(self, x, out, n_threads):
         """y for a plain call, or None: the caller takes the checked path."""
-        cdef Py_buffer xv
         cdef Py_ssize_t n_channels
         cdef int threads
         cdef bint in_place
-        if type(x) is not _ndarray:
-            return None
-        try:
-            PyObject_GetBuffer(x, &xv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-        except (BufferError, ValueError, TypeError):
-            return None
-        try:
-            if (xv.ndim < 1 or xv.len == 0 or _float_format(&xv) == 0
-                    or not (self.axis == -1 or self.axis == xv.ndim - 1)):
-                return None
-            n_channels = xv.shape[xv.ndim - 1]
-            y = _output(x, &xv, out, &in_place)
-        finally:
-            PyBuffer_Release(&xv)
+        y = _plain_call(x, out, n_threads, self.axis, 1, -1, &n_channels, &threads, &in_place)
         if y is None:
-            return None
-        threads = _threads(n_threads)
-        if threads < 0:
             return None
         self.run(x, None, y, min(self.before, n_channels - 1), min(self.after, n_channels - 1),
                  self.a, self.k, self.beta, threads)

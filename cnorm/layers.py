@@ -217,17 +217,15 @@ class BatchNorm:
     num_batches_tracked : int
         Training calls counted so far (with track_running_stats).
 
-    The state arrays may be changed in place or assigned (an assignment copies
-    the values in, after checking their shape); the next call sees the change:
-    the inference coefficients are checked against the state on every call and
-    made again when it changed.
-
     Notes
     -----
-    What an inference call keeps: float64 copies of the state, checked once
-    (``running_var >= 0``), made again only when the state changes. Each call
-    compares the state with the copy it was made from (4 * C values), so
-    nothing a user assigns or writes in place is ever missed.
+    The state arrays may be changed in place or assigned (an assignment checks
+    the values and copies them in; the arrays stay the same objects), and
+    `eps` may be assigned: the next call sees the change. What inference
+    keeps: float64 copies of the state, checked once (``running_var >= 0``)
+    and made again only when the state changes. Each call compares the state
+    with the copy it was made from (4 * C values), so nothing assigned or
+    written in place is ever missed.
 
     For `backward` the layer keeps a reference to the last forward's x (not a
     copy: x must not be changed before `backward`), and after a training call
@@ -461,8 +459,7 @@ class BatchNorm:
                 running_mean=self._state[_MEAN] if track else None,
                 running_var=self._state[_VAR] if track else None)
             if axis == x.ndim - 1:
-                y, mean, invstd = batch_norm_training(x, gamma, beta, out=out,
-                                                                 **kwargs)
+                y, mean, invstd = batch_norm_training(x, gamma, beta, out=out, **kwargs)
             else:
                 y, mean, invstd = _along_last(
                     lambda x_, **kw: batch_norm_training(x_, gamma, beta, **kw),

@@ -18,6 +18,10 @@ from test_layers import close
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 without TensorFlow
 
+# Keras 3.15's variables warn under NumPy 2 when converted (np.array(variable)).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
 
 def need(module):
     """Import a framework, or skip the test without it; with
