@@ -2,13 +2,14 @@
 
 Design
 ------
-A layer's inference call on a plain array (a C-contiguous native float32 or
-float64 numpy.ndarray, channels on the last axis, an ``out`` of its shape and
-dtype or None) is checked here, in C, and goes straight to the kernel entry
-point that the public function would call (``cnorm._batchnorm.normalize``,
-``cnorm._lrn.run``, from the ISA level cnorm._dispatch chose), with the same
-arguments: the result is bit-identical to the public function's. Any other
-call (another dtype, a list, a strided array, another axis, a bad ``out``,
+A layer's inference call on a plain array (a C-contiguous, aligned, native
+float64, float32 or float16 numpy.ndarray with its channels on the layer's
+axis, an ``out`` of its shape and dtype or None) is checked here, in C, and
+goes straight to the kernel entry point that the public function would call
+(``cnorm._batchnorm.normalize``, ``cnorm._lrn.run``, from the ISA level
+cnorm._dispatch chose) with the same arguments, the ``(outer, C, inner)``
+view included: the result is bit-identical to the public function's. Any
+other call (bfloat16, a list, a strided or transposed array, a bad ``out``,
 a bad ``n_threads``) returns None and the caller takes the public function's
 path, which converts what it may and raises the errors the functions raise.
 
@@ -41,13 +42,21 @@ cdef object _ndarray = numpy.ndarray
 cdef object _empty = numpy.empty
 
 
-cdef inline char _float_format(const Py_buffer* view) noexcept:
-    # b"f" or b"d" for a native float32/float64 buffer, else 0.
-    if view.format == NULL or view.format[1] != 0:
+cdef inline int _storage(const Py_buffer* view) noexcept:
+    # The storage code (cnorm/_storage.h) of a native float64/float32/float16
+    # buffer aligned to its item size, else -1 (bfloat16 and anything else
+    # take the checked path).
+    if view.format == NULL or view.format[0] == 0 or view.format[1] != 0:
+        return -1
+    if (<size_t> view.buf) % <size_t> view.itemsize != 0:
+        return -1
+    if view.format[0] == b"d":
         return 0
-    if view.format[0] == b"f" or view.format[0] == b"d":
-        return view.format[0]
-    return 0
+    if view.format[0] == b"f":
+        return 1
+    if view.format[0] == b"e":
+        return 2
+    return -1
 
 
 cdef object _output(object x, const Py_buffer* xv, object out, bint* in_place):
@@ -69,8 +78,7 @@ cdef object _output(object x, const Py_buffer* xv, object out, bint* in_place):
         PyObject_GetBuffer(out, &ov, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE)
     except (BufferError, ValueError, TypeError):
         return None
-    ok = (ov.ndim == xv.ndim and _float_format(&ov) == _float_format(xv)
-          and ov.len == xv.len)
+    ok = (ov.ndim == xv.ndim and _storage(&ov) == _storage(xv) and ov.len == xv.len)
     if ok:
         for i in range(ov.ndim):
             if ov.shape[i] != xv.shape[i]:
@@ -96,14 +104,16 @@ cdef int _threads(object n_threads) except -2:
 
 
 cdef object _plain_call(object x, object out, object n_threads, int axis, int min_ndim,
-                        Py_ssize_t n_channels, Py_ssize_t* channels, int* threads,
+                        Py_ssize_t n_channels, Py_ssize_t* view, int* threads,
                         bint* in_place):
-    # The output of a plain call (a C-contiguous native float32/float64 ndarray
-    # x, not empty, of ndim >= min_ndim, with channels on the last axis, which
-    # `axis` names, and n_channels of them unless that is -1; a usable `out`;
-    # a valid n_threads), with its channel count, thread count and whether it
-    # is x's memory; None for any other call.
+    # The output of a plain call (a C-contiguous, aligned, native float64,
+    # float32 or float16 ndarray x, not empty, of ndim >= min_ndim, with
+    # n_channels channels on `axis` unless n_channels is -1; a usable `out`; a
+    # valid n_threads), with the kernels' view of x in ``view`` (storage,
+    # outer, channels, inner), the thread count and whether the output is x's
+    # memory; None for any other call.
     cdef Py_buffer xv
+    cdef int i, ndim
     if type(x) is not _ndarray:
         return None
     try:
@@ -111,11 +121,22 @@ cdef object _plain_call(object x, object out, object n_threads, int axis, int mi
     except (BufferError, ValueError, TypeError):
         return None
     try:
-        if (xv.ndim < min_ndim or xv.len == 0 or _float_format(&xv) == 0
-                or not (axis == -1 or axis == xv.ndim - 1)
-                or (n_channels >= 0 and xv.shape[xv.ndim - 1] != n_channels)):
+        ndim = xv.ndim
+        if axis < 0:
+            axis += ndim
+        if (ndim < min_ndim or xv.len == 0 or not 0 <= axis < ndim
+                or (n_channels >= 0 and xv.shape[axis] != n_channels)):
             return None
-        channels[0] = xv.shape[xv.ndim - 1]
+        view[0] = _storage(&xv)
+        if view[0] < 0:
+            return None
+        view[1] = 1
+        view[2] = xv.shape[axis]
+        view[3] = 1
+        for i in range(axis):
+            view[1] *= xv.shape[i]
+        for i in range(axis + 1, ndim):
+            view[3] *= xv.shape[i]
         y = _output(x, &xv, out, in_place)
     finally:
         PyBuffer_Release(&xv)
@@ -201,20 +222,21 @@ cdef class _BatchNormPlan:
 
     def infer(self, x, out, n_threads):
         """y for a plain call, or None: the caller takes the checked path."""
-        cdef Py_ssize_t n_channels
+        cdef Py_ssize_t view[4]
         cdef int threads
         cdef bint in_place
         if not self.fast:
             return None
         if memcmp(self.state_view.buf, self.snapshot, self.state_view.len) != 0:
             self.refresh()
-        y = _plain_call(x, out, n_threads, self.axis, 2, self.n_channels, &n_channels,
-                        &threads, &in_place)
+        y = _plain_call(x, out, n_threads, self.axis, 2, self.n_channels, view, &threads,
+                        &in_place)
         if y is None:
             return None
         vectors = self.vectors
         mean, var, gamma, beta = vectors
-        self.normalize(x, y, mean, var, gamma, beta, self.eps, None, False, threads)
+        self.normalize(x, y, mean, var, gamma, beta, self.eps, None, False, threads, view[0],
+                       view[1], view[2], view[3])
         self.last = (False, None if in_place else x, vectors, self.eps)
         return y
 
@@ -241,13 +263,13 @@ cdef class _LocalResponseNormPlan:
 
     def infer(self, x, out, n_threads):
         """y for a plain call, or None: the caller takes the checked path."""
-        cdef Py_ssize_t n_channels
+        cdef Py_ssize_t view[4]
         cdef int threads
         cdef bint in_place
-        y = _plain_call(x, out, n_threads, self.axis, 1, -1, &n_channels, &threads, &in_place)
+        y = _plain_call(x, out, n_threads, self.axis, 1, -1, view, &threads, &in_place)
         if y is None:
             return None
-        self.run(x, None, y, min(self.before, n_channels - 1), min(self.after, n_channels - 1),
-                 self.a, self.k, self.beta, threads)
+        self.run(x, None, y, min(self.before, view[2] - 1), min(self.after, view[2] - 1),
+                 self.a, self.k, self.beta, threads, view[0], view[1], view[2], view[3])
         self.last = (None if in_place else x,)
         return y

@@ -17,6 +17,7 @@ import threading
 
 import numpy as np
 
+from cnorm import _layout
 from cnorm import _validation as check
 from cnorm.batchnorm import (_eps, _momentum, batch_norm_backward, batch_norm_inference,
                              batch_norm_training)
@@ -56,15 +57,23 @@ def _plan_axis(axis):
     return axis if -2**30 <= axis < 2**30 else 2**30
 
 
-def _resolve_axis(axis, shape, min_ndim):
-    """The channel axis of an input of `shape` as an index in [0, ndim)."""
-    ndim = len(shape)
-    if ndim < min_ndim:
-        raise ValueError(f"x must have at least {min_ndim} dimension{'s' if min_ndim > 1 else ''},"
-                         f" got shape {shape}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of range for x of shape {shape}")
-    return axis % ndim
+def _input_array(x, axis, min_ndim):
+    """x as the array the public functions take (converted once, not copied
+    when it already is one) and its channel axis as an index."""
+    t = _layout.tensor(x, "x", axis, min_ndim=min_ndim)
+    return t.array, _layout.channel_axis(axis, t.array.ndim)
+
+
+def _matching_dy(dy, x):
+    """dy checked against the last forward's x (shape and dtype), not converted."""
+    array = dy if isinstance(dy, np.ndarray) else np.asarray(dy)
+    if array.dtype != x.dtype:
+        raise TypeError(f"dy must have the dtype of the last forward's x ({x.dtype}), got "
+                        f"{array.dtype}")
+    if array.shape != x.shape:
+        raise ValueError(f"dy must have the shape of the last forward's x {x.shape}, got "
+                         f"{array.shape}")
+    return array
 
 
 def _class_names(obj):
@@ -82,7 +91,12 @@ def _to_numpy(value, name):
         if callable(getattr(value, "cpu", None)):
             value = value.cpu()
         if callable(getattr(value, "numpy", None)):  # torch tensors, Keras variables
-            value = value.numpy()
+            try:
+                value = value.numpy()
+            except TypeError:  # torch's bfloat16 has no NumPy dtype: upcast (exact)
+                if not callable(getattr(value, "float", None)):
+                    raise
+                value = value.float().numpy()
     return np.asarray(value)
 
 
@@ -94,24 +108,6 @@ def _state_dtype(dtype):
     if resolved not in _STATE_DTYPES:
         raise TypeError(f"dtype must be numpy.float32 or numpy.float64, got {resolved}")
     return resolved
-
-
-def _along_last(function, axis, x, out, inputs=(), **kwargs):
-    """Run `function` (a public function, channels last) on x whose channels are
-    on `axis`, and the output (the first result) back in x's layout into `out`.
-
-    x is a checked array and `out` a checked output (or None). Moves the axis
-    and copies: the path for axis != last until the functions take ``axis=``.
-    """
-    moved = [np.moveaxis(a, axis, -1) for a in inputs]
-    results = function(*moved, np.moveaxis(x, axis, -1), **kwargs)
-    first = results[0] if isinstance(results, tuple) else results
-    back = np.moveaxis(first, -1, axis)
-    if out is None:
-        out = np.ascontiguousarray(back)
-    else:
-        out[...] = back
-    return (out, *results[1:]) if isinstance(results, tuple) else out
 
 
 def _import_onnx():
@@ -206,7 +202,8 @@ class BatchNorm:
         The channel axis of the inputs: -1 for channels-last data (NHWC), 1
         for PyTorch's and ONNX's NCHW.
     dtype : numpy.float32 or numpy.float64, default numpy.float32
-        dtype of the state arrays. Inputs may be float32 or float64 either way.
+        dtype of the state arrays. Inputs may be float32, float64, float16 or
+        bfloat16 either way (as the public functions take them).
 
     Attributes
     ----------
@@ -384,7 +381,7 @@ class BatchNorm:
 
         Parameters
         ----------
-        x : array_like of float32 or float64
+        x : array_like of float32, float64, float16 or bfloat16
             Input with num_features channels on `axis`; ndim >= 2, not empty.
         training : bool, default False
             True normalizes with the batch statistics and updates the running
@@ -414,38 +411,29 @@ class BatchNorm:
             return self._train(x, out, n_threads)
         return self._infer(x, out, n_threads)
 
-    def _input(self, x, out):
-        """x as a checked array, its channel axis, and `out` checked against it."""
-        x = check.float_array(x, "x", min_ndim=2)
-        axis = _resolve_axis(self._axis, x.shape, 2)
+    def _input(self, x):
+        """x as the functions take it, with num_features channels on the layer's axis."""
+        x, axis = _input_array(x, self._axis, 2)
         if x.shape[axis] != self.num_features:
             raise ValueError(f"x must have {self.num_features} channels (num_features) on "
                              f"axis {self._axis}, got shape {x.shape}")
-        if x.size == 0:
-            raise ValueError(f"x must not be empty, got shape {x.shape}")
-        if out is not None:
-            out = check.output_array(out, x.shape, x.dtype)
-        return x, axis, out
+        return x
 
     def _infer(self, x, out, n_threads):
         if not self._track_running_stats:  # batch statistics, nothing updated
             return self._train(x, out, n_threads, update=False)
-        x, axis, out = self._input(x, out)
+        x = self._input(x)
         vectors = self._plan.refresh()
         mean, var, gamma, beta = vectors
         eps = self._plan.eps
-        kwargs = dict(eps=eps, n_threads=n_threads)
-        if axis == x.ndim - 1:
-            y = batch_norm_inference(x, mean, var, gamma, beta, out=out, **kwargs)
-        else:
-            y = _along_last(lambda x_, **kw: batch_norm_inference(
-                x_, mean, var, gamma, beta, **kw), axis, x, out, **kwargs)
+        y = batch_norm_inference(x, mean, var, gamma, beta, eps, axis=self._axis, out=out,
+                                 n_threads=n_threads)
         self._plan.last = (False, None if np.may_share_memory(y, x) else x, vectors, eps)
         return y
 
     def _train(self, x, out, n_threads, update=True):
         with self._lock:
-            x, axis, out = self._input(x, out)
+            x = self._input(x)
             track = update and self._track_running_stats
             count = self._num_batches_tracked + 1
             momentum = self._momentum
@@ -453,17 +441,12 @@ class BatchNorm:
                 momentum = 1.0 / count
             gamma = self._state[_GAMMA] if self._affine else None
             beta = self._state[_BETA] if self._affine else None
-            kwargs = dict(
-                eps=self._plan.eps, momentum=momentum,
-                running_var_unbiased=self._running_var_unbiased, n_threads=n_threads,
+            y, mean, invstd = batch_norm_training(
+                x, gamma, beta, self._plan.eps, momentum=momentum,
+                running_var_unbiased=self._running_var_unbiased,
                 running_mean=self._state[_MEAN] if track else None,
-                running_var=self._state[_VAR] if track else None)
-            if axis == x.ndim - 1:
-                y, mean, invstd = batch_norm_training(x, gamma, beta, out=out, **kwargs)
-            else:
-                y, mean, invstd = _along_last(
-                    lambda x_, **kw: batch_norm_training(x_, gamma, beta, **kw),
-                    axis, x, out, **kwargs)
+                running_var=self._state[_VAR] if track else None,
+                axis=self._axis, out=out, n_threads=n_threads)
             if track:
                 self._num_batches_tracked = count
             saved_gamma = None if gamma is None else gamma.astype(np.float64)
@@ -509,9 +492,7 @@ class BatchNorm:
         """
         last = self._plan.last
         x = self._last_input(last)
-        dy = check.matching_array(dy, "dy", x, "the last forward's x")
-        if out is not None:
-            out = check.output_array(out, x.shape, x.dtype)
+        dy = _matching_dy(dy, x)
         if last[0]:
             _, _, mean, invstd, gamma = last
             training = True
@@ -519,12 +500,8 @@ class BatchNorm:
             _, _, (mean, var, gamma, _), eps = last
             invstd = 1.0 / np.sqrt(var + eps)
             training = False
-        axis = _resolve_axis(self._axis, x.shape, 2)
-        kwargs = dict(training=training, n_threads=n_threads)
-        if axis == x.ndim - 1:
-            return batch_norm_backward(dy, x, mean, invstd, gamma, out=out, **kwargs)
-        return _along_last(lambda dy_, x_, **kw: batch_norm_backward(
-            dy_, x_, mean, invstd, gamma, **kw), axis, x, out, inputs=(dy,), **kwargs)
+        return batch_norm_backward(dy, x, mean, invstd, gamma, training=training,
+                                   axis=self._axis, out=out, n_threads=n_threads)
 
     @staticmethod
     def _last_input(last):
@@ -681,7 +658,9 @@ class BatchNorm:
         Parameters
         ----------
         module : torch.nn.modules.batchnorm._BatchNorm
-            The module, float32 or float64.
+            The module: float32 or float64 (the layer's dtype), or float16 or
+            bfloat16 (its state is then held in float32, exactly; the layer
+            takes half inputs as the module does).
         axis : int, default 1
             The channel axis of the inputs: 1 is what the module takes (NCHW,
             or (N, C, L)); -1 for the same data channels last.
@@ -690,7 +669,7 @@ class BatchNorm:
         ------
         TypeError
             If module is not a PyTorch batch-norm module (an InstanceNorm is
-            not one), or its dtype is not float32/float64.
+            not one), or of another dtype.
         """
         names = _class_names(module)
         if "_BatchNorm" not in names or not {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
@@ -704,8 +683,10 @@ class BatchNorm:
         track = bool(module.track_running_stats)
         sample = module.running_mean if track else module.weight if affine else None
         dtype = str(getattr(sample, "dtype", "float32")).replace("torch.", "")
-        if dtype not in ("float32", "float64"):
-            raise TypeError(f"module must be float32 or float64, got {dtype}")
+        if dtype not in ("float32", "float64", "float16", "bfloat16"):
+            raise TypeError(f"module must be float32, float64, float16 or bfloat16, got {dtype}")
+        if dtype in ("float16", "bfloat16"):  # half state held in float32 (exact)
+            dtype = "float32"
         layer = cls(int(module.num_features), float(module.eps), module.momentum,
                     affine=affine, track_running_stats=track, axis=axis, dtype=dtype)
         state = {}
@@ -944,7 +925,7 @@ class LocalResponseNorm:
 
         Parameters
         ----------
-        x : array_like of float32 or float64
+        x : array_like of float32, float64, float16 or bfloat16
             Input with channels on `axis`.
         out : numpy.ndarray, optional
             C-contiguous array of x's shape and dtype to write y into (may be x).
@@ -965,8 +946,8 @@ class LocalResponseNorm:
         y = self._plan.infer(x, out, n_threads)
         if y is not None:
             return y
-        x, axis, out = self._input(x, out)
-        y = self._run(x, axis, out, n_threads)
+        x, _ = _input_array(x, self._axis, 1)
+        y = self._run(x, out, n_threads)
         self._plan.last = (None if np.may_share_memory(y, x) else x,)
         return y
 
@@ -1001,20 +982,10 @@ class LocalResponseNorm:
             raise RuntimeError("backward needs the last forward's x, but that call wrote its "
                                "output over x (out=x)")
         x = last[0]
-        dy = check.matching_array(dy, "dy", x, "the last forward's x")
-        if out is not None:
-            out = check.output_array(out, x.shape, x.dtype)
-        return self._run(x, _resolve_axis(self._axis, x.shape, 1), out, n_threads, dy=dy)
+        return self._run(x, out, n_threads, dy=_matching_dy(dy, x))
 
-    def _input(self, x, out):
-        x = check.float_array(x, "x")
-        axis = _resolve_axis(self._axis, x.shape, 1)
-        if out is not None:
-            out = check.output_array(out, x.shape, x.dtype)
-        return x, axis, out
-
-    def _run(self, x, axis, out, n_threads, dy=None):
-        """The public function (forward, or backward if dy is given) on channels `axis`."""
+    def _run(self, x, out, n_threads, dy=None):
+        """The public function: the forward, or the backward if dy is given."""
         if self._depth_radius is not None:
             params = dict(depth_radius=self._depth_radius, bias=self._k, alpha=self._tf_alpha,
                           beta=self._beta)
@@ -1024,11 +995,8 @@ class LocalResponseNorm:
                           convention=self._convention)
             function = (local_response_norm if dy is None
                         else local_response_norm_backward)
-        inputs = () if dy is None else (dy,)
-        if axis == x.ndim - 1:
-            return function(*inputs, x, out=out, n_threads=n_threads, **params)
-        return _along_last(function, axis, x, out, inputs=inputs, n_threads=n_threads,
-                           **params)
+        inputs = (x,) if dy is None else (dy, x)
+        return function(*inputs, axis=self._axis, out=out, n_threads=n_threads, **params)
 
     def __reduce__(self):
         # Pickling and copy.deepcopy (not the record of the last forward).

@@ -262,7 +262,7 @@ def test_wrong_input_is_an_error_and_changes_nothing(rng, training):
         (rng.standard_normal((2, 7, 3)), {}, ValueError, "8 channels .num_features. on axis 1"),
         (rng.standard_normal((2, 3, 8)), {}, ValueError, "8 channels"),
         (rng.standard_normal(8), {}, ValueError, "at least 2 dimensions"),
-        (good.astype(np.int64), {}, TypeError, "x must have dtype float32 or float64"),
+        (good.astype(np.int64), {}, TypeError, "x must have dtype float32, float64, float16 or bfloat16"),
         (good, dict(out=np.zeros((2, 8, 4), np.float32)), ValueError, "out must have shape"),
         (good, dict(out=np.zeros_like(good, dtype=np.float64)), TypeError, "out must have dtype"),
         (good, dict(out=out[:, :, ::-1]), ValueError, "C-contiguous"),
@@ -280,7 +280,7 @@ def test_wrong_input_is_an_error_and_changes_nothing(rng, training):
         layer(good, training="yes")
     assert_unchanged(layer, before)
     # axis out of range for the input
-    with pytest.raises(ValueError, match="axis 1 is out of range"):
+    with pytest.raises(ValueError, match="axis 1 is out of bounds for x with 1 dimension"):
         cnorm.LocalResponseNorm(3, axis=1)(np.ones(4))
 
 
@@ -674,7 +674,7 @@ def test_inference_while_another_thread_changes_the_state(rng):
 
 def test_huge_axis_is_out_of_range_for_every_input():
     layer = cnorm.BatchNorm(3, axis=2**40)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="out of bounds"):
         layer(np.ones((2, 3)))
 
 
@@ -730,3 +730,41 @@ def test_pickle_and_deepcopy_keep_configuration_and_state(rng):
             assert repr(twin) == repr(lrn)
             x = rng.standard_normal((6, 7))
             np.testing.assert_array_equal(twin(x), lrn(x))
+
+
+@pytest.mark.parametrize("axis", [1, -3, 0])
+@pytest.mark.parametrize("storage", ["float16", "float32", "float64", "bfloat16"])
+def test_any_axis_and_storage_are_the_functions_bit_for_bit(rng, axis, storage):
+    """The layers' fast path (C-contiguous float16/32/64) and checked path
+    (bfloat16, transposed, misaligned out) call what the functions call."""
+    if storage == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    else:
+        dtype = np.dtype(storage)
+    shape = [3, 5, 4]
+    shape[axis] = 6
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    bn = random_layer(rng, 6, axis=axis)
+    lrn = cnorm.LocalResponseNorm(3, 0.5, 0.75, 1.0, axis=axis)
+    dy = rng.standard_normal(shape).astype(dtype)
+    transposed = np.ascontiguousarray(x.transpose(2, 1, 0)).transpose(2, 1, 0)
+    raw = np.empty(x.nbytes + x.itemsize, np.uint8)
+    for x_ in (x, transposed):
+        mean, var, gamma, beta = as_float64(bn)  # the training call below changes them
+        misaligned = raw[1:1 + x.nbytes].view(x.dtype)  # in x_'s memory layout
+        misaligned = (misaligned.reshape(x.shape) if x_ is x else
+                      misaligned.reshape(x.shape[::-1]).transpose(2, 1, 0))
+        expected = cnorm.batch_norm_inference(x_, mean, var, gamma, beta, bn.eps, axis=axis)
+        np.testing.assert_array_equal(bn(x_), expected)
+        np.testing.assert_array_equal(bn(x_, out=misaligned), expected)
+        np.testing.assert_array_equal(
+            bn.backward(dy)[0], cnorm.batch_norm_backward(
+                dy, x_, mean, 1 / np.sqrt(var + bn.eps), gamma, training=False, axis=axis)[0])
+        expected = cnorm.local_response_norm(x_, 3, 0.5, 0.75, 1.0, axis=axis)
+        np.testing.assert_array_equal(lrn(x_), expected)
+        np.testing.assert_array_equal(lrn(x_, out=misaligned), expected)
+        np.testing.assert_array_equal(lrn.backward(dy), cnorm.local_response_norm_backward(
+            dy, x_, 3, 0.5, 0.75, 1.0, axis=axis))
+        y = bn(x_, training=True)
+        twin, _, _ = cnorm.batch_norm_training(x_, gamma, beta, bn.eps, axis=axis)
+        np.testing.assert_array_equal(y, twin)

@@ -9,6 +9,7 @@ training steps side by side on the same batches, then evaluates: running
 statistics, outputs and gradients agree within float rounding.
 """
 import os
+import types
 
 import numpy as np
 import pytest
@@ -134,6 +135,35 @@ def test_torch_three_lines(rng):
     close(y, expected)
 
 
+class _BatchNorm:
+    pass
+
+
+class BatchNorm2d(_BatchNorm):
+    """Shaped as a torch batch norm (cnorm reads only that), with int8 state."""
+    num_features, eps, momentum, affine, track_running_stats = 3, 1e-5, 0.1, False, True
+    running_mean = types.SimpleNamespace(dtype="torch.int8")
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_torch_half_modules(rng, half):
+    torch = need("torch")
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    module = randomize(torch.nn.BatchNorm2d(4), rng).to(getattr(torch, half)).eval()
+    layer = cnorm.BatchNorm.from_torch(module)
+    assert layer.dtype == np.float32
+    np.testing.assert_array_equal(layer.running_var, module.running_var.float().numpy())
+    x = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x).to(getattr(torch, half))).float().numpy()
+    x_half = x.astype(np.float16 if half == "float16" else ml_dtypes.bfloat16)
+    y = layer(x_half)
+    assert y.dtype == x_half.dtype
+    ulp = 2.0 ** (-10 if half == "float16" else -7)
+    np.testing.assert_allclose(y.astype(np.float32), expected, rtol=2 * ulp,
+                               atol=2 * ulp * np.abs(expected).max())
+
+
 def test_torch_errors():
     torch = need("torch")
     for module in (torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True),
@@ -142,8 +172,8 @@ def test_torch_errors():
             cnorm.BatchNorm.from_torch(module)
     with pytest.raises(TypeError, match="module must be a torch.nn.LocalResponseNorm"):
         cnorm.LocalResponseNorm.from_torch(torch.nn.BatchNorm2d(3))
-    with pytest.raises(TypeError, match="float32 or float64, got float16"):
-        cnorm.BatchNorm.from_torch(torch.nn.BatchNorm2d(3).half())
+    with pytest.raises(TypeError, match="float16 or bfloat16, got int8"):
+        cnorm.BatchNorm.from_torch(BatchNorm2d())
     with pytest.raises(ValueError, match="lacks"):
         cnorm.BatchNorm.from_state_dict({k: v for k, v in torch.nn.BatchNorm2d(3).state_dict()
                                          .items() if k != "bias"})
