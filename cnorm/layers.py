@@ -6,10 +6,11 @@ or from a plain state dict with PyTorch's key names. No framework is imported
 by cnorm: framework objects are read by their attributes (duck typing), and
 ``from_onnx`` imports the optional ``onnx`` package when it is called.
 
-An inference call on a plain array (C-contiguous float32/float64 numpy.ndarray,
-channels on the last axis) is checked in compiled code and goes straight to the
-kernel (cnorm._layers); every other call takes the public function's path, with
-its conversions and errors. Both give the same result, bit for bit.
+An inference call on a plain array (a C-contiguous, aligned float32, float64 or
+float16 numpy.ndarray, channels on any axis) is checked in compiled code and
+goes straight to the kernel (cnorm._layers); every other call takes the public
+function's path, with ``axis=``, its conversions and its errors. Both give the
+same result, bit for bit.
 """
 import numbers
 import os
