@@ -337,7 +337,8 @@ class BatchNorm:
     def _checked_vector(self, value, name):
         """`value` as a float64 array of shape (C,), checked (nothing is written)."""
         array = _to_numpy(value, name)
-        if array.dtype.kind not in "fiu" or array.dtype.itemsize > 8:
+        if (array.dtype.kind not in "fiu" or array.dtype.itemsize > 8) and (
+                array.dtype.name != "bfloat16"):  # ml_dtypes' bfloat16: an exact upcast
             raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
         if array.shape != (self.num_features,):
             raise ValueError(f"{name} must have shape ({self.num_features},) (num_features "

@@ -768,3 +768,13 @@ def test_any_axis_and_storage_are_the_functions_bit_for_bit(rng, axis, storage):
         y = bn(x_, training=True)
         twin, _, _ = cnorm.batch_norm_training(x_, gamma, beta, bn.eps, axis=axis)
         np.testing.assert_array_equal(y, twin)
+
+
+def test_half_state_values_are_taken_exactly():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    values = np.array([0.1, -2.5, 3.0], dtype=ml_dtypes.bfloat16)
+    layer = cnorm.BatchNorm.from_state_dict({"weight": values, "bias": values.astype(np.float16),
+                                             "running_mean": values, "running_var": -values * 0 + 1})
+    assert layer.dtype == np.float32
+    np.testing.assert_array_equal(layer.gamma, values.astype(np.float32))
+    np.testing.assert_array_equal(layer.beta, values.astype(np.float16).astype(np.float32))
