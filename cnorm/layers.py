@@ -14,6 +14,7 @@ same result, bit for bit.
 """
 import numbers
 import os
+import sys
 import threading
 
 import numpy as np
@@ -24,13 +25,17 @@ from cnorm.batchnorm import (_eps, _momentum, batch_norm_backward, batch_norm_in
                              batch_norm_training)
 from cnorm.lrn import (_lrn_params, _size_window, local_response_norm,
                        local_response_norm_backward, lrn, lrn_backward)
-from cnorm._dispatch import kernels
 from cnorm._layers import _BatchNormPlan, _LocalResponseNormPlan
 
 __all__ = ["BatchNorm", "LocalResponseNorm"]
 
-_bn_kernels = kernels("_batchnorm")
-_lrn_kernels = kernels("_lrn")
+
+
+def _kernels(module):
+    # The kernel module that the public module (batchnorm or lrn) calls now: a
+    # layer's fast path binds its entry point when the layer is made
+    # (cnorm._dispatch.using swaps the public modules' bindings for the tests).
+    return getattr(sys.modules[f"cnorm.{module}"], {"batchnorm": "_bn", "lrn": "_lrn"}[module])
 
 _STATE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Rows of a BatchNorm's (4, C) state array.
@@ -269,7 +274,7 @@ class BatchNorm:
         self._axis = axis
         self._num_batches_tracked = 0
         self._lock = threading.Lock()
-        self._plan = _BatchNormPlan(state, _bn_kernels.normalize, eps, affine,
+        self._plan = _BatchNormPlan(state, _kernels("batchnorm").normalize, eps, affine,
                                     track_running_stats, _plan_axis(axis))
 
     # -- configuration ------------------------------------------------------
@@ -858,8 +863,8 @@ class LocalResponseNorm:
         self._convention = convention
         self._axis = _axis(axis)
         self._depth_radius = self._tf_alpha = None  # set by from_tf: TensorFlow's lrn
-        self._plan = _LocalResponseNormPlan(_lrn_kernels.run, before, after, alpha / size, k,
-                                            beta, _plan_axis(self._axis))
+        self._plan = _LocalResponseNormPlan(_kernels("lrn").run, before, after, alpha / size,
+                                            k, beta, _plan_axis(self._axis))
 
     size = property(lambda self: self._size, doc="Channels in the window.")
     alpha = property(lambda self: self._alpha, doc="Scale of the sum (divided by size).")

@@ -778,3 +778,17 @@ def test_half_state_values_are_taken_exactly():
     assert layer.dtype == np.float32
     np.testing.assert_array_equal(layer.gamma, values.astype(np.float32))
     np.testing.assert_array_equal(layer.beta, values.astype(np.float16).astype(np.float32))
+
+
+def test_every_isa_build(rng, isa):
+    """Layers made under each ISA build call that build's kernels (fast and checked paths)."""
+    bn = random_layer(rng, 16, axis=1)
+    lrn = cnorm.LocalResponseNorm(5, 0.5, 0.75, 1.0, axis=1)
+    mean, var, gamma, beta = as_float64(bn)
+    for dtype in (np.float32, np.float64, np.float16):
+        x = rng.standard_normal((2, 16, 9, 7)).astype(dtype)
+        for x_ in (x, x.tolist() if dtype == np.float64 else x):
+            np.testing.assert_array_equal(bn(x_), cnorm.batch_norm_inference(
+                x_, mean, var, gamma, beta, bn.eps, axis=1))
+            np.testing.assert_array_equal(lrn(x_), cnorm.local_response_norm(
+                x_, 5, 0.5, 0.75, 1.0, axis=1))
