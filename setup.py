@@ -32,7 +32,7 @@ import warnings
 from setuptools import Extension, setup
 
 # Plain extensions, built once.
-EXTENSIONS = ["cnorm._openmp", "cnorm._buffers"]
+EXTENSIONS = ["cnorm._openmp", "cnorm._buffers", "cnorm._layers"]
 # Kernel modules, built once per ISA level on x86-64 and picked at import time
 # by cnorm._dispatch (see README "ISA dispatch"). The suffixed copies are
 # generated under build/ from the one .pyx source.

@@ -13,6 +13,7 @@ _openmp_runtime.preload()
 from cnorm._config import openmp_enabled, show_config  # noqa: E402
 from cnorm.batchnorm import batch_norm_backward, batch_norm_inference, batch_norm_training  # noqa: E402
 from cnorm.lrn import local_response_norm, local_response_norm_backward, lrn, lrn_backward  # noqa: E402
+from cnorm.layers import BatchNorm, LocalResponseNorm  # noqa: E402
 
 
 def _version():
@@ -28,6 +29,8 @@ __version__ = _version()
 
 __all__ = [
     "__version__",
+    "BatchNorm",
+    "LocalResponseNorm",
     "batch_norm_backward",
     "batch_norm_inference",
     "batch_norm_training",
