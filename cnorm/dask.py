@@ -279,7 +279,10 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     ``y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta`` per
     channel, by ``dask.array.blockwise``: every block is normalized by cnorm
     with the per-channel values of its channels, so any chunking works (the
-    channel axis chunked too). y keeps x's dtype and chunks.
+    channel axis chunked too). y keeps x's dtype and chunks. It is
+    `cnorm.batch_norm_inference` of x bit for bit when the channel axis is one
+    chunk; otherwise to the rounding of x's dtype (the kernel chooses its
+    arithmetic, folded or centered, per call over the channels it sees).
 
     Parameters
     ----------
@@ -358,8 +361,10 @@ def _window_map(x, axis, function, parameters, depth, allow_rechunk, n_threads):
         )
     depth = min(depth, x.shape[axis] - 1)
     depths = {i: (depth if i == axis else 0) for i in range(x.ndim)}
-    return x.map_overlap(run, depth=depths, boundary="none", trim=True, dtype=x.dtype,
-                         meta=_meta(x))
+    y = x.map_overlap(run, depth=depths, boundary="none", trim=True, dtype=x.dtype,
+                      meta=_meta(x))
+    # map_overlap merges chunks narrower than the depth first: give x's back.
+    return y if y.chunks == x.chunks else y.rechunk(x.chunks)
 
 
 def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-1, allow_rechunk=False,
