@@ -1,6 +1,10 @@
 """The steps of a distributed (synchronized) batch norm: K shards of one batch,
 statistics merged in rank order, backward sums added in rank order, against the
 single-process batch_norm_training and batch_norm_backward."""
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -171,3 +175,18 @@ def test_running_statistics_untouched_on_bad_moments():
         cnorm.batch_norm_training(np.ones((4, 2)), running_mean=running_mean,
                                   running_var=running_var, moments=Moments.empty(2))
     assert (running_mean == 0).all() and (running_var == 1).all()
+
+
+EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "sync_batchnorm.py"
+
+
+@pytest.mark.skipif(not EXAMPLE.exists(), reason="examples/ is not beside these tests "
+                    "(the installed-wheel run copies tests/ alone)")
+@pytest.mark.parametrize("backend", ["shm", "gloo"])
+def test_example_with_a_real_all_gather(backend):
+    if backend == "gloo":
+        pytest.importorskip("torch.distributed")
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--ranks", "3", "--backend", backend],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "shards [" in result.stdout
