@@ -144,8 +144,8 @@ def _combine_moments(parts, axis=None, keepdims=None):
     return _records(Moments.merge_all(_from_records(part) for part in _flatten(parts)))
 
 
-def _records_to_moments(records, count):
-    return _from_records(records, count)
+def _records_to_moments(blocks, count):
+    return _from_records(np.concatenate(blocks), count)
 
 
 def _default_split_every(x, reduced):
@@ -242,7 +242,11 @@ def moments(x, *, axis=-1, split_every=None, n_threads=None):
         )
     else:  # 1-d: one value per channel
         records = da.map_blocks(_one_row_records, x, dtype=_RECORD, meta=np.empty((0,), _RECORD))
-    return dask.delayed(_records_to_moments, pure=True)(records, count)
+    # Delayed over the blocks' own keys: the same graph, keys and dependencies at
+    # every call (a dask array passed to delayed gets a new finalize key each time,
+    # which a distributed scheduler warns about for a key it already holds).
+    blocks = list(records.to_delayed().ravel())
+    return dask.delayed(_records_to_moments, pure=True)(blocks, count)
 
 
 def _one_row_records(block):
