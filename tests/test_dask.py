@@ -249,3 +249,10 @@ def test_recalibrate_leaves_running_statistics_on_error():
     with pytest.raises(ValueError):
         cnorm_dask.recalibrate(ones[ones[:, 0] > 1], running_mean, running_var)  # no rows
     assert (running_mean == 0).all() and (running_var == 1).all()
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(cnorm_dask, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0, result
