@@ -58,11 +58,15 @@ def timed(function, repeat, settle=lambda: None):
     return times
 
 
-def settler(client, baseline):
-    """Wait until the scheduler holds only the `baseline` persisted keys: a key
-    still held from the previous run would be reused, not recomputed."""
-    def tasks(dask_scheduler):
-        return len(dask_scheduler.tasks)
+def _scheduler_tasks(dask_scheduler):
+    return len(dask_scheduler.tasks)
+
+
+def settler(client):
+    """A wait until the scheduler knows only the tasks it knows now (the persisted
+    data): a key still held from the previous run would be reused, not recomputed."""
+    baseline = client.run_on_scheduler(_scheduler_tasks)
+    tasks = _scheduler_tasks
 
     def settle():
         deadline = time.perf_counter() + 30
@@ -114,7 +118,7 @@ def main(argv=None):
         distributed.wait(x)
         n_channels = sample[-1]
         blocks = x.numblocks[0]
-        settle = settler(client, blocks)
+        settle = settler(client)
 
         results = {}
         results["cnorm.dask.moments"] = timed(lambda: cnorm.dask.moments(x).compute(),

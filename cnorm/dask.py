@@ -46,8 +46,8 @@ __all__ = ["moments", "batch_norm_inference", "lrn", "local_response_norm", "rec
 
 # The children of one combine or aggregate step of `moments` when split_every
 # is not given. Merging Moments of C channels costs microseconds and each
-# carries 16*C bytes, so a wide, shallow tree costs nothing in the merge and
-# saves a round of tasks (each about a millisecond of scheduler and transfer
+# carries 24*C bytes, so a wide, shallow tree costs nothing in the merge and
+# saves a round of tasks (each a millisecond or more of scheduler and transfer
 # time on a cluster) per level. Dask's own default (4, split evenly over the
 # reduced axes) gives a binary tree when only the batch axis is chunked.
 SPLIT_EVERY = 64
