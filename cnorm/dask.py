@@ -37,10 +37,11 @@ except ImportError as error:  # pragma: no cover - the message is the point
     ) from error
 
 import cnorm
+from cnorm import _layout
 from cnorm import _validation as check
 from cnorm import batchnorm as _batchnorm
 from cnorm.lrn import _lrn_params, _size_params
-from cnorm.moments import Moments, channels_last
+from cnorm.moments import Moments
 
 __all__ = ["moments", "batch_norm_inference", "lrn", "local_response_norm", "recalibrate"]
 
@@ -65,8 +66,8 @@ def _dask_array(x, name="x"):
             f"{name} must be a dask.array.Array, got {type(x).__name__}; wrap a NumPy array "
             f"with dask.array.from_array, or call the cnorm function of the same name"
         )
-    if x.dtype.type not in check.SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+    if _layout.storage_of(x.dtype) is None:
+        raise TypeError(f"{name} must have dtype {_layout.DTYPE_NAMES}, got {x.dtype}")
     if x.ndim < 1:
         raise ValueError(f"{name} must have at least 1 dimension, got shape {x.shape}")
     return x
@@ -191,7 +192,7 @@ def moments(x, *, axis=-1, split_every=None, n_threads=None):
 
     Parameters
     ----------
-    x : dask.array.Array of float32 or float64
+    x : dask.array.Array of float32, float64, float16 or bfloat16
         Data with channels on `axis` (ndim >= 1; chunk sizes along the channel
         axis known).
     axis : int, default -1
@@ -213,7 +214,7 @@ def moments(x, *, axis=-1, split_every=None, n_threads=None):
     Raises
     ------
     TypeError
-        If x is not a Dask array of float32/float64, or an argument has the wrong type.
+        If x is not a Dask array of a dtype cnorm takes, or an argument has the wrong type.
     ValueError
         If axis is out of range, the channel axis has unknown chunk sizes, or
         split_every or n_threads is out of range.
@@ -263,17 +264,9 @@ def _meta(x):
     return np.empty((0,) * x.ndim, dtype=x.dtype)
 
 
-def _on_channels_last(function, block, axis, *args, **kwargs):
-    # cnorm's functions take channels last: move the axis there (a copy unless
-    # it already is last) and the result back.
-    moved, _ = channels_last(check.float_array(block, "x"), axis)
-    result = function(moved, *args, **kwargs)
-    return result if axis == block.ndim - 1 else np.moveaxis(result, -1, axis)
-
-
 def _inference_block(block, running_mean, running_var, gamma, beta, *, eps, axis, n_threads):
-    return _on_channels_last(cnorm.batch_norm_inference, block, axis, running_mean,
-                             running_var, gamma, beta, eps, n_threads=_task_threads(n_threads))
+    return cnorm.batch_norm_inference(block, running_mean, running_var, gamma, beta, eps,
+                                      axis=axis, n_threads=_task_threads(n_threads))
 
 
 def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, eps=1e-5, *,
@@ -290,7 +283,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
 
     Parameters
     ----------
-    x : dask.array.Array of float32 or float64
+    x : dask.array.Array of float32, float64, float16 or bfloat16
         Input with channels on `axis` (ndim >= 2; chunk sizes along the channel
         axis known).
     running_mean, running_var : array_like of float32 or float64, shape (C,)
@@ -345,8 +338,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
 
 
 def _lrn_block(block, *, function, axis, parameters, n_threads):
-    return _on_channels_last(function, block, axis, **parameters,
-                             n_threads=_task_threads(n_threads))
+    return function(block, **parameters, axis=axis, n_threads=_task_threads(n_threads))
 
 
 def _window_map(x, axis, function, parameters, depth, allow_rechunk, n_threads):
@@ -382,7 +374,7 @@ def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-1, allow_rech
 
     Parameters
     ----------
-    x : dask.array.Array of float32 or float64
+    x : dask.array.Array of float32, float64, float16 or bfloat16
         Input with channels on `axis` (chunk sizes along it known).
     depth_radius, bias, alpha, beta
         As for `cnorm.lrn`.
@@ -424,7 +416,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="to
 
     Parameters
     ----------
-    x : dask.array.Array of float32 or float64
+    x : dask.array.Array of float32, float64, float16 or bfloat16
         Input with channels on `axis` (chunk sizes along it known).
     size, alpha, beta, k, convention
         As for `cnorm.local_response_norm`.
@@ -471,7 +463,7 @@ def recalibrate(x, running_mean, running_var, *, axis=-1, unbiased=True, split_e
 
     Parameters
     ----------
-    x : dask.array.Array of float32 or float64
+    x : dask.array.Array of float32, float64, float16 or bfloat16
         Activations with channels on `axis`.
     running_mean, running_var : numpy.ndarray of float32 or float64, shape (C,)
         Writable arrays to set (e.g. a PyTorch module's buffers through

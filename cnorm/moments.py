@@ -14,6 +14,7 @@ import numbers
 
 import numpy as np
 
+from cnorm import _layout
 from cnorm import _validation as check
 from cnorm._dispatch import kernels
 
@@ -333,23 +334,6 @@ def _merge(a, b):
     return Moments._unchecked(a._count + b._count, mean, m2)
 
 
-def channels_last(x, axis):
-    """`x` with `axis` moved last, C-contiguous, and the axis normalized to >= 0.
-
-    Until the kernels take an axis, the public functions over any axis copy
-    there (the copy is the array itself when the axis is already last).
-    """
-    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis must be an integer, got {type(axis).__name__} {axis!r}")
-    axis = int(axis)
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis {axis} is out of bounds for x of {x.ndim} dimensions")
-    axis %= x.ndim
-    if axis != x.ndim - 1:
-        x = np.ascontiguousarray(np.moveaxis(x, axis, -1))
-    return x, axis
-
-
 def moments(x, *, axis=-1, n_threads=None):
     """Per-channel count, mean and M2 of ``x``, as a mergeable `Moments`.
 
@@ -359,8 +343,9 @@ def moments(x, *, axis=-1, n_threads=None):
 
     Parameters
     ----------
-    x : array_like of float32 or float64, ndim >= 1
-        Data with channels on `axis`; may be empty (count 0).
+    x : array_like of float32, float64, float16 or bfloat16, ndim >= 1
+        Data with channels on `axis` (read in place, any axis); may be empty
+        (count 0).
     axis : int, default -1
         The channel axis; every other axis is reduced.
     n_threads : int, optional
@@ -374,7 +359,7 @@ def moments(x, *, axis=-1, n_threads=None):
     Raises
     ------
     TypeError
-        If x is not float32/float64, or axis is not an integer.
+        If x is not float32/float64/float16/bfloat16, or axis is not an integer.
     ValueError
         If x is 0-d, axis is out of range, or n_threads < 1.
 
@@ -385,15 +370,14 @@ def moments(x, *, axis=-1, n_threads=None):
     >>> m.count, m.mean, m.var(ddof=1)
     (2, array([ 2., 20.]), array([  2., 200.]))
     """
-    x = check.float_array(x, "x")
-    x, _ = channels_last(x, axis)
+    t = _layout.tensor(x, "x", axis, min_ndim=1)
     n_threads = check.n_threads(n_threads)
-    n_channels = x.shape[-1]
-    count = int(np.prod(x.shape[:-1]))
+    n_channels = t.channels
+    count = t.outer * t.inner
     if count == 0 or n_channels == 0:
         return Moments._unchecked(count, np.zeros(n_channels), np.zeros(n_channels))
     mean = np.empty(n_channels)
     var = np.empty(n_channels)
-    _bn.batch_stats(x, mean, var, n_threads)
+    _bn.batch_stats(t.buffer(), mean, var, n_threads, t.storage, t.outer, n_channels, t.inner)
     # The kernel divides its merged M2 by the count: one more rounding back.
     return Moments._unchecked(count, mean, var * count)

@@ -152,10 +152,9 @@ def test_deterministic_over_repeats(rng):
     (lambda: Moments.from_array(np.array([np.nan, 0.0, 0.0])), ValueError, "the count"),
     (lambda: Moments(2**53 + 2, [0.0], [0.0]).to_array(), ValueError, "2\\*\\*53"),
     (lambda: Moments.empty(1).var(ddof=-1), ValueError, "ddof"),
-    (lambda: cnorm.moments(np.zeros((3, 2), dtype=np.int32)), TypeError, "float32 or float64"),
+    (lambda: cnorm.moments(np.zeros((3, 2), dtype=np.int32)), TypeError, "must have dtype"),
     (lambda: cnorm.moments(np.float64(1.0)), ValueError, "at least 1 dimension"),
     (lambda: cnorm.moments(np.zeros((3, 2)), axis=2), ValueError, "out of bounds"),
-    (lambda: cnorm.moments(np.zeros((3, 2)), axis=1.0), TypeError, "axis must be an integer"),
     (lambda: cnorm.moments(np.zeros((3, 2)), n_threads=0), ValueError, "n_threads"),
 ])
 def test_bad_input(call, error, message):
