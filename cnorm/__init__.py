@@ -11,9 +11,15 @@ from cnorm import _openmp_runtime
 _openmp_runtime.preload()
 
 from cnorm._config import openmp_enabled, show_config  # noqa: E402
-from cnorm.batchnorm import batch_norm_backward, batch_norm_inference, batch_norm_training  # noqa: E402
+from cnorm.batchnorm import (  # noqa: E402
+    batch_norm_backward,
+    batch_norm_backward_sums,
+    batch_norm_inference,
+    batch_norm_training,
+)
 from cnorm.lrn import local_response_norm, local_response_norm_backward, lrn, lrn_backward  # noqa: E402
 from cnorm.layers import BatchNorm, LocalResponseNorm  # noqa: E402
+from cnorm.moments import Moments, moments  # noqa: E402
 
 
 def _version():
@@ -28,16 +34,19 @@ def _version():
 __version__ = _version()
 
 __all__ = [
+    "Moments",
     "__version__",
     "BatchNorm",
     "LocalResponseNorm",
     "batch_norm_backward",
+    "batch_norm_backward_sums",
     "batch_norm_inference",
     "batch_norm_training",
     "local_response_norm",
     "local_response_norm_backward",
     "lrn",
     "lrn_backward",
+    "moments",
     "openmp_enabled",
     "show_config",
 ]

@@ -48,7 +48,7 @@ def normalize(
 def backward(
     dy: _Tensor,
     x: _Tensor,
-    dx: _Tensor,
+    dx: _Tensor | None,
     mean: _Channels,
     invstd: _Channels,
     gamma: _Channels | None,
@@ -60,4 +60,6 @@ def backward(
     outer: int,
     n_channels: int,
     inner: int,
+    sums_given: bool = ...,
+    count: int = ...,
 ) -> None: ...

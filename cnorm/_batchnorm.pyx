@@ -1542,7 +1542,8 @@ cdef void _reduce(const floating* dy, const floating* x, const double* center,
 
 
 def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n_threads,
-             int storage, Py_ssize_t outer, Py_ssize_t n_channels, Py_ssize_t inner):
+             int storage, Py_ssize_t outer, Py_ssize_t n_channels, Py_ssize_t inner,
+             bint sums_given=False, Py_ssize_t count=0):
     """The whole batch-norm backward: dbeta = sum(dy), dgamma = sum(dy*(x - mean))*invstd, dx.
 
     dy, x, dx: C-contiguous tensors of one shape and storage type, seen as
@@ -1552,7 +1553,11 @@ def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n
     channel: training, dx = k*dy - k*invstd*dgamma/m*(x - mean) - k*dbeta/m
     (_reduce, then _apply); frozen statistics, dx = k*dy (_apply of dy
     alone). The per-channel coefficients are computed here in double. The
-    caller has validated everything.
+    steps of a distributed backward: dx None computes the sums only (no
+    _apply); ``sums_given`` takes dgamma and dbeta as inputs (sums over all
+    shards) and skips the reduction; ``count`` > 0 is the m of the
+    coefficients (the global count) in place of outer*inner. The caller has
+    validated everything.
     """
     cdef Buffers b = Buffers()
     cdef const void* dyp = b.get(dy, False)
@@ -1570,15 +1575,18 @@ def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n
         return
     if storage == CN_FLOAT64:
         _backward(<const double*> dyp, <const double*> xp, <double*> dxp, mean_p, invstd_p,
-                  gamma_p, training, dgamma_p, dbeta_p, &g, n_threads)
+                  gamma_p, training, dgamma_p, dbeta_p, &g, n_threads, sums_given,
+                  count if count > 0 else outer * inner)
     else:
         _backward(<const float*> dyp, <const float*> xp, <float*> dxp, mean_p, invstd_p,
-                  gamma_p, training, dgamma_p, dbeta_p, &g, n_threads)
+                  gamma_p, training, dgamma_p, dbeta_p, &g, n_threads, sums_given,
+                  count if count > 0 else outer * inner)
 
 
 cdef void _backward(const floating* dy, const floating* x, floating* dx, const double* mean,
                     const double* invstd, const double* gamma, bint training,
-                    double* dgamma, double* dbeta, const Grid* g, int n_threads) except *:
+                    double* dgamma, double* dbeta, const Grid* g, int n_threads,
+                    bint sums_given, Py_ssize_t count) except *:
     cdef Py_ssize_t c, n_channels = g.channels
     cdef double* coefficients = <double*> calloc(4 * n_channels, sizeof(double))
     if coefficients == NULL:
@@ -1587,11 +1595,15 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
     cdef double* x_scale = coefficients + n_channels
     cdef double* shift = coefficients + 2 * n_channels
     cdef double* sum_dy_centered = coefficients + 3 * n_channels
-    cdef double m = <double>(g.outer * g.inner)
+    cdef double m = <double>count
     try:
-        _reduce(dy, x, mean, dbeta, sum_dy_centered, g, n_threads)
+        if not sums_given:
+            _reduce(dy, x, mean, dbeta, sum_dy_centered, g, n_threads)
+            for c in range(n_channels):
+                dgamma[c] = sum_dy_centered[c] * invstd[c]
+        if dx == NULL:
+            return
         for c in range(n_channels):
-            dgamma[c] = sum_dy_centered[c] * invstd[c]
             dy_scale[c] = invstd[c] if gamma == NULL else gamma[c] * invstd[c]
             x_scale[c] = -dy_scale[c] * invstd[c] * dgamma[c] / m
             shift[c] = -dy_scale[c] * dbeta[c] / m

@@ -14,23 +14,62 @@ import numpy as np
 from cnorm import _buffers, _layout
 from cnorm import _validation as check
 from cnorm._dispatch import kernels
+from cnorm.moments import Moments
 
 _bn = kernels("_batchnorm")
 
 
 
-__all__ = ["batch_norm_inference", "batch_norm_training", "batch_norm_backward"]
+__all__ = ["batch_norm_inference", "batch_norm_training", "batch_norm_backward",
+           "batch_norm_backward_sums"]
 
 
 # ---------------------------------------------------------------------------
 # Checks particular to batch norm (the shared ones are in cnorm._validation)
 
-def _input(x, axis, name="x"):
+def _input(x, axis, name="x", *, allow_empty=False):
     """x as a `cnorm._layout.Tensor` with its channels on `axis`."""
     t = _layout.tensor(x, name, axis, min_ndim=2)
-    if t.array.size == 0:
+    if t.array.size == 0 and not allow_empty:
         raise ValueError(f"{name} must not be empty, got shape {t.shape}")
     return t
+
+
+def _global_moments(moments, n_channels):
+    """Check the global statistics given to batch_norm_training."""
+    if not isinstance(moments, Moments):
+        raise TypeError(f"moments must be a cnorm.Moments or None, got {type(moments).__name__}")
+    if moments.n_channels != n_channels:
+        raise ValueError(
+            f"moments must have {n_channels} channels (x's channel axis), got "
+            f"{moments.n_channels}"
+        )
+    if moments.count <= 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got moments of count "
+            f"{moments.count}"
+        )
+    return moments
+
+
+def _global_sums(sums, count, n_channels, training):
+    """Check the (sum_dy, sum_dy_xhat) and count given to batch_norm_backward."""
+    if (sums is None) != (count is None):
+        raise ValueError("sums and count must be given together (or neither)")
+    if sums is None:
+        return None
+    if not training:
+        raise ValueError("sums and count apply to training=True only (frozen statistics "
+                         "need no sums for dx)")
+    if not isinstance(sums, (tuple, list)) or len(sums) != 2:
+        raise TypeError(
+            "sums must be a pair (sum_dy, sum_dy_xhat) as batch_norm_backward_sums returns, "
+            f"got {type(sums).__name__}"
+        )
+    sum_dy = _per_channel(sums[0], "sums[0] (sum_dy)", n_channels)
+    sum_dy_xhat = _per_channel(sums[1], "sums[1] (sum_dy_xhat)", n_channels)
+    count = check.integer(count, "count", minimum=1)
+    return sum_dy, sum_dy_xhat, count
 
 
 _FLOAT64 = np.dtype(np.float64)
@@ -260,7 +299,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
 
 def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None,
                         running_var=None, momentum=0.1, running_var_unbiased=True,
-                        axis=-1, out=None, n_threads=None):
+                        moments=None, axis=-1, out=None, n_threads=None):
     """Batch normalization with the statistics of the batch (training).
 
     Per channel ``c`` over the ``m = x.size // C`` values of the channel::
@@ -281,8 +320,14 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
         running_var  = (1 - momentum) * running_var  + momentum * v
         v = var_b * m / (m - 1)  if running_var_unbiased  else  var_b
 
-    (``momentum == 1`` replaces the running statistics outright.) The defaults
-    are PyTorch's; every framework's convention is one setting:
+    (``momentum == 1`` replaces the running statistics outright.)
+
+    With ``moments`` (the statistics of the whole batch, e.g. merged over the
+    shards of data-parallel workers: a synchronized batch norm), x is
+    normalized with ``moments.mean`` and ``moments.var()`` instead of its own
+    statistics, and ``m`` above is ``moments.count``.
+
+    The defaults are PyTorch's; every framework's convention is one setting:
 
     - PyTorch ``momentum=mu``: ``momentum=mu`` (default 0.1).
     - PyTorch ``momentum=None`` (cumulative average): ``momentum=1/n`` where n is
@@ -312,6 +357,11 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     running_var_unbiased : bool, default True
         Whether the running variance takes the unbiased batch variance
         (PyTorch, TensorFlow) or the biased one (Keras 3, ONNX).
+    moments : Moments, optional
+        Statistics of the whole batch to normalize with (count > 1, C
+        channels), for example ``Moments.merge_all`` of every worker's
+        ``cnorm.moments(x)`` in rank order. x may then be empty (a worker
+        without data). None: x's own statistics.
     axis : int, default -1
         The channel axis: statistics are per index along it (NCHW data from
         PyTorch is ``axis=1``, read in place with no copy).
@@ -327,6 +377,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     mean, invstd : numpy.ndarray of float64, shape (C,)
         The batch mean and ``1 / sqrt(var_b + eps)``, always float64 (whatever
         x's dtype), ready for `batch_norm_backward`. ``var_b = invstd**-2 - eps``.
+        With ``moments``, those of the whole batch.
 
     Raises
     ------
@@ -336,7 +387,8 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
         training", as PyTorch), momentum is outside [0, 1], or only one of the
         running statistics is given; TypeError if a running statistic is not a
         float32/float64 numpy.ndarray, ValueError if it has the wrong shape or
-        is read-only.
+        is read-only; TypeError if moments is not a `Moments`, ValueError if it
+        has another channel count or a count <= 1.
 
     Examples
     --------
@@ -349,9 +401,11 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     (array([2.5]), array([1.06667]))
     """
     given = dict(x=x, out=out, gamma=gamma, beta=beta)  # as passed: for _separate_running
-    x = _input(x, axis)
+    x = _input(x, axis, allow_empty=moments is not None)
     n_channels = x.channels
-    m = x.outer * x.inner
+    if moments is not None:
+        moments = _global_moments(moments, n_channels)
+    m = x.outer * x.inner if moments is None else moments.count
     if not _buffers.float64_vectors(n_channels, gamma, beta):
         if gamma is not None:  # None: the kernel takes 1 (and 0 for beta)
             gamma = _per_channel(gamma, "gamma", n_channels)
@@ -374,12 +428,18 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     y, written = _output(out, x)
     n_threads = check.n_threads(n_threads)
 
-    mean = np.empty(n_channels)
-    var_biased = np.empty(n_channels)
     view = (x.storage, x.outer, n_channels, x.inner)
-    _bn.batch_stats(x.buffer(), mean, var_biased, n_threads, *view)
+    if moments is None:
+        mean = np.empty(n_channels)
+        var_biased = np.empty(n_channels)
+        _bn.batch_stats(x.buffer(), mean, var_biased, n_threads, *view)
+    else:
+        mean = moments.mean.copy()
+        var_biased = moments.var()
     invstd = np.empty(n_channels)
-    if _widen(x, gamma, beta, mean, var_biased, eps=eps):
+    if x.array.size == 0:  # the kernel's own arithmetic (IEEE division and square root)
+        invstd[...] = 1.0 / np.sqrt(var_biased + eps)
+    elif _widen(x, gamma, beta, mean, var_biased, eps=eps):
         wide = _widened(x)
         _bn.normalize(wide, wide, mean, var_biased, gamma, beta, eps, invstd, True, n_threads,
                       0, x.outer, n_channels, x.inner)
@@ -405,8 +465,8 @@ def _update_running(running, batch_stat, momentum):
         running[...] = (1.0 - momentum) * running.astype(np.float64) + momentum * batch_stat
 
 
-def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=-1,
-                        out=None, n_threads=None):
+def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=None,
+                        count=None, axis=-1, out=None, n_threads=None):
     """Gradients of batch normalization with respect to x, gamma and beta.
 
     With ``g = dy`` and ``xhat = (x - mean) * invstd``, per channel over its m values::
@@ -425,6 +485,12 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=
     computed in float64 (centered on the mean, so float32 stays accurate where
     |mean| >> std).
 
+    Distributed (synchronized) batch norm: with ``sums`` (``dbeta`` and
+    ``dgamma`` summed over every worker's `batch_norm_backward_sums`) and
+    ``count`` (``m``, the whole batch's values per channel), dx of this
+    worker's x is computed from them and no sums are taken over x, as
+    PyTorch's ``batch_norm_backward_elemt``.
+
     Parameters
     ----------
     dy : array_like, shape and dtype of x
@@ -439,6 +505,13 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=
         The forward's scale; None means 1.
     training : bool, default True
         Whether the statistics were those of the batch (True) or fixed (False).
+    sums : (array_like, array_like), optional
+        ``(sum_dy, sum_dy_xhat)`` of the whole batch, each of shape (C,): the
+        sums of `batch_norm_backward_sums` over all workers. Give with
+        ``count``, and with ``training=True`` only. x may then be empty.
+    count : int, optional
+        Values per channel of the whole batch (``moments.count`` of the
+        forward), >= 1.
     axis : int, default -1
         The channel axis: statistics are per index along it (NCHW data from
         PyTorch is ``axis=1``, read in place with no copy).
@@ -452,14 +525,17 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=
     dx : numpy.ndarray
         x's shape and dtype (``out`` if given).
     dgamma, dbeta : numpy.ndarray of float64, shape (C,)
-        Returned whether or not gamma was given.
+        Returned whether or not gamma was given; with ``sums``, copies of
+        ``sum_dy_xhat`` and ``sum_dy`` (the gradients of the whole batch).
 
     Raises
     ------
     TypeError, ValueError
-        As for `batch_norm_inference`, and if dy does not match x in shape or dtype.
+        As for `batch_norm_inference`, and if dy does not match x in shape or
+        dtype, only one of sums and count is given, sums is given with
+        ``training=False``, or a sum is not of shape (C,).
     """
-    x = _input(x, axis)
+    x = _input(x, axis, allow_empty=sums is not None)
     dy = _layout.matching(dy, "dy", x, "x")
     n_channels = x.channels
     if (mean is None or invstd is None
@@ -469,16 +545,94 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=
         if gamma is not None:  # None: the kernel takes 1
             gamma = _per_channel(gamma, "gamma", n_channels)
     training = _flag(training, "training")
+    given = _global_sums(sums, count, n_channels, training)
     dx, written = _output(out, x, dy)
     n_threads = check.n_threads(n_threads)
+    view = (x.storage, x.outer, n_channels, x.inner)
 
-    dgamma = np.empty(n_channels)
-    dbeta = np.empty(n_channels)
-    if _widen(x, mean, invstd, gamma):
-        wide = _widened(x)
-        _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, training, dgamma, dbeta,
-                     n_threads, 0, x.outer, n_channels, x.inner)
-        return _store_widened(dx, x, wide), dgamma, dbeta
-    _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma, training,
-                 dgamma, dbeta, n_threads, x.storage, x.outer, n_channels, x.inner)
+    if given is None:
+        dgamma = np.empty(n_channels)
+        dbeta = np.empty(n_channels)
+        if _widen(x, mean, invstd, gamma):
+            wide = _widened(x)
+            _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, training, dgamma,
+                         dbeta, n_threads, 0, x.outer, n_channels, x.inner)
+            return _store_widened(dx, x, wide), dgamma, dbeta
+        _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma,
+                     training, dgamma, dbeta, n_threads, *view)
+        return _layout.finish(dx, written), dgamma, dbeta
+    sum_dy, sum_dy_xhat, count = given
+    dgamma = sum_dy_xhat.copy()  # read by the kernel, returned to the caller
+    dbeta = sum_dy.copy()
+    if x.array.size == 0:
+        return dx, dgamma, dbeta
+    _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma, True,
+                 dgamma, dbeta, n_threads, *view, True, count)
     return _layout.finish(dx, written), dgamma, dbeta
+
+
+def batch_norm_backward_sums(dy, x, mean, invstd, *, axis=-1, n_threads=None):
+    """The per-channel sums of the batch-norm backward over this worker's data.
+
+    The first step of a distributed (synchronized) batch-norm backward, as
+    PyTorch's ``batch_norm_backward_reduce``: with ``xhat = (x - mean) * invstd``::
+
+        sum_dy      = sum(dy)          (dbeta)
+        sum_dy_xhat = sum(dy * xhat)   (dgamma)
+
+    Sum them over all workers (an all-reduce; floating-point sums depend on
+    their order, so add in rank order for bit-identical results), then pass
+    them to ``batch_norm_backward(..., sums=(sum_dy, sum_dy_xhat),
+    count=global_count)`` on each worker. Accumulated in float64 in a fixed
+    order, as in `batch_norm_backward`.
+
+    Parameters
+    ----------
+    dy : array_like, shape and dtype of x
+        Gradient of the loss with respect to y.
+    x : array_like of float32, float64, float16 or bfloat16
+        This worker's forward input, channels on `axis` (ndim >= 2; may be empty).
+    mean, invstd : array_like of float32 or float64, shape (C,)
+        The statistics the forward normalized with (of the whole batch).
+    axis : int, default -1
+        The channel axis.
+    n_threads : int, optional
+        As for `batch_norm_inference`.
+
+    Returns
+    -------
+    sum_dy, sum_dy_xhat : numpy.ndarray of float64, shape (C,)
+        Zeros for an empty x.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for `batch_norm_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> x = np.array([[1.0], [2.0], [3.0], [4.0]])
+    >>> y, mean, invstd = cnorm.batch_norm_training(x)
+    >>> shards = [(x[:1], y[:1]), (x[1:], y[1:])]      # dy = y: two workers
+    >>> sums = [cnorm.batch_norm_backward_sums(dy, xs, mean, invstd) for xs, dy in shards]
+    >>> total = tuple(sum(s[i] for s in sums) for i in range(2))
+    >>> dx, dgamma, dbeta = cnorm.batch_norm_backward(y[1:], x[1:], mean, invstd,
+    ...                                               sums=total, count=4)
+    >>> np.allclose(dx, cnorm.batch_norm_backward(y, x, mean, invstd)[0][1:])
+    True
+    """
+    x = _input(x, axis, allow_empty=True)
+    dy = _layout.matching(dy, "dy", x, "x")
+    n_channels = x.channels
+    if (mean is None or invstd is None
+            or not _buffers.float64_vectors(n_channels, mean, invstd)):
+        mean = _per_channel(mean, "mean", n_channels)
+        invstd = _per_channel(invstd, "invstd", n_channels)
+    n_threads = check.n_threads(n_threads)
+    sum_dy_xhat = np.zeros(n_channels)
+    sum_dy = np.zeros(n_channels)
+    if x.array.size:
+        _bn.backward(x.buffer(dy), x.buffer(), None, mean, invstd, None, True, sum_dy_xhat,
+                     sum_dy, n_threads, x.storage, x.outer, n_channels, x.inner)
+    return sum_dy, sum_dy_xhat

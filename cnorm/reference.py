@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = ["lrn", "lrn_backward", "local_response_norm", "local_response_norm_backward",
            "lrn_window", "batch_norm_inference", "batch_norm_training",
-           "batch_norm_backward"]
+           "batch_norm_backward", "batch_norm_backward_sums", "moments"]
 
 
 def _channels_last(function):
@@ -188,3 +188,21 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True):
     else:
         dx = gamma * invstd * g
     return dx.reshape(x.shape), dgamma, dbeta
+
+
+def batch_norm_backward_sums(dy, x, mean, invstd):
+    """Return (sum(dy), sum(dy * (x - mean) * invstd)) per channel."""
+    _, dgamma, dbeta = batch_norm_backward(dy, x, mean, invstd)
+    return dbeta, dgamma
+
+
+def moments(x, *, axis=-1):
+    """Return cnorm.Moments(count, mean, m2) of x by two passes in float64."""
+    from cnorm.moments import Moments
+
+    x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1)
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] == 0:
+        return Moments.empty(rows.shape[1])
+    mean = rows.mean(axis=0)
+    return Moments(rows.shape[0], mean, ((rows - mean) ** 2).sum(axis=0))
