@@ -517,6 +517,116 @@ def onnx_bn_cases():
              eps=eps, running_mean=rm_, running_var=rv_, y=y)
 
 
+# ============================================================================= PyTorch in its native NCHW layout
+# These files are NCHW (layout = "NCHW"): x, y, dy, dx as torch holds them; cnorm reads them with axis=1.
+def torch_nchw_lrn_cases():
+    cases = [(f"torch_nchw_lrn_size{n}_{dt}", dt, (2, 8, 5, 7), n, 1.0, 0.75, 0.5)
+             for n in (2, 3, 4, 5) for dt in ("f32", "f64")]
+    cases.append(("torch_nchw_lrn_size5_default_f32", "f32", (2, 16, 4, 5), 5, 1e-4, 0.75, 1.0))
+    for i, (name, dt, shape, size, alpha, beta, k) in enumerate(cases):
+        rng = np.random.default_rng(800 + i)
+        npdt = np.float64 if dt == "f64" else np.float32
+        x = rng.standard_normal(shape).astype(npdt)
+        dy = rng.standard_normal(shape).astype(npdt)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = F.local_response_norm(xt, size, alpha=alpha, beta=beta, k=k)
+        yt.backward(torch.tensor(dy))
+        y, dx = yt.detach().numpy(), xt.grad.numpy()
+        yr, dxr = lrn_ref(nchw_to_nhwc(x), size // 2, (size - 1) // 2, alpha / size, k, beta,
+                          nchw_to_nhwc(dy))
+        check(name, "y vs canonical", y, nhwc_to_nchw(yr))
+        check(name, "dx vs canonical", dx, nhwc_to_nchw(dxr))
+        save(name, "lrn", "torch", convention="torch", layout="NCHW", x=x, y=y, dy=dy, dx=dx,
+             size=size, alpha=alpha, beta=beta, k=k)
+
+
+def torch_nchw_bn_train_cases():
+    cases = [(f"torch_nchw_bn_train_m{m}_{dt}", dt, (3, 8, 5, 6), None if m == "None" else 0.1)
+             for m in ("0.1", "None") for dt in ("f32", "f64")]
+    for i, (name, dt, shape, momentum) in enumerate(cases):
+        rng = np.random.default_rng(900 + i)
+        npdt = np.float64 if dt == "f64" else np.float32
+        C, eps = shape[1], 1e-5
+        gamma = (rng.uniform(0.5, 1.5, C) * rng.choice([-1, 1], C)).astype(npdt)
+        beta = rng.standard_normal(C).astype(npdt)
+        rm_in = rng.standard_normal(C).astype(npdt)
+        rv_in = rng.uniform(0.5, 2.0, C).astype(npdt)
+        per_channel = (1, C, 1, 1)
+        xs = [(2 * rng.standard_normal(per_channel) + rng.uniform(0.5, 3.0, per_channel)
+               * rng.standard_normal(shape)).astype(npdt) for _ in range(3)]
+        dy = rng.standard_normal(shape).astype(npdt)
+        rm, rv = torch.tensor(rm_in), torch.tensor(rv_in)
+        # momentum=None is nn.BatchNorm2d's cumulative average: it passes F.batch_norm the
+        # factor 1/num_batches_tracked; the module, run beside, must give the same bits.
+        module = torch.nn.BatchNorm2d(C, eps=eps, momentum=momentum, dtype=rm.dtype)
+        with torch.no_grad():
+            module.running_mean.copy_(rm)
+            module.running_var.copy_(rv)
+        extra = {}
+        for b, x in enumerate(xs):
+            factor = 1.0 / (b + 1) if momentum is None else momentum
+            xt = torch.tensor(x, requires_grad=True)
+            w = torch.tensor(gamma, requires_grad=True)
+            bb = torch.tensor(beta, requires_grad=True)
+            yt = F.batch_norm(xt, rm, rv, w, bb, training=True, momentum=factor, eps=eps)
+            module(torch.tensor(x))
+            assert torch.equal(module.running_mean, rm) and torch.equal(module.running_var, rv)
+            extra[f"running_mean_out_{b}"] = rm.numpy().copy()
+            extra[f"running_var_out_{b}"] = rv.numpy().copy()
+        yt.backward(torch.tensor(dy))
+        x = xs[2]
+        with torch.no_grad():
+            _, save_mean, save_invstd = torch.native_batch_norm(
+                torch.tensor(x), torch.tensor(gamma), torch.tensor(beta), torch.tensor(rm_in),
+                torch.tensor(rv_in), True, 0.1, eps)
+        y, dx = yt.detach().numpy(), xt.grad.numpy()
+        yr, dxr, dgr, dbr, mean64, varb64, inv64 = bn_ref_train(nchw_to_nhwc(x), gamma, beta,
+                                                                eps, nchw_to_nhwc(dy))
+        check(name, "y vs canonical", y, nhwc_to_nchw(yr.reshape(nchw_to_nhwc(x).shape)))
+        check(name, "dx vs canonical", dx, nhwc_to_nchw(dxr.reshape(nchw_to_nhwc(x).shape)))
+        check(name, "dgamma vs canonical", w.grad.numpy(), dgr)
+        check(name, "dbeta vs canonical", bb.grad.numpy(), dbr)
+        save(name, "batch_norm", "torch", mode="training", layout="NCHW",
+             x=x, x_0=xs[0], x_1=xs[1], x_2=xs[2], gamma=gamma, beta=beta, eps=eps,
+             momentum=(np.nan if momentum is None else momentum),
+             y=y, batch_mean=mean64, batch_var_biased=varb64,
+             saved_mean=save_mean.numpy(), saved_invstd=save_invstd.numpy(),
+             running_mean_in=rm_in, running_var_in=rv_in,
+             running_mean_out=rm.numpy().copy(), running_var_out=rv.numpy().copy(),
+             dy=dy, dx=dx, dgamma=w.grad.numpy().copy(), dbeta=bb.grad.numpy().copy(), **extra)
+
+
+def torch_nchw_bn_eval_cases():
+    for i, dt in enumerate(("f32", "f64")):
+        name = f"torch_nchw_bn_eval_{dt}"
+        rng = np.random.default_rng(950 + i)
+        npdt = np.float64 if dt == "f64" else np.float32
+        shape, eps = (2, 8, 5, 6), 1e-3
+        C = shape[1]
+        gamma = (rng.uniform(0.5, 1.5, C) * rng.choice([-1, 1], C)).astype(npdt)
+        beta = rng.standard_normal(C).astype(npdt)
+        rm_ = rng.standard_normal(C).astype(npdt)
+        rv_ = rng.uniform(0.5, 2.0, C).astype(npdt)
+        x = (2 * rng.standard_normal((1, C, 1, 1)) + rng.standard_normal(shape)).astype(npdt)
+        dy = rng.standard_normal(shape).astype(npdt)
+        xt = torch.tensor(x, requires_grad=True)
+        w = torch.tensor(gamma, requires_grad=True)
+        bb = torch.tensor(beta, requires_grad=True)
+        yt = F.batch_norm(xt, torch.tensor(rm_), torch.tensor(rv_), w, bb, training=False,
+                          momentum=0.1, eps=eps)
+        yt.backward(torch.tensor(dy))
+        y, dx = yt.detach().numpy(), xt.grad.numpy()
+        yr, dxr, dgr, dbr = bn_ref_infer(nchw_to_nhwc(x), gamma, beta, eps, rm_, rv_,
+                                         nchw_to_nhwc(dy))
+        check(name, "y vs canonical", y, nhwc_to_nchw(yr.reshape(nchw_to_nhwc(x).shape)))
+        check(name, "dx vs canonical", dx, nhwc_to_nchw(dxr.reshape(nchw_to_nhwc(x).shape)))
+        check(name, "dgamma vs canonical", w.grad.numpy(), dgr)
+        check(name, "dbeta vs canonical", bb.grad.numpy(), dbr)
+        save(name, "batch_norm", "torch", mode="inference", layout="NCHW", x=x, gamma=gamma,
+             beta=beta, eps=eps, running_mean=rm_, running_var=rv_, y=y, dy=dy, dx=dx,
+             dgamma=w.grad.numpy().copy(), dbeta=bb.grad.numpy().copy())
+
+
 # ============================================================================= SEMANTICS.md worked examples
 def semantics_examples():
     print("\n== SEMANTICS.md section 1: x=[1,2,3,4,5] along C, alpha=1, k=1, beta=1 ==")
@@ -585,6 +695,9 @@ def main():
     torch_bn_eval_cases()
     tf_bn_cases()
     onnx_bn_cases()
+    torch_nchw_lrn_cases()
+    torch_nchw_bn_train_cases()
+    torch_nchw_bn_eval_cases()
 
     print("\n== cross-checks against SEMANTICS.md formulas (max |diff| / max |ref|) ==")
     worst = {}
