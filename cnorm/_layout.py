@@ -136,7 +136,7 @@ def tensor(value, name, axis, *, min_ndim=1):
             f"{name} must have at least {min_ndim} dimension{'s' if min_ndim > 1 else ''}, "
             f"got shape {array.shape}")
     ndim = array.ndim
-    if axis == -1 or axis == ndim - 1:
+    if type(axis) is int and (axis == -1 or axis == ndim - 1):
         axis = ndim - 1
     else:
         axis = channel_axis(axis, ndim, name)

@@ -588,12 +588,14 @@ def test_lrn_golden_files():
         with np.load(path) as file:
             d = dict(file)
         convention = str(d["convention"])
+        axis = 1 if str(d.get("layout", "NHWC")) == "NCHW" else -1  # torch_nchw_* files
         if convention == "tf":
             layer = cnorm.LocalResponseNorm.from_tf(int(d["depth_radius"]), float(d["bias"]),
-                                                    float(d["alpha"]), float(d["beta"]))
+                                                    float(d["alpha"]), float(d["beta"]),
+                                                    axis=axis)
         else:
             layer = cnorm.LocalResponseNorm(int(d["size"]), float(d["alpha"]), float(d["beta"]),
-                                            float(d["k"]), convention=convention)
+                                            float(d["k"]), convention=convention, axis=axis)
         y = layer(d["x"])
         np.testing.assert_allclose(y, d["y"], rtol=1e-5, atol=1e-6, err_msg=path.name)
         if "dx" in d:
