@@ -25,3 +25,11 @@ cdef extern from *:
 
 cdef int check_sizes(Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
                      int n_threads) except -1
+
+
+# Plain calls, checked in C (see _buffers.pyx; the layers' fast paths use them).
+cdef int storage_of(const Py_buffer* view) noexcept
+cdef int plain_threads(object n_threads) except -2
+cdef object plain_call(object x, object out, object dy, object n_threads, object axis,
+                       int min_ndim, Py_ssize_t n_channels, Py_ssize_t* view, int* threads,
+                       bint* in_place)

@@ -51,9 +51,213 @@ def partial_overlap(out, x, dy=None):
         PyBuffer_Release(&view)
 
 
+import os
+
 import numpy
 
+from cnorm._openmp cimport omp_get_max_threads
+
 cdef object _ndarray = numpy.ndarray
+cdef object _empty = numpy.empty
+
+# The most threads a call uses, whatever n_threads asks (cnorm._validation says why).
+MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
+cdef int _max_threads = MAX_THREADS
+
+
+# ---------------------------------------------------------------------------
+# Plain calls: the common case of every public function and layer, checked in C
+#
+# A plain call has x a C-contiguous, aligned, native float64, float32 or
+# float16 numpy.ndarray, not empty, with its channels on a valid int axis;
+# `out` None or an ndarray of x's shape and storage, C-contiguous, aligned,
+# writable, and x (or dy) exactly or disjoint from both; n_threads None or an
+# int >= 1. For such a call these functions give what the checked path
+# (cnorm._layout, cnorm._validation) would; for any other call they return
+# None (or -1) and the caller takes the checked path, which converts what it
+# may and raises the errors. So the checks of a call are written once, in
+# Python, and this is only a faster way to a result they would accept.
+
+cdef int storage_of(const Py_buffer* view) noexcept:
+    # The storage code (cnorm/_storage.h) of a native float64/float32/float16
+    # buffer aligned to its item size, else -1 (bfloat16 and anything else
+    # take the checked path).
+    if view.format == NULL or view.format[0] == 0 or view.format[1] != 0:
+        return -1
+    if (<size_t> view.buf) % <size_t> view.itemsize != 0:
+        return -1
+    if view.format[0] == b"d":
+        return 0
+    if view.format[0] == b"f":
+        return 1
+    if view.format[0] == b"e":
+        return 2
+    return -1
+
+
+cdef inline bint _apart(const Py_buffer* a, const Py_buffer* b) noexcept:
+    # a is b's memory exactly, or disjoint from it.
+    cdef const char* start_a = <const char*> a.buf
+    cdef const char* start_b = <const char*> b.buf
+    return ((start_a == start_b and a.len == b.len)
+            or start_a + a.len <= start_b or start_b + b.len <= start_a)
+
+
+cdef object plain_output(object x, const Py_buffer* xv, object out, object dy,
+                         bint* in_place):
+    # `out` if it is a usable output for x (and dy, when not None: a plain
+    # array of x's shape and storage); a new array if out is None; None
+    # otherwise. ``in_place`` tells whether the output is x's memory.
+    cdef Py_buffer ov, dv
+    cdef int i
+    cdef bint ok
+    in_place[0] = False
+    if out is None:
+        return _empty(x.shape, x.dtype)
+    if type(out) is not _ndarray:
+        return None
+    try:
+        PyObject_GetBuffer(out, &ov, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE)
+    except (BufferError, ValueError, TypeError):
+        return None
+    ok = (ov.ndim == xv.ndim and storage_of(&ov) == storage_of(xv) and ov.len == xv.len)
+    if ok:
+        for i in range(ov.ndim):
+            if ov.shape[i] != xv.shape[i]:
+                ok = False
+                break
+    if ok:
+        in_place[0] = ov.buf == xv.buf
+        ok = _apart(&ov, xv)
+    if ok and dy is not None:
+        try:
+            PyObject_GetBuffer(dy, &dv, PyBUF_C_CONTIGUOUS)
+        except (BufferError, ValueError, TypeError):
+            ok = False
+        else:
+            ok = _apart(&ov, &dv)
+            PyBuffer_Release(&dv)
+    PyBuffer_Release(&ov)
+    return out if ok else None
+
+
+cdef int plain_threads(object n_threads) except -2:
+    # The thread count of a valid n_threads, capped at MAX_THREADS; -1 if the
+    # checked path must judge it.
+    if n_threads is None:
+        return omp_get_max_threads()
+    if type(n_threads) is int and n_threads >= 1:
+        return n_threads if n_threads <= _max_threads else _max_threads
+    return -1
+
+
+cdef int plain_view(object x, object axis, int min_ndim, Py_ssize_t n_channels,
+                    Py_buffer* xv, Py_ssize_t* view) except -2:
+    # 0 with the buffer of a plain x taken into ``xv`` (the caller releases
+    # it) and the kernels' view in ``view`` (storage, outer, channels,
+    # inner), if x is a plain tensor of ndim >= min_ndim with n_channels
+    # channels (any, if n_channels is -1) on `axis`; -1 (no buffer held) if not.
+    cdef int i, ndim, ax
+    if type(x) is not _ndarray or type(axis) is not int:
+        return -1
+    try:
+        PyObject_GetBuffer(x, xv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except (BufferError, ValueError, TypeError):
+        return -1
+    ndim = xv.ndim
+    ax = -1
+    if -ndim <= axis < ndim:
+        ax = axis + ndim if axis < 0 else axis
+    view[0] = storage_of(xv)
+    if (ndim < min_ndim or xv.len == 0 or ax < 0 or view[0] < 0
+            or (n_channels >= 0 and xv.shape[ax] != n_channels)):
+        PyBuffer_Release(xv)
+        return -1
+    view[1] = 1
+    view[2] = xv.shape[ax]
+    view[3] = 1
+    for i in range(ax):
+        view[1] *= xv.shape[i]
+    for i in range(ax + 1, ndim):
+        view[3] *= xv.shape[i]
+    return 0
+
+
+cdef object plain_call(object x, object out, object dy, object n_threads, object axis,
+                       int min_ndim, Py_ssize_t n_channels, Py_ssize_t* view, int* threads,
+                       bint* in_place):
+    # The output of a plain call (see above; dy None or a plain array of x's
+    # shape and storage that the caller has checked), with the kernels' view
+    # of x in ``view``, the thread count and whether the output is x's memory;
+    # None for any other call.
+    cdef Py_buffer xv
+    if plain_view(x, axis, min_ndim, n_channels, &xv, view) < 0:
+        return None
+    try:
+        y = plain_output(x, &xv, out, dy, in_place)
+    finally:
+        PyBuffer_Release(&xv)
+    if y is None:
+        return None
+    threads[0] = plain_threads(n_threads)
+    return None if threads[0] < 0 else y
+
+
+def plain(x, out, n_threads, axis, Py_ssize_t min_ndim, dy=None):
+    """``(y, threads, storage, outer, channels, inner)`` for a plain call of the
+    public functions (the block comment above), or None: take the checked path.
+
+    y is `out`, or a new array of x's shape and dtype if out is None.
+    """
+    cdef Py_ssize_t view[4]
+    cdef int threads
+    cdef bint in_place
+    y = plain_call(x, out, dy, n_threads, axis, min_ndim, -1, view, &threads, &in_place)
+    if y is None:
+        return None
+    return y, threads, view[0], view[1], view[2], view[3]
+
+
+def plain_like(value, x):
+    """True if `value` (dy) is a plain tensor of x's shape and storage (x as
+    `plain` accepted it): the backward's dy needs no conversion."""
+    cdef Py_buffer xv, dv
+    cdef int i
+    cdef bint ok
+    if type(value) is not _ndarray:
+        return False
+    try:
+        PyObject_GetBuffer(value, &dv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except (BufferError, ValueError, TypeError):
+        return False
+    try:
+        PyObject_GetBuffer(x, &xv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except (BufferError, ValueError, TypeError):
+        PyBuffer_Release(&dv)
+        return False
+    ok = (dv.ndim == xv.ndim and storage_of(&dv) == storage_of(&xv) and storage_of(&dv) >= 0
+          and dv.len == xv.len)
+    if ok:
+        for i in range(dv.ndim):
+            if dv.shape[i] != xv.shape[i]:
+                ok = False
+                break
+    PyBuffer_Release(&xv)
+    PyBuffer_Release(&dv)
+    return ok
+
+
+def finite_floats(*values):
+    """True if every value is a Python float (not a subclass) and finite: the
+    scalar parameters' common case (cnorm._validation.finite_real checks the rest)."""
+    cdef double v
+    for value in values:
+        if type(value) is not float:
+            return False
+        v = value
+        if not fabs(v) < INFINITY:
+            return False
+    return True
 
 
 def float64_vectors(Py_ssize_t n, *arrays):
@@ -79,6 +283,16 @@ def float64_vectors(Py_ssize_t n, *arrays):
         if not ok:
             return False
     return True
+
+
+def plain_vectors(Py_ssize_t n, bint scan, *arrays):
+    """None unless every one of ``arrays`` that is not None is a plain float64
+    vector of length n (as `float64_vectors`); then, if ``scan``, whether one
+    holds a value outside float32's normal range (as `float32_unsafe`), else
+    False: both checks of the per-channel arguments in one call."""
+    if not float64_vectors(n, *arrays):
+        return None
+    return scan and float32_unsafe(*arrays)
 
 
 def float32_unsafe(*arrays):
@@ -108,12 +322,19 @@ def float32_unsafe(*arrays):
 
 
 def first_negative(values):
-    """Index of the first value < 0 of a C-contiguous float64 array, or -1 (NaN is not negative)."""
+    """Index of the first value < 0 of a C-contiguous, aligned float64 array, or
+    -1 (NaN is not negative); -2 if `values` is not such an array."""
     cdef Py_buffer view
     cdef Py_ssize_t i
     cdef const double* data
-    PyObject_GetBuffer(values, &view, PyBUF_C_CONTIGUOUS)
     try:
+        PyObject_GetBuffer(values, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except (BufferError, ValueError, TypeError):
+        return -2
+    try:
+        if (view.format == NULL or view.format[0] != b"d" or view.format[1] != 0
+                or <size_t>view.buf % sizeof(double) != 0):
+            return -2
         data = <const double*> view.buf
         for i in range(view.len // <Py_ssize_t>sizeof(double)):
             if data[i] < 0:

@@ -4,7 +4,8 @@ Design
 ------
 A layer's inference call on a plain array (a C-contiguous, aligned, native
 float64, float32 or float16 numpy.ndarray with its channels on the layer's
-axis, an ``out`` of its shape and dtype or None) is checked here, in C, and
+axis, an ``out`` of its shape and dtype or None) is checked in C, by the
+plain-call checks of cnorm._buffers that the public functions use too, and
 goes straight to the kernel entry point that the public function would call
 (``cnorm._batchnorm.normalize``, ``cnorm._lrn.run``, from the ISA level
 cnorm._dispatch chose) with the same arguments, the ``(outer, C, inner)``
@@ -29,121 +30,16 @@ Threads
     therefore safe; the record of the last forward (for ``backward``) is one
     tuple, stored at once.
 """
-from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE,
-                             PyBuffer_Release, PyObject_GetBuffer)
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBuffer_Release,
+                             PyObject_GetBuffer)
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 
-from cnorm._openmp cimport omp_get_max_threads
+from cnorm._buffers cimport plain_call
 
 import numpy
 
-cdef object _ndarray = numpy.ndarray
 cdef object _empty = numpy.empty
-
-
-cdef inline int _storage(const Py_buffer* view) noexcept:
-    # The storage code (cnorm/_storage.h) of a native float64/float32/float16
-    # buffer aligned to its item size, else -1 (bfloat16 and anything else
-    # take the checked path).
-    if view.format == NULL or view.format[0] == 0 or view.format[1] != 0:
-        return -1
-    if (<size_t> view.buf) % <size_t> view.itemsize != 0:
-        return -1
-    if view.format[0] == b"d":
-        return 0
-    if view.format[0] == b"f":
-        return 1
-    if view.format[0] == b"e":
-        return 2
-    return -1
-
-
-cdef object _output(object x, const Py_buffer* xv, object out, bint* in_place):
-    # `out` if it is a usable output for x (same shape and dtype, C-contiguous,
-    # writable, x's memory exactly or not overlapping it); a new array if out
-    # is None; None otherwise (the caller falls back to the checked path).
-    # ``in_place`` tells whether the output is x's memory.
-    cdef Py_buffer ov
-    cdef int i
-    cdef bint ok
-    cdef const char* start_x
-    cdef const char* start_o
-    in_place[0] = False
-    if out is None:
-        return _empty(x.shape, x.dtype)
-    if type(out) is not _ndarray:
-        return None
-    try:
-        PyObject_GetBuffer(out, &ov, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE)
-    except (BufferError, ValueError, TypeError):
-        return None
-    ok = (ov.ndim == xv.ndim and _storage(&ov) == _storage(xv) and ov.len == xv.len)
-    if ok:
-        for i in range(ov.ndim):
-            if ov.shape[i] != xv.shape[i]:
-                ok = False
-                break
-    if ok:
-        start_x = <const char*> xv.buf
-        start_o = <const char*> ov.buf
-        # x itself, or disjoint from it
-        in_place[0] = start_o == start_x
-        ok = in_place[0] or start_o + ov.len <= start_x or start_x + xv.len <= start_o
-    PyBuffer_Release(&ov)
-    return out if ok else None
-
-
-cdef int _threads(object n_threads) except -2:
-    # The thread count of a valid n_threads; -1 if the checked path must judge it.
-    if n_threads is None:
-        return omp_get_max_threads()
-    if type(n_threads) is int and n_threads >= 1:
-        return n_threads
-    return -1
-
-
-cdef object _plain_call(object x, object out, object n_threads, int axis, int min_ndim,
-                        Py_ssize_t n_channels, Py_ssize_t* view, int* threads,
-                        bint* in_place):
-    # The output of a plain call (a C-contiguous, aligned, native float64,
-    # float32 or float16 ndarray x, not empty, of ndim >= min_ndim, with
-    # n_channels channels on `axis` unless n_channels is -1; a usable `out`; a
-    # valid n_threads), with the kernels' view of x in ``view`` (storage,
-    # outer, channels, inner), the thread count and whether the output is x's
-    # memory; None for any other call.
-    cdef Py_buffer xv
-    cdef int i, ndim
-    if type(x) is not _ndarray:
-        return None
-    try:
-        PyObject_GetBuffer(x, &xv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-    except (BufferError, ValueError, TypeError):
-        return None
-    try:
-        ndim = xv.ndim
-        if axis < 0:
-            axis += ndim
-        if (ndim < min_ndim or xv.len == 0 or not 0 <= axis < ndim
-                or (n_channels >= 0 and xv.shape[axis] != n_channels)):
-            return None
-        view[0] = _storage(&xv)
-        if view[0] < 0:
-            return None
-        view[1] = 1
-        view[2] = xv.shape[axis]
-        view[3] = 1
-        for i in range(axis):
-            view[1] *= xv.shape[i]
-        for i in range(axis + 1, ndim):
-            view[3] *= xv.shape[i]
-        y = _output(x, &xv, out, in_place)
-    finally:
-        PyBuffer_Release(&xv)
-    if y is None:
-        return None
-    threads[0] = _threads(n_threads)
-    return None if threads[0] < 0 else y
 
 
 cdef class _BatchNormPlan:
@@ -229,8 +125,8 @@ cdef class _BatchNormPlan:
             return None
         if memcmp(self.state_view.buf, self.snapshot, self.state_view.len) != 0:
             self.refresh()
-        y = _plain_call(x, out, n_threads, self.axis, 2, self.n_channels, view, &threads,
-                        &in_place)
+        y = plain_call(x, out, None, n_threads, self.axis, 2, self.n_channels, view, &threads,
+                       &in_place)
         if y is None:
             return None
         vectors = self.vectors
@@ -266,7 +162,7 @@ cdef class _LocalResponseNormPlan:
         cdef Py_ssize_t view[4]
         cdef int threads
         cdef bint in_place
-        y = _plain_call(x, out, n_threads, self.axis, 1, -1, view, &threads, &in_place)
+        y = plain_call(x, out, None, n_threads, self.axis, 1, -1, view, &threads, &in_place)
         if y is None:
             return None
         self.run(x, None, y, min(self.before, view[2] - 1), min(self.after, view[2] - 1),

@@ -14,6 +14,8 @@ import operator
 
 import numpy as np
 
+from cnorm import _buffers
+
 try:
     from numpy.exceptions import AxisError
 except ImportError:  # NumPy < 1.25
@@ -109,13 +111,20 @@ def _memory_order(array):
     return None
 
 
-def tensor(value, name, axis, *, min_ndim=1):
+def tensor(value, name, axis, *, min_ndim=1, plain=None):
     """Return `value` as a `Tensor` with its channels on `axis`.
 
     Arrays of another dtype are rejected rather than cast: a silent cast would
-    hide a caller's mistake.
+    hide a caller's mistake. `plain` is what ``cnorm._buffers.plain`` returned
+    for this call: if not None, `value` is a plain array (checked in C) and its
+    view is taken from it.
     """
     t = Tensor.__new__(Tensor)
+    if plain is not None:
+        t.array = t.memory = value
+        t.order = None
+        t.storage, t.outer, t.channels, t.inner = plain[2:]
+        return t
     if type(value) is np.ndarray:
         array = value
     else:
@@ -168,6 +177,8 @@ def tensor(value, name, axis, *, min_ndim=1):
 
 def matching(value, name, like, like_name):
     """`value` as an array of `like`'s shape and dtype, in `like`'s memory order."""
+    if like.order is None and _buffers.plain_like(value, like.array):
+        return value
     if type(value) is np.ndarray:
         array = value
     else:

@@ -19,7 +19,6 @@ copied back (cnorm._layout.target), so no kernel dereferences a misaligned
 import fractions
 import math
 import numbers
-import os
 
 import numpy as np
 
@@ -177,12 +176,15 @@ def exact_ratio(numerator, denominator):
 # also cap it by their number of chunks, but a huge tensor has millions of
 # chunks, and OpenMP would try to start every requested thread (the kernels
 # take a C int, so 2**31 and above could not even be passed).
-MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
+MAX_THREADS = _buffers.MAX_THREADS
 
 
-def n_threads(value):
+def n_threads(value, plain=None):
     """Resolve `n_threads`: None is OpenMP's current default, else an int >= 1,
-    capped at MAX_THREADS."""
+    capped at MAX_THREADS (already resolved in `plain`, what
+    ``cnorm._buffers.plain`` returned for the call, when it is not None)."""
+    if plain is not None:
+        return plain[1]
     if value is None:
         return _openmp.max_threads()
     if type(value) is not int or value < 1:

@@ -27,9 +27,10 @@ __all__ = ["batch_norm_inference", "batch_norm_training", "batch_norm_backward",
 # ---------------------------------------------------------------------------
 # Checks particular to batch norm (the shared ones are in cnorm._validation)
 
-def _input(x, axis, name="x", *, allow_empty=False):
-    """x as a `cnorm._layout.Tensor` with its channels on `axis`."""
-    t = _layout.tensor(x, name, axis, min_ndim=2)
+def _input(x, axis, name="x", *, allow_empty=False, plain=None):
+    """x as a `cnorm._layout.Tensor` with its channels on `axis` (`plain`: see
+    cnorm._layout.tensor)."""
+    t = _layout.tensor(x, name, axis, min_ndim=2, plain=plain)
     if t.array.size == 0 and not allow_empty:
         raise ValueError(f"{name} must not be empty, got shape {t.shape}")
     return t
@@ -73,6 +74,7 @@ def _global_sums(sums, count, n_channels, training):
 
 
 _FLOAT64 = np.dtype(np.float64)
+_INF = float("inf")
 
 
 def _per_channel(value, name, n_channels):
@@ -96,10 +98,8 @@ def _per_channel(value, name, n_channels):
 
 def _non_negative(array, name):
     """Check a float32/float64 array of shape (C,) has no negative value (NaN passes)."""
-    if array.dtype is _FLOAT64 and array.flags.c_contiguous and array.flags.aligned:
-        negative = _buffers.first_negative(array) >= 0  # a fraction of np.any's microseconds
-    else:
-        negative = (array < 0).any()
+    first = _buffers.first_negative(array)  # a fraction of np.any's microseconds
+    negative = (array < 0).any() if first == -2 else first >= 0
     if negative:
         index = int(np.flatnonzero(array < 0)[0])
         raise ValueError(f"{name} must be >= 0 everywhere, got {float(array[index])} "
@@ -107,6 +107,8 @@ def _non_negative(array, name):
 
 
 def _eps(eps):
+    if type(eps) is float and 0.0 < eps < _INF:
+        return eps
     eps = check.finite_real(eps, "eps")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
@@ -119,6 +121,8 @@ def _momentum(momentum):
             "momentum must be a real number in [0, 1], got None; for PyTorch's "
             "momentum=None (cumulative average) pass momentum=1/num_batches_tracked"
         )
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:
+        return momentum
     momentum = check.finite_real(momentum, "momentum")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
@@ -126,6 +130,8 @@ def _momentum(momentum):
 
 
 def _flag(value, name):
+    if value is True or value is False:
+        return value
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
     return bool(value)
@@ -168,13 +174,15 @@ def _separate_running(running_mean, running_var, **others):
 _FLOAT32_MIN_EPS = 1e-76
 
 
-def _widen(x, *vectors, eps=1.0):
+def _widen(x, *vectors, eps=1.0, unsafe=None):
     """Whether data stored in float32, float16 or bfloat16 (computed in float32)
     must be normalized in float64 instead: a per-channel value (or 1/sqrt(eps))
     outside float32's normal range would round to inf, 0 or a subnormal in the
     float32 pass's coefficients, and give inf, NaN or lost precision where the
-    float64 answer fits. Never for float64 data."""
-    return x.storage != 0 and (eps < _FLOAT32_MIN_EPS or _buffers.float32_unsafe(*vectors))
+    float64 answer fits. Never for float64 data. ``unsafe``: what
+    ``_buffers.plain_vectors`` said of `vectors`, if known."""
+    return x.storage != 0 and (eps < _FLOAT32_MIN_EPS or (
+        _buffers.float32_unsafe(*vectors) if unsafe is None else unsafe))
 
 
 def _widened(x, array=None):
@@ -190,13 +198,16 @@ def _store_widened(y, x, values):
     return y
 
 
-def _output(out, x, dy=None):
+def _output(out, x, dy=None, plain=None):
     """The output array (`out` checked against the Tensor x, or a new one) and
     the array the kernel writes (see cnorm._layout.target).
 
     `out` may be x or dy exactly (every kernel reads an element before it
-    writes the same element) but must not partly overlap either.
+    writes the same element) but must not partly overlap either. A plain call
+    (`plain`, from ``cnorm._buffers.plain``) has its output checked already.
     """
+    if plain is not None:
+        return plain[0], plain[0]
     y = _layout.output(out, x)
     if out is not None:
         check.no_partial_overlap(x.buffer(y), x.buffer(), None if dy is None else x.buffer(dy))
@@ -273,10 +284,11 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     array([[-1., -1.],
            [ 1.,  1.]])
     """
-    x = _input(x, axis)
+    plain = _buffers.plain(x, out, n_threads, axis, 2)
+    x = _input(x, axis, plain=plain)
     n_channels = x.channels
-    if (running_mean is None or running_var is None
-            or not _buffers.float64_vectors(n_channels, running_mean, running_var, gamma, beta)):
+    unsafe = _buffers.plain_vectors(n_channels, x.storage != 0, running_mean, running_var, gamma, beta)
+    if running_mean is None or running_var is None or unsafe is None:
         running_mean = _per_channel(running_mean, "running_mean", n_channels)
         running_var = _per_channel(running_var, "running_var", n_channels)
         if gamma is not None:  # None: the kernel takes 1 (and 0 for beta)
@@ -285,9 +297,9 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
             beta = _per_channel(beta, "beta", n_channels)
     _non_negative(running_var, "running_var")
     eps = _eps(eps)
-    y, written = _output(out, x)
-    n_threads = check.n_threads(n_threads)
-    if _widen(x, running_mean, running_var, gamma, beta, eps=eps):
+    y, written = _output(out, x, plain=plain)
+    n_threads = check.n_threads(n_threads, plain)
+    if _widen(x, running_mean, running_var, gamma, beta, eps=eps, unsafe=unsafe):
         wide = _widened(x)
         _bn.normalize(wide, wide, running_mean, running_var, gamma, beta, eps, None, False,
                       n_threads, 0, x.outer, n_channels, x.inner)
@@ -400,8 +412,10 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     >>> mean, running_var.round(5)
     (array([2.5]), array([1.06667]))
     """
-    given = dict(x=x, out=out, gamma=gamma, beta=beta)  # as passed: for _separate_running
-    x = _input(x, axis, allow_empty=moments is not None)
+    given = (None if running_mean is None  # as passed: for _separate_running
+             else dict(x=x, out=out, gamma=gamma, beta=beta))
+    plain = _buffers.plain(x, out, n_threads, axis, 2)
+    x = _input(x, axis, allow_empty=moments is not None, plain=plain)
     n_channels = x.channels
     if moments is not None:
         moments = _global_moments(moments, n_channels)
@@ -425,8 +439,8 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
         raise ValueError(
             f"Expected more than 1 value per channel when training, got x of shape {x.shape}"
         )
-    y, written = _output(out, x)
-    n_threads = check.n_threads(n_threads)
+    y, written = _output(out, x, plain=plain)
+    n_threads = check.n_threads(n_threads, plain)
 
     view = (x.storage, x.outer, n_channels, x.inner)
     if moments is None:
@@ -535,25 +549,26 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
         dtype, only one of sums and count is given, sums is given with
         ``training=False``, or a sum is not of shape (C,).
     """
-    x = _input(x, axis, allow_empty=sums is not None)
+    plain = _buffers.plain(x, out, n_threads, axis, 2, dy)
+    x = _input(x, axis, allow_empty=sums is not None, plain=plain)
     dy = _layout.matching(dy, "dy", x, "x")
     n_channels = x.channels
-    if (mean is None or invstd is None
-            or not _buffers.float64_vectors(n_channels, mean, invstd, gamma)):
+    unsafe = _buffers.plain_vectors(n_channels, x.storage != 0, mean, invstd, gamma)
+    if mean is None or invstd is None or unsafe is None:
         mean = _per_channel(mean, "mean", n_channels)
         invstd = _per_channel(invstd, "invstd", n_channels)
         if gamma is not None:  # None: the kernel takes 1
             gamma = _per_channel(gamma, "gamma", n_channels)
     training = _flag(training, "training")
     given = _global_sums(sums, count, n_channels, training)
-    dx, written = _output(out, x, dy)
-    n_threads = check.n_threads(n_threads)
+    dx, written = _output(out, x, dy, plain)
+    n_threads = check.n_threads(n_threads, plain)
     view = (x.storage, x.outer, n_channels, x.inner)
 
     if given is None:
         dgamma = np.empty(n_channels)
         dbeta = np.empty(n_channels)
-        if _widen(x, mean, invstd, gamma):
+        if _widen(x, mean, invstd, gamma, unsafe=unsafe):
             wide = _widened(x)
             _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, training, dgamma,
                          dbeta, n_threads, 0, x.outer, n_channels, x.inner)

@@ -7,7 +7,7 @@ axis, no copy). Semantics and framework conventions: README, section
 "Local response normalization".
 """
 
-from cnorm import _layout
+from cnorm import _buffers, _layout
 from cnorm import _validation as check
 from cnorm._dispatch import kernels
 
@@ -32,26 +32,32 @@ def _size_window(size, convention):
     return (size - 1) // 2, (size - 1) // 2
 
 
-def _tensors(x, dy, axis, backward=False):
+def _tensors(x, dy, axis, out, n_threads, backward=False):
     """x (and, for the backward, dy) as they go to the kernels: a
-    `cnorm._layout.Tensor` with channels on `axis`, and dy in x's memory order.
+    `cnorm._layout.Tensor` with channels on `axis`, and dy in x's memory order;
+    and what ``cnorm._buffers.plain`` says of the call (None: not plain).
     A backward's dy is checked even when it is None (a TypeError): the kernel
     takes dy None for the forward, and lrn_backward(None, x) had returned it."""
-    x = _layout.tensor(x, "x", axis)
+    plain = _buffers.plain(x, out, n_threads, axis, 1, dy)
+    x = _layout.tensor(x, "x", axis, plain=plain)
     if backward:
         dy = _layout.matching(dy, "dy", x, "x")
-    return x, dy
+    return x, dy, plain
 
 
-def _run(x, dy, out, before, after, a, k, beta, n_threads):
+def _run(x, dy, out, before, after, a, k, beta, n_threads, plain):
     """Clip the window to C - 1 and run the forward kernel (dy None) or the
     backward one on the (outer, C, inner) view of the Tensor x (no copy)."""
     n_channels = x.channels
-    y = _layout.output(out, x)
-    if out is not None:
-        check.no_partial_overlap(x.buffer(y), x.buffer(), None if dy is None else x.buffer(dy))
-    n_threads = check.n_threads(n_threads)
-    written = _layout.target(y, x)
+    if plain is not None:
+        y = written = plain[0]
+    else:
+        y = _layout.output(out, x)
+        if out is not None:
+            check.no_partial_overlap(x.buffer(y), x.buffer(),
+                                     None if dy is None else x.buffer(dy))
+        written = _layout.target(y, x)
+    n_threads = check.n_threads(n_threads, plain)
     if y.size:
         _lrn.run(x.buffer(), None if dy is None else x.buffer(dy), x.buffer(written),
                  min(before, n_channels - 1), min(after, n_channels - 1), a, k, beta,
@@ -60,6 +66,9 @@ def _run(x, dy, out, before, after, a, k, beta, n_threads):
 
 
 def _lrn_params(depth_radius, bias, alpha, beta):
+    if type(depth_radius) is int and depth_radius >= 0 and _buffers.finite_floats(bias, alpha,
+                                                                                   beta):
+        return depth_radius, bias, alpha, beta  # the common case, as the checks would give
     depth_radius = check.integer(depth_radius, "depth_radius", minimum=0)
     bias = check.finite_real(bias, "bias")
     alpha = check.finite_real(alpha, "alpha")
@@ -127,9 +136,9 @@ def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-1, out=None,
     >>> cnorm.lrn(x, depth_radius=1, bias=0.0, alpha=1.0, beta=1.0)
     array([[[[0.25      , 0.16666667, 0.25      ]]]], dtype=float32)
     """
-    x, _ = _tensors(x, None, axis)
+    x, _, plain = _tensors(x, None, axis, out, n_threads)
     depth_radius, bias, alpha, beta = _lrn_params(depth_radius, bias, alpha, beta)
-    return _run(x, None, out, depth_radius, depth_radius, alpha, bias, beta, n_threads)
+    return _run(x, None, out, depth_radius, depth_radius, alpha, bias, beta, n_threads, plain)
 
 
 def lrn_backward(dy, x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-1, out=None,
@@ -167,9 +176,9 @@ def lrn_backward(dy, x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-
     TypeError, ValueError
         As for `lrn`, and if dy does not match x in shape or dtype.
     """
-    x, dy = _tensors(x, dy, axis, backward=True)
+    x, dy, plain = _tensors(x, dy, axis, out, n_threads, backward=True)
     depth_radius, bias, alpha, beta = _lrn_params(depth_radius, bias, alpha, beta)
-    return _run(x, dy, out, depth_radius, depth_radius, alpha, bias, beta, n_threads)
+    return _run(x, dy, out, depth_radius, depth_radius, alpha, bias, beta, n_threads, plain)
 
 
 def _size_params(size, alpha, beta, k, convention):
@@ -236,9 +245,9 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="to
     >>> cnorm.local_response_norm(x, 2, 1.0, 1.0, 1.0, convention="onnx").round(6)
     array([0.285714, 0.266667, 0.222222, 0.186047, 0.37037 ])
     """
-    x, _ = _tensors(x, None, axis)
+    x, _, plain = _tensors(x, None, axis, out, n_threads)
     before, after, a, k, beta = _size_params(size, alpha, beta, k, convention)
-    return _run(x, None, out, before, after, a, k, beta, n_threads)
+    return _run(x, None, out, before, after, a, k, beta, n_threads, plain)
 
 
 def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
@@ -271,6 +280,6 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
     TypeError, ValueError
         As for `local_response_norm`, and if dy does not match x.
     """
-    x, dy = _tensors(x, dy, axis, backward=True)
+    x, dy, plain = _tensors(x, dy, axis, out, n_threads, backward=True)
     before, after, a, k, beta = _size_params(size, alpha, beta, k, convention)
-    return _run(x, dy, out, before, after, a, k, beta, n_threads)
+    return _run(x, dy, out, before, after, a, k, beta, n_threads, plain)
