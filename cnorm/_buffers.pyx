@@ -260,27 +260,43 @@ def finite_floats(*values):
     return True
 
 
+cdef int _vector(object array, Py_ssize_t n, bint scan) except -2:
+    # -1 unless `array` is a numpy.ndarray holding a C-contiguous, 8-byte
+    # aligned native float64 vector of length n; else 1 if ``scan`` and it
+    # holds a finite nonzero value outside float32's normal range, 0 if not.
+    cdef Py_buffer view
+    cdef Py_ssize_t i
+    cdef const double* data
+    cdef double magnitude
+    cdef int result = 0
+    if type(array) is not _ndarray:
+        return -1
+    try:
+        PyObject_GetBuffer(array, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    except (BufferError, ValueError, TypeError):  # NumPy: strided, or no buffer format
+        return -1
+    if not (view.ndim == 1 and view.shape[0] == n and view.format != NULL
+            and view.format[0] == b"d" and view.format[1] == 0
+            and <size_t>view.buf % sizeof(double) == 0):
+        result = -1
+    elif scan:
+        data = <const double*> view.buf
+        for i in range(n):
+            magnitude = fabs(data[i])
+            if magnitude != 0 and (magnitude < FLT_MIN or FLT_MAX < magnitude < INFINITY):
+                result = 1
+                break
+    PyBuffer_Release(&view)
+    return result
+
+
 def float64_vectors(Py_ssize_t n, *arrays):
     """True if every one of ``arrays`` that is not None is a numpy.ndarray holding a
     C-contiguous, 8-byte aligned native float64 vector of length n: the
     per-channel arguments' common case, checked at once (the callers check one
     by one otherwise)."""
-    cdef Py_buffer view
-    cdef bint ok
     for array in arrays:
-        if array is None:
-            continue
-        if type(array) is not _ndarray:
-            return False
-        try:
-            PyObject_GetBuffer(array, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-        except (BufferError, ValueError, TypeError):  # NumPy: strided, or no buffer format
-            return False
-        ok = (view.ndim == 1 and view.shape[0] == n and view.format != NULL
-              and view.format[0] == b"d" and view.format[1] == 0
-              and <size_t>view.buf % sizeof(double) == 0)
-        PyBuffer_Release(&view)
-        if not ok:
+        if array is not None and _vector(array, n, False) < 0:
             return False
     return True
 
@@ -288,37 +304,20 @@ def float64_vectors(Py_ssize_t n, *arrays):
 def plain_vectors(Py_ssize_t n, bint scan, *arrays):
     """None unless every one of ``arrays`` that is not None is a plain float64
     vector of length n (as `float64_vectors`); then, if ``scan``, whether one
-    holds a value outside float32's normal range (as `float32_unsafe`), else
-    False: both checks of the per-channel arguments in one call."""
-    if not float64_vectors(n, *arrays):
-        return None
-    return scan and float32_unsafe(*arrays)
-
-
-def float32_unsafe(*arrays):
-    """True if an array (each None, or a C-contiguous aligned float64 vector) holds a
-    finite nonzero value outside float32's normal range: above its largest
-    value or below its smallest normal one (1.2e-38). float32 data are then
-    normalized in float64: coefficients rounded to float32 would be inf or lose
-    their precision (NaN and inf are the same in both types)."""
-    cdef Py_buffer view
-    cdef Py_ssize_t i
-    cdef const double* data
-    cdef double magnitude
+    holds a finite nonzero value outside float32's normal range (above its
+    largest value or below its smallest normal one, 1.2e-38), else False: both
+    checks of the per-channel arguments in one pass. float32 data are
+    normalized in float64 where one is: coefficients rounded to float32 would
+    be inf or lose their precision (NaN and inf are the same in both types)."""
+    cdef int state
+    cdef bint unsafe = False
     for array in arrays:
-        if array is None:
-            continue
-        PyObject_GetBuffer(array, &view, PyBUF_C_CONTIGUOUS)
-        try:
-            data = <const double*> view.buf
-            for i in range(view.len // <Py_ssize_t>sizeof(double)):
-                magnitude = fabs(data[i])
-                if magnitude != 0 and (magnitude < FLT_MIN
-                                       or FLT_MAX < magnitude < INFINITY):
-                    return True
-        finally:
-            PyBuffer_Release(&view)
-    return False
+        if array is not None:
+            state = _vector(array, n, scan and not unsafe)
+            if state < 0:
+                return None
+            unsafe = unsafe or state == 1
+    return unsafe
 
 
 def first_negative(values):

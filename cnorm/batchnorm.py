@@ -174,15 +174,21 @@ def _separate_running(running_mean, running_var, **others):
 _FLOAT32_MIN_EPS = 1e-76
 
 
-def _widen(x, *vectors, eps=1.0, unsafe=None):
+def _vectors(x, *vectors):
+    """None unless each of `vectors` is None or a plain float64 vector of x's
+    channel count; then whether x must be normalized in float64 because of
+    one (see `_widen`)."""
+    return _buffers.plain_vectors(x.channels, x.storage != 0, *vectors)
+
+
+def _widen(x, unsafe, eps=1.0):
     """Whether data stored in float32, float16 or bfloat16 (computed in float32)
-    must be normalized in float64 instead: a per-channel value (or 1/sqrt(eps))
-    outside float32's normal range would round to inf, 0 or a subnormal in the
-    float32 pass's coefficients, and give inf, NaN or lost precision where the
-    float64 answer fits. Never for float64 data. ``unsafe``: what
-    ``_buffers.plain_vectors`` said of `vectors`, if known."""
-    return x.storage != 0 and (eps < _FLOAT32_MIN_EPS or (
-        _buffers.float32_unsafe(*vectors) if unsafe is None else unsafe))
+    must be normalized in float64 instead: a per-channel value (``unsafe``,
+    from `_vectors`) or 1/sqrt(eps) outside float32's normal range would round
+    to inf, 0 or a subnormal in the float32 pass's coefficients, and give inf,
+    NaN or lost precision where the float64 answer fits. Never for float64
+    data."""
+    return x.storage != 0 and (unsafe or eps < _FLOAT32_MIN_EPS)
 
 
 def _widened(x, array=None):
@@ -287,7 +293,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     plain = _buffers.plain(x, out, n_threads, axis, 2)
     x = _input(x, axis, plain=plain)
     n_channels = x.channels
-    unsafe = _buffers.plain_vectors(n_channels, x.storage != 0, running_mean, running_var, gamma, beta)
+    unsafe = _vectors(x, running_mean, running_var, gamma, beta)
     if running_mean is None or running_var is None or unsafe is None:
         running_mean = _per_channel(running_mean, "running_mean", n_channels)
         running_var = _per_channel(running_var, "running_var", n_channels)
@@ -295,11 +301,12 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
             gamma = _per_channel(gamma, "gamma", n_channels)
         if beta is not None:
             beta = _per_channel(beta, "beta", n_channels)
+        unsafe = _vectors(x, running_mean, running_var, gamma, beta)
     _non_negative(running_var, "running_var")
     eps = _eps(eps)
     y, written = _output(out, x, plain=plain)
     n_threads = check.n_threads(n_threads, plain)
-    if _widen(x, running_mean, running_var, gamma, beta, eps=eps, unsafe=unsafe):
+    if _widen(x, unsafe, eps):
         wide = _widened(x)
         _bn.normalize(wide, wide, running_mean, running_var, gamma, beta, eps, None, False,
                       n_threads, 0, x.outer, n_channels, x.inner)
@@ -420,11 +427,13 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     if moments is not None:
         moments = _global_moments(moments, n_channels)
     m = x.outer * x.inner if moments is None else moments.count
-    if not _buffers.float64_vectors(n_channels, gamma, beta):
+    unsafe = _vectors(x, gamma, beta)
+    if unsafe is None:
         if gamma is not None:  # None: the kernel takes 1 (and 0 for beta)
             gamma = _per_channel(gamma, "gamma", n_channels)
         if beta is not None:
             beta = _per_channel(beta, "beta", n_channels)
+        unsafe = _vectors(x, gamma, beta)
     eps = _eps(eps)
     momentum = _momentum(momentum)
     running_var_unbiased = _flag(running_var_unbiased, "running_var_unbiased")
@@ -453,7 +462,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     invstd = np.empty(n_channels)
     if x.array.size == 0:  # the kernel's own arithmetic (IEEE division and square root)
         invstd[...] = 1.0 / np.sqrt(var_biased + eps)
-    elif _widen(x, gamma, beta, mean, var_biased, eps=eps):
+    elif _widen(x, unsafe or _vectors(x, mean, var_biased), eps):
         wide = _widened(x)
         _bn.normalize(wide, wide, mean, var_biased, gamma, beta, eps, invstd, True, n_threads,
                       0, x.outer, n_channels, x.inner)
@@ -553,12 +562,13 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
     x = _input(x, axis, allow_empty=sums is not None, plain=plain)
     dy = _layout.matching(dy, "dy", x, "x")
     n_channels = x.channels
-    unsafe = _buffers.plain_vectors(n_channels, x.storage != 0, mean, invstd, gamma)
+    unsafe = _vectors(x, mean, invstd, gamma)
     if mean is None or invstd is None or unsafe is None:
         mean = _per_channel(mean, "mean", n_channels)
         invstd = _per_channel(invstd, "invstd", n_channels)
         if gamma is not None:  # None: the kernel takes 1
             gamma = _per_channel(gamma, "gamma", n_channels)
+        unsafe = _vectors(x, mean, invstd, gamma)
     training = _flag(training, "training")
     given = _global_sums(sums, count, n_channels, training)
     dx, written = _output(out, x, dy, plain)
@@ -568,7 +578,7 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
     if given is None:
         dgamma = np.empty(n_channels)
         dbeta = np.empty(n_channels)
-        if _widen(x, mean, invstd, gamma, unsafe=unsafe):
+        if _widen(x, unsafe):
             wide = _widened(x)
             _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, training, dgamma,
                          dbeta, n_threads, 0, x.outer, n_channels, x.inner)
