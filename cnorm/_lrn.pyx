@@ -60,32 +60,35 @@ from cnorm._storage cimport (CN_FLOAT32, CN_FLOAT64, cn_is_half, cn_item_size, c
 
 cdef extern from *:
     """
+    #include "cnorm/_simd.h"
+
     /* The window sum of an AVX-512 build for widths up to 9: each shifted run
        of the padded row is built from two aligned vectors in registers
-       (valignq) instead of an unaligned load that splits cache lines; added
-       left to right as in _window_sum_fixed, so the same bits. Measured: 0.24
-       -> 0.10 ns per channel for width 5 (2.3x). `padded` 64-byte aligned, with
-       at least 8 readable doubles past n + width - 1 (lanes never used). */
-    #if defined(__AVX512F__)
-    #include <immintrin.h>
-    #include <string.h>
-    #define CNORM_AVX512 1
+       (CN_SHIFT_D) instead of an unaligned load that splits cache lines;
+       added left to right as in _window_sum_fixed, so the same bits.
+       Measured: 0.24 -> 0.10 ns per channel for width 5 (2.3x). `padded`
+       64-byte aligned, with at least 8 readable doubles past n + width - 1
+       (lanes never used). Other builds take _window_sum_fixed: GCC 12 turns
+       the shifts into scalar moves there. */
+    #define CNORM_AVX512 CN_HAS_ESTIMATES
+    #if CN_HAS_ESTIMATES
     static void cnorm_window_sum(const double *padded, double *out, Py_ssize_t n,
                                  Py_ssize_t width) {
         Py_ssize_t c = 0, t;
         if (n >= 8) {
-            __m512d low = _mm512_load_pd(padded);
+            cn_vd low = cn_load_d_f64(padded);
             for (; c + 8 <= n; c += 8) {
-                __m512d high = _mm512_load_pd(padded + c + 8);
-                __m512i a = _mm512_castpd_si512(low), b = _mm512_castpd_si512(high);
-                __m512d total = low;
-    #define CNORM_SHIFT(k) if (width > k) total = _mm512_add_pd( \
-                    total, _mm512_castsi512_pd(_mm512_alignr_epi64(b, a, k)));
-                CNORM_SHIFT(1) CNORM_SHIFT(2) CNORM_SHIFT(3) CNORM_SHIFT(4)
-                CNORM_SHIFT(5) CNORM_SHIFT(6) CNORM_SHIFT(7)
-    #undef CNORM_SHIFT
-                if (width > 8) total = _mm512_add_pd(total, high);
-                _mm512_storeu_pd(out + c, total);
+                cn_vd high = cn_load_d_f64(padded + c + 8);
+                cn_vd total = low;
+                if (width > 1) total = total + CN_SHIFT_D(low, high, 1);
+                if (width > 2) total = total + CN_SHIFT_D(low, high, 2);
+                if (width > 3) total = total + CN_SHIFT_D(low, high, 3);
+                if (width > 4) total = total + CN_SHIFT_D(low, high, 4);
+                if (width > 5) total = total + CN_SHIFT_D(low, high, 5);
+                if (width > 6) total = total + CN_SHIFT_D(low, high, 6);
+                if (width > 7) total = total + CN_SHIFT_D(low, high, 7);
+                if (width > 8) total = total + high;
+                cn_store_d(out + c, total);
                 low = high;
             }
         }
@@ -96,68 +99,53 @@ cdef extern from *:
         }
     }
 
-    /* beta = 0.75 on the float path of an AVX-512 build: D**-0.5 by the
-       hardware estimate (vrsqrt14ps, 2**-14) and one Newton step, then
+    /* beta = 0.75 on the float path of a build with estimates (AVX-512):
+       D**-0.5 by the hardware estimate and one Newton step (cn_rsqrt_f), then
        D**-0.75 = r*sqrt(r): one square root where sqrt, sqrt and a division
        were three long-latency operations (the backward's D**-1 likewise by
-       vrcp14ps and a Newton step). Relative error below 1e-6 (tested against
-       the reference). D = k + a*sums rounded to float, a normal float
+       cn_reciprocal_f). Relative error below 1e-6 (tested against the
+       reference). D = k + a*sums rounded to float, a normal float
        (float_square_limit). The tail (n not a multiple of 16) goes through
        the same vector code on a padded copy, so a value's bits do not depend
        on its position in the row: the planar layout, whose rows are pixels,
        gives the channels-last bits. */
-    static inline __m512 cnorm_divisors16(const double *sums, __m512d a, __m512d k) {
-        __m256 low = _mm512_cvtpd_ps(_mm512_fmadd_pd(a, _mm512_loadu_pd(sums), k));
-        __m256 high = _mm512_cvtpd_ps(_mm512_fmadd_pd(a, _mm512_loadu_pd(sums + 8), k));
-        return _mm512_insertf32x8(_mm512_castps256_ps512(low), high, 1);
-    }
-    static inline __m512 cnorm_rsqrt16(__m512 d) {
-        __m512 r = _mm512_rsqrt14_ps(d);
-        __m512 half_d_r = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), d), r);
-        return _mm512_mul_ps(r, _mm512_fnmadd_ps(half_d_r, r, _mm512_set1_ps(1.5f)));
+    static inline cn_vf16 cnorm_divisors16(const double *sums, cn_vd a, cn_vd k) {
+        return cn_narrow_d(cn_fma_d(a, cn_load_d_f64(sums), k),
+                           cn_fma_d(a, cn_load_d_f64(sums + 8), k));
     }
     static void cnorm_forward_075(const float *x, float *y, const double *sums,
                                   Py_ssize_t n, double a, double k) {
-        __m512d va = _mm512_set1_pd(a), vk = _mm512_set1_pd(k);
+        cn_vd va = cn_broadcast_d(a), vk = cn_broadcast_d(k);
         Py_ssize_t c = 0;
         for (; c + 16 <= n; c += 16) {
-            __m512 r = cnorm_rsqrt16(cnorm_divisors16(sums + c, va, vk));
-            _mm512_storeu_ps(y + c, _mm512_mul_ps(_mm512_loadu_ps(x + c),
-                                                  _mm512_mul_ps(r, _mm512_sqrt_ps(r))));
+            cn_vf16 r = cn_rsqrt_f(cnorm_divisors16(sums + c, va, vk));
+            cn_store_f16x(y + c, cn_load_f16x(x + c) * (r * cn_sqrt_f(r)));
         }
         if (c < n) {  /* the tail through the same vector code: the same bits at every position */
             float xb[16] = {0}, yb[16];
             double sb[16] = {0};
             memcpy(xb, x + c, (size_t)(n - c) * sizeof(float));
             memcpy(sb, sums + c, (size_t)(n - c) * sizeof(double));
-            __m512 r = cnorm_rsqrt16(cnorm_divisors16(sb, va, vk));
-            _mm512_storeu_ps(yb, _mm512_mul_ps(_mm512_loadu_ps(xb),
-                                               _mm512_mul_ps(r, _mm512_sqrt_ps(r))));
+            cnorm_forward_075(xb, yb, sb, 16, a, k);
             memcpy(y + c, yb, (size_t)(n - c) * sizeof(float));
         }
     }
     static void cnorm_backward_075(const float *dy, const float *x, const double *sums,
                                    float *q, double *p, Py_ssize_t n, double a, double k) {
-        __m512d va = _mm512_set1_pd(a), vk = _mm512_set1_pd(k);
+        cn_vd va = cn_broadcast_d(a), vk = cn_broadcast_d(k);
         Py_ssize_t c = 0;
+        int half;
         for (; c + 16 <= n; c += 16) {
-            __m512 d = cnorm_divisors16(sums + c, va, vk);
-            __m512 r = cnorm_rsqrt16(d);
-            __m512 q0 = _mm512_mul_ps(r, _mm512_sqrt_ps(r));          /* D**-0.75 */
-            __m512 inv = _mm512_rcp14_ps(d);
-            inv = _mm512_mul_ps(inv, _mm512_fnmadd_ps(d, inv, _mm512_set1_ps(2.0f)));
-            __m512 q1 = _mm512_mul_ps(q0, inv);                         /* D**-1.75 */
+            cn_vf16 d = cnorm_divisors16(sums + c, va, vk);
+            cn_vf16 r = cn_rsqrt_f(d);
+            cn_vf16 q0 = r * cn_sqrt_f(r);                    /* D**-0.75 */
+            cn_vf16 q1 = q0 * cn_reciprocal_f(d);             /* D**-1.75 */
             /* dy*x*q1 in double: in float, dy*x can overflow where p does not. */
-            __m512 vdy = _mm512_loadu_ps(dy + c), vx = _mm512_loadu_ps(x + c);
-            _mm512_storeu_ps(q + c, q0);
-            _mm512_storeu_pd(p + c, _mm512_mul_pd(
-                _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(vdy)),
-                              _mm512_cvtps_pd(_mm512_castps512_ps256(vx))),
-                _mm512_cvtps_pd(_mm512_castps512_ps256(q1))));
-            _mm512_storeu_pd(p + c + 8, _mm512_mul_pd(
-                _mm512_mul_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(vdy, 1)),
-                              _mm512_cvtps_pd(_mm512_extractf32x8_ps(vx, 1))),
-                _mm512_cvtps_pd(_mm512_extractf32x8_ps(q1, 1))));
+            cn_vf16 vdy = cn_load_f16x(dy + c), vx = cn_load_f16x(x + c);
+            cn_store_f16x(q + c, q0);
+            for (half = 0; half < 2; half++)
+                cn_store_d(p + c + 8 * half, cn_widen_f(vdy, half) * cn_widen_f(vx, half)
+                                             * cn_widen_f(q1, half));
         }
         if (c < n) {  /* the tail through the same vector code, as in the forward */
             float dyb[16] = {0}, xb[16] = {0}, qb[16];
@@ -172,7 +160,6 @@ cdef extern from *:
         }
     }
     #else
-    #define CNORM_AVX512 0
     static void cnorm_window_sum(const double *padded, double *out, Py_ssize_t n,
                                  Py_ssize_t width) {}
     static void cnorm_forward_075(const float *x, float *y, const double *sums,

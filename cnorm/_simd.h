@@ -1,7 +1,8 @@
 /* SIMD primitives: the one place that names vector instructions for the
    kernels written with them (the planar reductions and streaming stores of
-   _batchnorm.pyx so far; the older channels-last kernels still carry their own
-   intrinsics, to be moved here).
+   _batchnorm.pyx, the LRN window sum and beta-0.75 rows of _lrn.pyx; the
+   older channels-last batch-norm kernels still carry their own intrinsics,
+   to be moved here).
 
    GCC/clang vector extensions: a cn_vd is 8 doubles, a cn_vf 8 floats, and
    arithmetic on them is lane by lane, so a kernel written with them computes
@@ -92,5 +93,79 @@ static inline void cn_stream_fence(void) {
     _mm_sfence();
 #endif
 }
+
+/* Lanes k .. k+7 of the 16 doubles (low, high), k a constant in 1..7: a
+   shifted window of a row from two aligned vectors in registers (valignq in
+   AVX-512 builds) instead of an unaligned load that splits cache lines. */
+#if defined(__AVX512F__)
+#define CN_SHIFT_D(low, high, k) ((cn_vd)_mm512_castsi512_pd(_mm512_alignr_epi64( \
+    _mm512_castpd_si512((__m512d)(high)), _mm512_castpd_si512((__m512d)(low)), (k))))
+#else
+#define CN_SHIFT_D(low, high, k) __builtin_shufflevector((low), (high), (k), (k) + 1, \
+    (k) + 2, (k) + 3, (k) + 4, (k) + 5, (k) + 6, (k) + 7)
+#endif
+
+static inline void cn_store_d(double *p, cn_vd v) { memcpy(p, &v, sizeof v); }
+
+/* 16 floats: the vector of the float estimates below. */
+typedef float cn_vf16 __attribute__((vector_size(64)));
+
+static inline cn_vf16 cn_load_f16x(const float *p) {
+    cn_vf16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void cn_store_f16x(float *p, cn_vf16 v) { memcpy(p, &v, sizeof v); }
+
+static inline cn_vf16 cn_broadcast_f16x(float value) {
+    cn_vf16 v = {value, value, value, value, value, value, value, value,
+                 value, value, value, value, value, value, value, value};
+    return v;
+}
+
+/* The two halves of 16 doubles rounded to float, as one vector. */
+static inline cn_vf16 cn_narrow_d(cn_vd low, cn_vd high) {
+    cn_vf half_low = __builtin_convertvector(low, cn_vf);
+    cn_vf half_high = __builtin_convertvector(high, cn_vf);
+    return __builtin_shufflevector(half_low, half_high, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                   12, 13, 14, 15);
+}
+
+/* Lanes 0-7 (half 0) or 8-15 (half 1) of 16 floats as doubles (exact). */
+static inline cn_vd cn_widen_f(cn_vf16 v, int half) {
+    cn_vf part;
+    memcpy(&part, (const float *)&v + 8 * half, sizeof part);
+    return __builtin_convertvector(part, cn_vd);
+}
+
+/* Hardware estimates of 1/sqrt(d) and 1/d to 2**-14 (AVX-512's vrsqrt14ps
+   and vrcp14ps), each refined by one Newton step: relative error about 1e-7,
+   for normal positive floats. Only in builds where CN_HAS_ESTIMATES is 1;
+   other builds compute exactly and never call these. */
+#if defined(__AVX512F__)
+#define CN_HAS_ESTIMATES 1
+static inline cn_vf16 cn_rsqrt_f(cn_vf16 d) {
+    cn_vf16 r = (cn_vf16)_mm512_rsqrt14_ps((__m512)d);
+    cn_vf16 half_d_r = cn_broadcast_f16x(0.5f) * d * r;
+    return r * (cn_vf16)_mm512_fnmadd_ps((__m512)half_d_r, (__m512)r,
+                                         (__m512)cn_broadcast_f16x(1.5f));
+}
+
+static inline cn_vf16 cn_reciprocal_f(cn_vf16 d) {
+    cn_vf16 inv = (cn_vf16)_mm512_rcp14_ps((__m512)d);
+    return inv * (cn_vf16)_mm512_fnmadd_ps((__m512)d, (__m512)inv,
+                                           (__m512)cn_broadcast_f16x(2.0f));
+}
+
+static inline cn_vf16 cn_sqrt_f(cn_vf16 v) { return (cn_vf16)_mm512_sqrt_ps((__m512)v); }
+
+/* a*b + c rounded once. */
+static inline cn_vd cn_fma_d(cn_vd a, cn_vd b, cn_vd c) {
+    return (cn_vd)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+}
+#else
+#define CN_HAS_ESTIMATES 0
+#endif
 
 #endif
