@@ -35,8 +35,10 @@ class Case:
         return self.arrays["x"]
 
     @property
-    def axis(self):
-        return 1 if self.variant == "nchw" else -1
+    def axis_keywords(self):
+        """The keyword arguments naming the channel axis: none for NHWC, so that
+        the suite also runs against builds from before ``axis=`` (benchmarks/ab.py)."""
+        return {"axis": 1} if self.variant == "nchw" else {}
 
     @property
     def label(self):
@@ -49,24 +51,24 @@ class Case:
     def cnorm(self, n_threads, arrays=None):
         """cnorm on this case's arrays (or on `arrays`, e.g. a float32 copy)."""
         a = self.arrays if arrays is None else arrays
-        out, axis = a["out"], self.axis
+        out, axis = a["out"], self.axis_keywords
         if self.name.startswith("lrn_forward"):
-            return lambda: cnorm.lrn(a["x"], **self.params, axis=axis, out=out,
+            return lambda: cnorm.lrn(a["x"], **self.params, **axis, out=out,
                                      n_threads=n_threads)
         if self.name == "lrn_backward":
-            return lambda: cnorm.lrn_backward(a["dy"], a["x"], **self.params, axis=axis,
+            return lambda: cnorm.lrn_backward(a["dy"], a["x"], **self.params, **axis,
                                               out=out, n_threads=n_threads)
         if self.name == "bn_inference":
             return lambda: cnorm.batch_norm_inference(
-                a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS, axis=axis,
+                a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS, **axis,
                 out=out, n_threads=n_threads)
         if self.name == "bn_training":
             return lambda: cnorm.batch_norm_training(
-                a["x"], a["gamma"], a["beta"], BN_EPS, axis=axis, out=out,
+                a["x"], a["gamma"], a["beta"], BN_EPS, **axis, out=out,
                 n_threads=n_threads)
         if self.name == "bn_backward":
             return lambda: cnorm.batch_norm_backward(
-                a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"], axis=axis, out=out,
+                a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"], **axis, out=out,
                 n_threads=n_threads)
         raise ValueError(self.name)
 
@@ -77,20 +79,20 @@ class Case:
         return self.cnorm(n_threads, arrays)
 
     def reference(self):
-        a, axis = self.arrays, self.axis
+        a, axis = self.arrays, self.axis_keywords
         if self.name.startswith("lrn_forward"):
-            return lambda: reference.lrn(a["x"], **self.params, axis=axis)
+            return lambda: reference.lrn(a["x"], **self.params, **axis)
         if self.name == "lrn_backward":
-            return lambda: reference.lrn_backward(a["dy"], a["x"], **self.params, axis=axis)
+            return lambda: reference.lrn_backward(a["dy"], a["x"], **self.params, **axis)
         if self.name == "bn_inference":
             return lambda: reference.batch_norm_inference(
-                a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS, axis=axis)
+                a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS, **axis)
         if self.name == "bn_training":
             return lambda: reference.batch_norm_training(a["x"], a["gamma"], a["beta"], BN_EPS,
-                                                         axis=axis)
+                                                         **axis)
         if self.name == "bn_backward":
             return lambda: reference.batch_norm_backward(
-                a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"], axis=axis)
+                a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"], **axis)
         raise ValueError(self.name)
 
 

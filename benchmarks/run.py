@@ -94,9 +94,11 @@ def _steal_share(before, after):
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
-def run(ops, n_threads, repeat, reference_repeat, variants=("nhwc",)):
+def run(ops, n_threads, repeat, reference_repeat, variants=("nhwc",), only_peers=None):
     peers.set_threads(n_threads)
     available, missing = peers.available()
+    if only_peers is not None:  # --peers: time these of the installed peers only
+        available = [name for name in available if name in only_peers]
     rows = []
     for case in cases.all_cases(ops, variants):
         functions = {"copy": cases.copy_function(case, n_threads),
@@ -176,6 +178,9 @@ def main(argv=None):
     parser.add_argument("--variants", default="nhwc",
                         help="comma-separated: " + ", ".join(cases.VARIANTS) + " or all")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--peers", default="all",
+                        help="comma-separated peers to time (of " + ", ".join(peers.PEERS) +
+                        "), all (those installed) or none")
     parser.add_argument("--repeat", type=int, default=10, help="rounds (blocks of 3 timed calls)")
     parser.add_argument("--reference-repeat", type=int, default=1,
                         help="timed calls of the slow NumPy reference (0: skip it)")
@@ -186,8 +191,10 @@ def main(argv=None):
         parser.error("--repeat must be at least 1")
     ops = cases.OPERATIONS if args.ops == "all" else args.ops.split(",")
     variants = cases.VARIANTS if args.variants == "all" else args.variants.split(",")
+    only_peers = (None if args.peers == "all"
+                  else [] if args.peers == "none" else args.peers.split(","))
     rows, available, missing = run(ops, args.threads, args.repeat, args.reference_repeat,
-                                   variants)
+                                   variants, only_peers)
     table = markdown(rows, args.threads, available, missing)
     print(table)
     if args.markdown:

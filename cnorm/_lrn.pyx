@@ -32,8 +32,10 @@ Accumulation
     float64 data: the power in double too.  float32 data: the divisor is
     rounded once to float and the power taken in float (the float32 fast
     path), for rows whose largest square keeps every divisor D in a range where
-    D**-beta and D**(-beta-1) are normal floats (float_square_limit); other
-    rows (huge or tiny values, k near 0) take the power in double.  The result
+    D**-beta and D**(-beta-1) are normal floats (float_square_limit) and, in
+    the backward, whose largest |dy| keeps every float product finite
+    (float_dy_limit: about 3e17 for AlexNet's parameters); other rows (huge
+    or tiny values, k near 0) take the power and the products in double.  The result
     is cast once at the store.
 Power
     beta = 0.5, 0.75 and 1 use sqrt and division (a few roundings); on the
@@ -50,7 +52,8 @@ Chunking and threads
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.math cimport INFINITY, fabs, pow, sqrt, sqrtf
+from libc.float cimport FLT_MAX
+from libc.math cimport INFINITY, fabs, fabsf, frexp, ldexp, pow, sqrt, sqrtf
 from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport calloc, free
 
@@ -134,18 +137,16 @@ cdef extern from *:
                                    float *q, double *p, Py_ssize_t n, double a, double k) {
         cn_vd va = cn_broadcast_d(a), vk = cn_broadcast_d(k);
         Py_ssize_t c = 0;
-        int half;
         for (; c + 16 <= n; c += 16) {
             cn_vf16 d = cnorm_divisors16(sums + c, va, vk);
             cn_vf16 r = cn_rsqrt_f(d);
             cn_vf16 q0 = r * cn_sqrt_f(r);                    /* D**-0.75 */
             cn_vf16 q1 = q0 * cn_reciprocal_f(d);             /* D**-1.75 */
-            /* dy*x*q1 in double: in float, dy*x can overflow where p does not. */
-            cn_vf16 vdy = cn_load_f16x(dy + c), vx = cn_load_f16x(x + c);
+            /* dy*x*q1 in float: finite for rows within FloatPath's limits */
+            cn_vf16 prod = cn_load_f16x(dy + c) * cn_load_f16x(x + c) * q1;
             cn_store_f16x(q + c, q0);
-            for (half = 0; half < 2; half++)
-                cn_store_d(p + c + 8 * half, cn_widen_f(vdy, half) * cn_widen_f(vx, half)
-                                             * cn_widen_f(q1, half));
+            cn_store_d(p + c, cn_widen_f(prod, 0));
+            cn_store_d(p + c + 8, cn_widen_f(prod, 1));
         }
         if (c < n) {  /* the tail through the same vector code, as in the forward */
             float dyb[16] = {0}, xb[16] = {0}, qb[16];
@@ -366,7 +367,7 @@ cdef void _backward_rows(const floating* dy, const floating* x, floating* dx,
                          double* scratch, Py_ssize_t row_start, Py_ssize_t row_stop,
                          Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
                          double a, double k, BetaPath path, double beta,
-                         double square_limit) noexcept nogil:
+                         const FloatPath* limits) noexcept nogil:
     cdef Py_ssize_t width = before + after + 1
     cdef double* squares = scratch                                # before + C + after, pads zero
     cdef double* d = squares + _lines(n_channels + width - 1)      # C
@@ -384,8 +385,9 @@ cdef void _backward_rows(const floating* dy, const floating* x, floating* dx,
         dx_row = dx + r * n_channels
         # p_j = dy_j * y_j / D_j is placed so that the window sum of width
         # `width` starting at i covers the mirrored window [i - after, i + before].
-        if floating is float and square_limit > 0 and _squares(
-                x_row, squares + before, n_channels, square_limit):
+        if floating is float and limits.dy > 0 and _squares(
+                x_row, squares + before, n_channels, limits.square) and _within(
+                <const float*> dy_row, n_channels, limits.dy):
             _window_sum(squares, d, n_channels, width)
             _backward_power_float(dy_row, x_row, d, <float*>q, p + after, n_channels,
                                   a, k, path, beta)
@@ -469,14 +471,12 @@ cdef inline float _power_float(float d, float exponent, float exponent_high) noe
 
 cdef void _backward_finish_float(const float* dy_row, const float* x_row, float* dx_row,
                                  const float* q, const double* g, Py_ssize_t n_channels,
-                                 double two_a_beta) noexcept nogil:
-    # dx = dy*q - 2*a*beta * x * g, g the mirrored window sums (double): the
-    # second term in double, as g and x*g can leave float's range where dx
-    # does not (with _backward_power_float's products in double: alpha 0 and
-    # x near 3e38 gave 0 * inf = NaN for a dx of dy*q).
+                                 float two_a_beta) noexcept nogil:
+    # dx = dy*q - 2*a*beta * x * g in float, g the mirrored window sums
+    # (double), finite for rows within FloatPath's limits.
     cdef Py_ssize_t c
     for c in range(n_channels):
-        dx_row[c] = <float>(dy_row[c] * q[c] - two_a_beta * x_row[c] * g[c])
+        dx_row[c] = dy_row[c] * q[c] - two_a_beta * x_row[c] * <float>g[c]
 
 
 def power_float32(const float[::1] d, float exponent, float[::1] out):
@@ -516,10 +516,10 @@ cdef void _backward_power_float(const float* dy_row, const float* x_row,
                                 const double* sums, float* q, double* p,
                                 Py_ssize_t n_channels, double a, double k,
                                 BetaPath path, double beta) noexcept nogil:
-    # q = D**-beta and p = dy * x * D**(-beta-1), the powers in float from
-    # D = k + a*sums rounded once to float (q1 = D**(-beta-1), q = D * q1); p
-    # is taken and stored in double, to be summed in double (in float, dy*x
-    # overflowed where p does not).
+    # q = D**-beta and p = dy * x * D**(-beta-1), in float from D = k + a*sums
+    # rounded once to float (q1 = D**(-beta-1), q = D * q1); p is stored in
+    # double, to be summed in double. The row's |dy| <= FloatPath.dy keeps
+    # every float product finite (_float_dy_limit).
     cdef Py_ssize_t c
     cdef float d, r, q1, high
     if path == BETA_THREE_QUARTERS and AVX512_KERNELS:
@@ -530,26 +530,33 @@ cdef void _backward_power_float(const float* dy_row, const float* x_row,
             r = sqrtf(d)
             q1 = <float>1.0 / (d * r * sqrtf(r))
             q[c] = d * q1
-            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
+            p[c] = dy_row[c] * x_row[c] * q1
     elif path == BETA_HALF:
         for c in range(n_channels):
             d = <float>(k + a * sums[c])
             q1 = <float>1.0 / (d * sqrtf(d))
             q[c] = d * q1
-            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
+            p[c] = dy_row[c] * x_row[c] * q1
     elif path == BETA_ONE:
         for c in range(n_channels):
             d = <float>(k + a * sums[c])
             q1 = <float>1.0 / (d * d)
             q[c] = d * q1
-            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
+            p[c] = dy_row[c] * x_row[c] * q1
     else:
         high = _exponent_high(<float>(-beta - 1.0))
         for c in range(n_channels):
             d = <float>(k + a * sums[c])
             q1 = _power_float(d, <float>(-beta - 1.0), high)
             q[c] = d * q1
-            p[c] = <double>dy_row[c] * <double>x_row[c] * q1
+            p[c] = dy_row[c] * x_row[c] * q1
+
+
+cdef struct FloatPath:
+    # When a row (a pixel of a planar tile) takes the float32 path: all its
+    # squares x**2 <= square, and in the backward all |dy| <= dy.
+    double square
+    double dy
 
 
 def float_square_limit(double a, double k, double beta, Py_ssize_t width):
@@ -570,6 +577,48 @@ cdef double _float_square_limit(double a, double k, double beta,
     if a == 0:
         return 1e300
     return (bound - k) / (a * width)
+
+
+def float_dy_limit(double a, double k, double beta, Py_ssize_t width):
+    """Largest |dy| for which the backward's float32 path cannot overflow, or 0 for none."""
+    return _float_dy_limit(a, k, beta, width, _float_square_limit(a, k, beta, width))
+
+
+cdef double _float_dy_limit(double a, double k, double beta, Py_ssize_t width,
+                            double square_limit) noexcept nogil:
+    # The backward's float path computes p = dy*x*D**(-beta-1) and
+    # dx = dy*q - 2*a*beta*x*g (g: window sums of p) in float. For rows with
+    # x**2 <= square_limit, |x| <= X and D lies in [k, Dmax], so
+    # |q| <= Q, |D**(-beta-1)| <= Q1, |p| <= |dy|*X*Q1 and |g| <= width*|p|:
+    # every intermediate stays below FLT_MAX/4 for |dy| up to the returned
+    # limit, a power of two (so a float compares with it exactly, row or
+    # planar pixel alike). A row with a larger |dy| (e.g. 1e20, or near
+    # float's largest value) takes the double path, as a row with a large x does.
+    if square_limit <= 0:
+        return 0.0
+    cdef double x_max = min(sqrt(square_limit), <double>FLT_MAX)
+    cdef double d_max = k + a * width * x_max * x_max
+    cdef double q = max(pow(k, -beta), pow(d_max, -beta))
+    cdef double q1 = max(pow(k, -beta - 1.0), pow(d_max, -beta - 1.0))
+    cdef double scale = 2.0 * a * fabs(beta) * x_max
+    if not scale < FLT_MAX / 4:
+        return 0.0
+    cdef double worst = max(max(1.0, q), x_max * max(1.0, q1 * width * max(1.0, scale)))
+    cdef int exponent
+    if not worst < INFINITY:
+        return 0.0
+    frexp((FLT_MAX / 4) / worst, &exponent)
+    return ldexp(1.0, exponent - 1)
+
+
+cdef inline bint _within(const float* values, Py_ssize_t n, double limit) noexcept nogil:
+    # True if all |values| <= limit (a NaN is not).
+    cdef Py_ssize_t c
+    cdef int bad = 0
+    cdef float bound = <float>limit  # a power of two within float's range: exact
+    for c in range(n):
+        bad |= not (fabsf(values[c]) <= bound)
+    return not bad
 
 
 cdef inline Py_ssize_t _lines(Py_ssize_t n) noexcept nogil:
@@ -730,14 +779,15 @@ cdef inline void _window_sum_planes(const double* padded, double* out, Py_ssize_
 
 cdef void _planes(const floating* dy, const floating* x, floating* out, Py_ssize_t row_stride,
                   Py_ssize_t n, Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
-                  double a, double k, BetaPath path, double beta, double square_limit,
+                  double a, double k, BetaPath path, double beta, const FloatPath* limits,
                   double* scratch, Py_ssize_t lines) noexcept nogil:
     # One planar tile (inner > 1): n pixels of every channel, channel c's run
     # at c*row_stride; forward (dy NULL) or backward, out may be x or dy. The
     # per-element arithmetic of _forward_rows and _backward_rows, with the
     # window across channel rows; a pixel whose squares fail the float path's
-    # check is computed in double, as that pixel's row would be, so every
-    # element has the bits it has in the channels-last layout.
+    # check (or, in the backward, whose dy does) is computed in double, as
+    # that pixel's row would be, so every element has the bits it has in the
+    # channels-last layout.
     cdef Py_ssize_t width = before + after + 1, c, p
     cdef double* squares = scratch                               # rows: before pads, C, after pads
     cdef double* products = squares + (n_channels + width - 1) * lines   # after pads, C, before pads
@@ -748,13 +798,19 @@ cdef void _planes(const floating* dy, const floating* x, floating* out, Py_ssize
     cdef double* fix = g + lines
     cdef int* bad = <int*> (fix + lines)
     cdef double two_a_beta = 2.0 * a * beta, d, qd
-    cdef bint float_path = floating is float and square_limit > 0
+    cdef bint float_path = floating is float and (limits.square > 0 if dy == NULL
+                                                  else limits.dy > 0)
     cdef bint any_bad = False
     cdef const floating* x_c
     cdef const floating* dy_c
     cdef floating* out_c
     _plane_squares(x, row_stride, n, n_channels, squares + before * lines, lines,
-                   square_limit if float_path else INFINITY, bad)
+                   limits.square if float_path else INFINITY, bad)
+    if float_path and dy != NULL:
+        for c in range(n_channels):
+            dy_c = dy + c * row_stride
+            for p in range(n):
+                bad[p] |= not (fabsf(<float>dy_c[p]) <= <float>limits.dy)
     if float_path:
         for p in range(n):
             any_bad |= bad[p]
@@ -845,7 +901,9 @@ cdef void _run(const floating* dyp, const floating* xp, floating* yp, int storag
     cdef Py_ssize_t lines = _lines(block)
     cdef Py_ssize_t t, stride, kernel_size, half_size = 0
     cdef BetaPath path = _beta_path(beta)
-    cdef double limit = _float_square_limit(a, k, beta, width)
+    cdef FloatPath limits
+    limits.square = _float_square_limit(a, k, beta, width)
+    limits.dy = _float_dy_limit(a, k, beta, width, limits.square)
     cdef bint forward = dyp == NULL
     if outer * n_channels * inner < SERIAL_ELEMENTS:
         n_threads = 1
@@ -862,12 +920,12 @@ cdef void _run(const floating* dyp, const floating* xp, floating* yp, int storag
                 for t in range(tiles):
                     _run_tile(dyp, xp, yp, storage, outer, n_channels, inner, t, rows, block,
                               per_outer, scratch, kernel_size, lines, before, after, a, k,
-                              path, beta, limit)
+                              path, beta, &limits)
         else:
             for t in prange(tiles, nogil=True, schedule="static", num_threads=n_threads):
                 _run_tile(dyp, xp, yp, storage, outer, n_channels, inner, t, rows, block,
                           per_outer, scratch + threadid() * stride, kernel_size, lines,
-                          before, after, a, k, path, beta, limit)
+                          before, after, a, k, path, beta, &limits)
     finally:
         free(allocated)
 
@@ -877,7 +935,7 @@ cdef void _run_tile(const floating* dyp, const floating* xp, floating* yp, int s
                     Py_ssize_t rows, Py_ssize_t block, Py_ssize_t per_outer, double* scratch,
                     Py_ssize_t kernel_size, Py_ssize_t lines, Py_ssize_t before,
                     Py_ssize_t after, double a, double k, BetaPath path, double beta,
-                    double limit) noexcept nogil:
+                    const FloatPath* limits) noexcept nogil:
     # Tile t: rows [t*rows, ...) (inner == 1), or pixels [p0, p0 + n) of outer
     # index o (inner > 1), channel c's run at (o*C + c)*inner + p0.
     cdef Py_ssize_t start, n, o, p0, c, values, run_stride
@@ -894,7 +952,7 @@ cdef void _run_tile(const floating* dyp, const floating* xp, floating* yp, int s
         values = n * n_channels
         if not half:
             _run_rows(dyp, xp, yp, scratch, start, start + n, n_channels, before, after, a, k,
-                      path, beta, limit)
+                      path, beta, limits)
             return
         dy_s = x_s + (values + 15) // 16 * 16
         cn_load_run(storage, <const char*> xp + start * n_channels * item, x_s, values)
@@ -902,7 +960,7 @@ cdef void _run_tile(const floating* dyp, const floating* xp, floating* yp, int s
             cn_load_run(storage, <const char*> dyp + start * n_channels * item, dy_s, values)
         _run_rows(<const floating*> (NULL if dyp == NULL else dy_s), <const floating*> x_s,
                   <floating*> x_s, scratch, 0, n, n_channels, before, after, a, k, path, beta,
-                  limit)
+                  limits)
         cn_store_run(storage, x_s, <char*> yp + start * n_channels * item, values)
         return
     o = t // per_outer
@@ -911,7 +969,7 @@ cdef void _run_tile(const floating* dyp, const floating* xp, floating* yp, int s
     start = o * n_channels * inner + p0
     if not half:
         _planes(NULL if dyp == NULL else dyp + start, xp + start, yp + start, inner, n,
-                n_channels, before, after, a, k, path, beta, limit, scratch, lines)
+                n_channels, before, after, a, k, path, beta, limits, scratch, lines)
         return
     dy_s = x_s + n_channels * block
     for c in range(n_channels):
@@ -919,7 +977,7 @@ cdef void _run_tile(const floating* dyp, const floating* xp, floating* yp, int s
         if dyp != NULL:
             cn_load_run(storage, <const char*> dyp + (start + c * inner) * item, dy_s + c * n, n)
     _planes(<const floating*> (NULL if dyp == NULL else dy_s), <const floating*> x_s,
-            <floating*> x_s, n, n, n_channels, before, after, a, k, path, beta, limit, scratch,
+            <floating*> x_s, n, n, n_channels, before, after, a, k, path, beta, limits, scratch,
             lines)
     for c in range(n_channels):
         cn_store_run(storage, x_s + c * n, <char*> yp + (start + c * inner) * item, n)
@@ -929,10 +987,10 @@ cdef inline void _run_rows(const floating* dyp, const floating* xp, floating* yp
                            double* scratch, Py_ssize_t row_start, Py_ssize_t row_stop,
                            Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
                            double a, double k, BetaPath path, double beta,
-                           double limit) noexcept nogil:
+                           const FloatPath* limits) noexcept nogil:
     if dyp == NULL:
         _forward_rows(xp, yp, scratch, row_start, row_stop, n_channels, before, after, a,
-                      k, path, beta, limit)
+                      k, path, beta, limits.square)
     else:
         _backward_rows(dyp, xp, yp, scratch, row_start, row_stop, n_channels, before,
-                       after, a, k, path, beta, limit)
+                       after, a, k, path, beta, limits)

@@ -124,7 +124,22 @@ static inline cn_vf16 cn_broadcast_f16x(float value) {
     return v;
 }
 
-/* The two halves of 16 doubles rounded to float, as one vector. */
+/* The two halves of 16 doubles rounded to float, as one vector; and lanes
+   0-7 (half 0) or 8-15 (half 1) of 16 floats as doubles (exact). GCC 12
+   converts vector-extension types through 128-bit pieces and the stack, so
+   AVX-512 builds name the one-instruction conversions. */
+#if defined(__AVX512F__)
+static inline cn_vf16 cn_narrow_d(cn_vd low, cn_vd high) {
+    return (cn_vf16)_mm512_insertf32x8(
+        _mm512_castps256_ps512(_mm512_cvtpd_ps((__m512d)low)),
+        _mm512_cvtpd_ps((__m512d)high), 1);
+}
+
+static inline cn_vd cn_widen_f(cn_vf16 v, int half) {
+    return (cn_vd)_mm512_cvtps_pd(half ? _mm512_extractf32x8_ps((__m512)v, 1)
+                                       : _mm512_castps512_ps256((__m512)v));
+}
+#else
 static inline cn_vf16 cn_narrow_d(cn_vd low, cn_vd high) {
     cn_vf half_low = __builtin_convertvector(low, cn_vf);
     cn_vf half_high = __builtin_convertvector(high, cn_vf);
@@ -132,12 +147,12 @@ static inline cn_vf16 cn_narrow_d(cn_vd low, cn_vd high) {
                                    12, 13, 14, 15);
 }
 
-/* Lanes 0-7 (half 0) or 8-15 (half 1) of 16 floats as doubles (exact). */
 static inline cn_vd cn_widen_f(cn_vf16 v, int half) {
     cn_vf part;
     memcpy(&part, (const float *)&v + 8 * half, sizeof part);
     return __builtin_convertvector(part, cn_vd);
 }
+#endif
 
 /* Hardware estimates of 1/sqrt(d) and 1/d to 2**-14 (AVX-512's vrsqrt14ps
    and vrcp14ps), each refined by one Newton step: relative error about 1e-7,

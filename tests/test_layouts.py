@@ -92,9 +92,12 @@ LRN_SETTINGS = [
 
 def lrn_case(rng, shape, dtype, huge=False):
     x = rng.standard_normal(shape).astype(dtype)
-    if huge:  # some pixels leave the float32 fast path (squares beyond its limit)
+    dy = rng.standard_normal(shape).astype(dtype)
+    if huge:  # some pixels leave the float32 fast path: squares, or in the
+        # backward |dy|, beyond its limits (float_square_limit, float_dy_limit)
         x.reshape(-1, shape[-1])[::7, 1] = 3e18 if dtype == np.float32 else 3e150
-    return x, rng.standard_normal(shape).astype(dtype)
+        dy.reshape(-1, shape[-1])[3::5, 2] = 1e36 if dtype == np.float32 else 1e300
+    return x, dy
 
 
 @pytest.mark.parametrize("setting", LRN_SETTINGS, ids=lambda s: "-".join(map(str, s.values())))
@@ -107,6 +110,7 @@ def test_lrn_nchw_has_the_nhwc_bits(setting, shape, dtype, isa):
     dx = backward(dy, x)
     expected = ref.local_response_norm(x, **setting)
     assert_close(y, expected)
+    assert_close(dx, ref.local_response_norm_backward(dy, x, **setting), scale=np.abs(dy))
     for n_threads in (1, 2, 3):
         np.testing.assert_array_equal(forward(nchw(x), axis=1, n_threads=n_threads), nchw(y))
         np.testing.assert_array_equal(backward(nchw(dy), nchw(x), axis=1, n_threads=n_threads),
