@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import cnorm
-from cnorm import _lrn, reference
+from cnorm import _dispatch, _lrn, reference
 from helpers import assert_close, numerical_gradient
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "data")
@@ -441,3 +441,27 @@ def test_polynomial_power_over_the_range_the_float_path_admits(beta):
         expected = d.astype(np.float64) ** np.float64(np.float32(exponent))
         relative = np.abs(out / expected - 1.0)
         assert relative.max() < 1e-6, (exponent, d[np.argmax(relative)], relative.max())
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_float32_backward_with_dy_beyond_the_float_path(layout, isa):
+    # x within the float path's squares, dy so large that dy*x overflows
+    # float32 (1e30 * 1e12): those pixels take the products in double.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 4, 20)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    x[0, 1, 2, 5] = 1e12
+    dy[0, 1, 2, 4:7] = 1e30
+    params = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+    limit = _dispatch.kernels("_lrn").float_dy_limit(1e-4 / 5, 2.0, 0.75, 5)
+    assert 1e12 ** 2 <= _dispatch.kernels("_lrn").float_square_limit(1e-4 / 5, 2.0, 0.75, 5)
+    assert 1e17 < limit < 1e30 and limit == 2.0 ** np.floor(np.log2(limit))
+    expected = reference.local_response_norm_backward(dy, x, **params)
+    if layout == "nchw":
+        dx = cnorm.local_response_norm_backward(np.moveaxis(dy, -1, 1).copy(),
+                                                np.moveaxis(x, -1, 1).copy(), **params, axis=1)
+        dx = np.moveaxis(dx, 1, -1)
+    else:
+        dx = cnorm.local_response_norm_backward(dy, x, **params)
+    assert np.isfinite(dx).all()
+    assert_close(dx, expected, scale=np.abs(dy))
