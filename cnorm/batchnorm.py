@@ -310,7 +310,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
         y      = gamma * (x - mean) * invstd + beta
 
     The statistics are accumulated in float64 by shifted sums (deviations from
-    a value of the channel) per chunk of rows, merged with Chan's formula: accurate when |mean| >> std, and
+    a value of the channel) per chunk of rows, merged with Chan's formula: accurate when ``|mean| >> std``, and
     bit-identical for every thread count.
 
     When running statistics are given they are updated in place, after the
@@ -483,7 +483,7 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
     accumulated in float64 in a fixed order (bit-identical for every thread
     count); dx is computed in x's precision from per-channel coefficients
     computed in float64 (centered on the mean, so float32 stays accurate where
-    |mean| >> std).
+    ``|mean| >> std``).
 
     Distributed (synchronized) batch norm: with ``sums`` (``dbeta`` and
     ``dgamma`` summed over every worker's `batch_norm_backward_sums`) and

@@ -2,7 +2,8 @@
 
 Build: ``pip install -e ".[docs]"`` then ``sphinx-build -W -n docs docs/_build/html``
 (``-W``: warnings are errors; ``-n``: every cross-reference must resolve). The
-build also fails when a public name of cnorm has no API entry (``_check_api``).
+build also fails when a public name of cnorm has no API entry (``_check_api``
+warns, and -W makes that an error).
 """
 import importlib
 
@@ -61,14 +62,34 @@ def _public_names():
 
 
 def _check_api(app, env):
-    documented = set(env.get_domain("py").objects)
-    missing = [name for name in _public_names() if name not in documented]
-    if missing:
-        from sphinx.errors import ExtensionError
+    """A warning (an error under -W) for each public name the API pages lack."""
+    from sphinx.util import logging
 
-        raise ExtensionError(
-            "public names without an entry in the API reference (docs/api/): "
-            + ", ".join(missing))
+    logger = logging.getLogger(__name__)
+    documented = set(env.get_domain("py").objects)
+    for name in _public_names():
+        if name not in documented:
+            logger.warning("public name %s has no entry in the API reference (docs/api/)", name)
+        for undocumented in _without_docstring(name):
+            logger.warning("public name %s has no docstring", undocumented)
+
+
+def _without_docstring(name):
+    """`name`, or its public methods and properties, that have no docstring."""
+    module_name, _, attribute = name.rpartition(".")
+    obj = getattr(importlib.import_module(module_name), attribute)
+    if not callable(obj) and not isinstance(obj, type):
+        return []  # a constant such as __version__, documented on its page
+    missing = [] if (obj.__doc__ or "").strip() else [name]
+    if isinstance(obj, type):
+        for member, value in vars(obj).items():
+            if member.startswith("_") and member != "__call__":
+                continue
+            function = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
+            if callable(function) or isinstance(function, property):
+                if not (function.__doc__ or "").strip():
+                    missing.append(f"{name}.{member}")
+    return missing
 
 
 def setup(app):
