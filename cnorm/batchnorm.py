@@ -1,4 +1,4 @@
-"""Batch normalization over channels-last data: the public API.
+"""Batch normalization with channels on any axis: the public API.
 
 Every function validates all its arguments first (so a bad call changes
 nothing), then makes one call into ``cnorm._batchnorm`` (two in training:
@@ -6,8 +6,8 @@ statistics, then normalization), which reads the tensors through the buffer
 protocol as the ``(outer, C, inner)`` view of cnorm._layout (channels on any
 axis, no copy), computes the per-channel coefficients in float64 and runs the
 passes over the tensor. Running statistics are updated in NumPy, after the
-kernels. Semantics and the framework conventions: README, section "Batch
-normalization".
+kernels. Semantics and the framework conventions: docs/guide/conventions.md,
+"Batch normalization".
 """
 import numpy as np
 

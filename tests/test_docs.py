@@ -5,9 +5,10 @@ In the Markdown pages a ```pycon block is a doctest (its outputs are
 checked), and a ```python block is executed (its asserts are the checks).
 The blocks of a page run in order in one namespace, so a page reads as one
 session. A block whose first line is ``# not run: <reason>`` is shown, not
-run (a cluster's address, say); the test lists how many there are. Pages that
-use an optional framework are skipped when it is missing (``NEEDS``); the
-documentation step of ``.ci/run`` installs them all.
+run (a cluster's address, say). Pages that
+use an optional framework are skipped when it is missing (``NEEDS``), and
+fail instead with CNORM_REQUIRE_FRAMEWORKS=1, as in the documentation step of
+``.ci/run``, which installs them all.
 """
 import doctest
 import importlib
@@ -17,11 +18,17 @@ import re
 
 import pytest
 
+from helpers import need
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 OPTIONS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 FENCE = re.compile(r"^```(python|pycon)[ \t]*\n(.*?)^```", re.M | re.S)
 NOT_RUN = "# not run:"
+
+# Keras 3.15's variables warn under NumPy 2 when converted (np.array(variable)).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 
 # Modules a page's examples import, beyond cnorm and NumPy.
 NEEDS = {
@@ -80,7 +87,7 @@ def test_page_examples(page, monkeypatch):
     for module in NEEDS.get(page, []):
         if module == "keras":
             monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "torch"))
-        pytest.importorskip(module)
+        need(module)
     path = ROOT / page if page == "README.md" else DOCS / page
     monkeypatch.chdir(ROOT)
     run_page(path, page)
