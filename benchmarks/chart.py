@@ -3,33 +3,34 @@
     python benchmarks/chart.py benchmarks/results/latest.md benchmarks/results/latest.png
 
 draws the chart of a table written by ``run.py --markdown`` (``run.py --png``
-draws it directly). One panel per operator family (LRN, batch norm), so that
-the labels stay legible at the width of a documentation page.
+draws it directly). One panel per operation, labelled by shape, so that the
+labels stay legible at the width of a documentation page.
 """
 import re
 import sys
 
 
+TITLES = {"lrn_forward": "LRN forward", "lrn_forward_beta0.6": "LRN forward, beta 0.6",
+          "lrn_backward": "LRN backward", "bn_inference": "batch-norm inference",
+          "bn_training": "batch-norm training forward", "bn_backward": "batch-norm backward"}
+
+
 def _panels(rows):
-    """Rows split into (title, rows) by the operation's family, in table order."""
+    """Rows split into (title, rows) by operation, in table order."""
     panels = {}
     for row in rows:
-        family = "LRN" if row["operation"].startswith("lrn") else "batch norm"
-        panels.setdefault(family, []).append(row)
-    return list(panels.items())
-
-
-def _label(row):
-    """Two short lines: the operation without its family's prefix, and the shape."""
-    operation = row["operation"].removeprefix("lrn_").removeprefix("bn_")
-    return operation.replace("_beta", " beta ").replace("_", " ") + "\n" + row["shape"]
+        panels.setdefault(row["operation"], []).append(row)
+    return [(TITLES.get(operation, operation), panel_rows) for operation, panel_rows in panels.items()]
 
 
 def write(rows, path, n_threads):
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     names = []
     for row in rows:
@@ -37,34 +38,33 @@ def write(rows, path, n_threads):
             names.append(row["implementation"])
     colours = {name: f"C{i}" for i, name in enumerate(names)}
     panels = _panels(rows)
-    figure, all_axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
-    for axes, (title, panel_rows) in zip(all_axes[:, 0], panels):
-        groups = []
-        for row in panel_rows:
-            key = _label(row)
-            if key not in groups:
-                groups.append(key)
+    n_rows = math.ceil(len(panels) / 2)
+    figure, all_axes = plt.subplots(n_rows, 2, figsize=(9, 2.7 * n_rows + 0.5), squeeze=False)
+    for axes, (title, panel_rows) in zip(all_axes.flat, panels):
+        shapes = list(dict.fromkeys(row["shape"] for row in panel_rows))
         present = [name for name in names if any(row["implementation"] == name for row in panel_rows)]
         width = 0.8 / max(len(present), 1)
         for i, name in enumerate(present):
-            xs, ys = [], []
-            for row in panel_rows:
-                if row["implementation"] == name:
-                    xs.append(groups.index(_label(row)) + i * width)
-                    ys.append(row["x copy"])
-            axes.bar(xs, ys, width, label=name, color=colours[name])
+            xs = [shapes.index(row["shape"]) + i * width for row in panel_rows
+                  if row["implementation"] == name]
+            ys = [row["x copy"] for row in panel_rows if row["implementation"] == name]
+            axes.bar(xs, ys, width, color=colours[name])
         axes.axhline(1.0, color="black", linewidth=0.8)
         axes.set_yscale("log")
-        axes.set_ylabel("time / parallel copy\n(lower is better)")
-        axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups, fontsize=7.5)
-        axes.set_title(f"{title}: float32, {n_threads} threads", fontsize=10, loc="left")
+        axes.set_xticks([g + 0.4 - width / 2 for g in range(len(shapes))], shapes, fontsize=8)
+        axes.tick_params(axis="y", labelsize=8)
+        axes.set_title(title, fontsize=10, loc="left")
         axes.grid(axis="y", which="major", linewidth=0.3)
-    from matplotlib.patches import Patch
-
+    for axes in all_axes.flat[len(panels):]:
+        axes.set_visible(False)
+    for axes in all_axes[:, 0]:
+        axes.set_ylabel("time / copy", fontsize=9)
     figure.legend(handles=[Patch(color=colours[name], label=name) for name in names],
-                  loc="upper center", ncol=len(names), fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0, 1, 0.95))
-    figure.savefig(path, dpi=110)
+                  loc="upper center", ncol=len(names), fontsize=9, frameon=False)
+    figure.suptitle(f"float32, {n_threads} threads: time over a parallel copy, log scale "
+                    "(lower is better)", fontsize=10, y=0.955)
+    figure.tight_layout(rect=(0, 0, 1, 0.93))
+    figure.savefig(path, dpi=150)
 
 
 def read_markdown(path):
