@@ -32,6 +32,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 # Modules a page's examples import, beyond cnorm and NumPy.
 NEEDS = {
+    "README.md": ["torch"],
     "index.md": ["torch"],
     "quickstart/pytorch.md": ["torch"],
     "quickstart/keras.md": ["keras"],
@@ -42,7 +43,7 @@ NEEDS = {
 
 
 @pytest.mark.parametrize("module", ["cnorm.lrn", "cnorm.batchnorm", "cnorm.layers",
-                                    "cnorm.moments"])
+                                    "cnorm.moments", "cnorm._config"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=OPTIONS)
     assert result.attempted > 0 and result.failed == 0, result
@@ -88,14 +89,17 @@ def test_page_examples(page, monkeypatch):
         if module == "keras":
             monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "torch"))
         need(module)
-    path = ROOT / page if page == "README.md" else DOCS / page
     monkeypatch.chdir(ROOT)
-    run_page(path, page)
+    run_page(_path(page), page)
 
 
-def test_every_page_has_its_needs_listed():
+def _path(page):
+    return ROOT / page if page == "README.md" else DOCS / page
+
+
+def test_every_page_in_needs_exists():
     for page in NEEDS:
-        assert (DOCS / page).is_file() or not DOCS.is_dir(), page
+        assert _path(page).is_file() or not DOCS.is_dir(), page
 
 
 def test_fence_parser():
