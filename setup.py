@@ -34,7 +34,7 @@ from setuptools import Extension, setup
 # Plain extensions, built once.
 EXTENSIONS = ["cnorm._openmp", "cnorm._buffers", "cnorm._layers"]
 # Kernel modules, built once per ISA level on x86-64 and picked at import time
-# by cnorm._dispatch (see README "ISA dispatch"). The suffixed copies are
+# by cnorm._dispatch (see docs/install.md, "Which kernels run"). The suffixed copies are
 # generated under build/ from the one .pyx source.
 KERNELS = ["cnorm._lrn", "cnorm._batchnorm"]
 # GCC's x86-64-v4 tuning keeps to 256-bit vectors; 512-bit ones double the
@@ -45,7 +45,7 @@ ISA_LEVELS = {"x86_64_v3": ["-march=x86-64-v3"],
               "x86_64_v4": ["-march=x86-64-v4", "-mprefer-vector-width=512"]}
 
 # -O2 does not vectorise with GCC 12, -O3 does; -fno-math-errno lets GCC inline
-# and vectorise sqrt. Never -ffast-math or -march=native: see README "Building".
+# and vectorise sqrt. Never -ffast-math or -march=native: see docs/install.md, "Build switches".
 BASE_COMPILE_ARGS = ["-O3", "-fno-math-errno"]
 OPENMP_FLAG = "-fopenmp"
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]

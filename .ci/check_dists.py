@@ -26,7 +26,8 @@ def check_sdist(path, problems):
     with tarfile.open(path) as tar:
         names = [name.split("/", 1)[1] for name in tar.getnames() if "/" in name]
     required = (source("cnorm/*.pyx") + source("cnorm/*.pxd") + source("cnorm/*.pyi")
-                + source("cnorm/*.h") + ["cnorm/py.typed", "docs/design.md", "setup.py", "pyproject.toml", "MANIFEST.in",
+                + source("cnorm/*.h") + ["cnorm/py.typed", "docs/design.md", "docs/conf.py", "docs/index.md",
+                   "benchmarks/results/latest.png", "setup.py", "pyproject.toml", "MANIFEST.in",
                    "tests/conftest.py", "tests/typing_example.py"])
     for name in required:
         if name not in names:

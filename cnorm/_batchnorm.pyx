@@ -16,7 +16,7 @@ Storage
     bfloat16). Half-precision tiles pass through a per-thread float scratch
     (cnorm/_storage.h): loaded, computed by the float kernels, stored rounded
     once; so they give exactly float32's results on the same values.
-Formula (README, "Batch normalization")
+Formula (docs/guide/conventions.md, "Batch normalization")
     ``mean = sum(x)/m``, ``var_b = sum((x - mean)**2)/m`` (m = M rows), and every
     output is an affine map per channel whose coefficients are computed once
     per call, in double, from C values, by the entry points (``normalize``,

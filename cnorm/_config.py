@@ -86,19 +86,48 @@ def _runtime_warning(runtimes):
         f"{len(loaded)} OpenMP runtimes are loaded and cnorm uses {runtimes['cnorm']} "
         f"while other libraries bind to {runtimes['global']}: their worker threads "
         "spin against each other and alternating operations can run many times "
-        "slower. Import cnorm without CNORM_OPENMP_GLOBAL=0 (see the README, "
-        "'cnorm beside PyTorch')."
+        "slower. Import cnorm without CNORM_OPENMP_GLOBAL=0 (see the documentation, "
+        "User guide, 'Threads, and OpenMP beside PyTorch')."
     )
 
 
-def show_config():
-    """Print cnorm's version, build flags and OpenMP state.
+def show_config(mode="stdout"):
+    """Print cnorm's version, ISA level, build flags and OpenMP state.
 
     Lists the OpenMP runtimes loaded in the process and the one cnorm uses, and
     warns (RuntimeWarning) when cnorm runs on a runtime of its own while
     another one is the process-global one: two runtimes in use at once.
+
+    Parameters
+    ----------
+    mode : {"stdout", "dicts"}, default "stdout"
+        "stdout" prints the facts; "dicts" returns them instead, as
+        ``numpy.show_config`` does.
+
+    Returns
+    -------
+    dict or None
+        With ``mode="dicts"``: the facts by name, among them ``"cnorm"`` (the
+        version), ``"isa_level"`` (the kernel build in use: ``"baseline"``,
+        ``"x86-64-v3"`` or ``"x86-64-v4"``), ``"cpu_level"`` (the best the
+        CPU runs), ``"openmp"``, ``"max_threads"`` and the OpenMP runtimes.
+        None otherwise.
+
+    Examples
+    --------
+    >>> import cnorm
+    >>> info = cnorm.show_config(mode="dicts")
+    >>> info["isa_level"] in ("baseline", "x86-64-v3", "x86-64-v4")
+    True
     """
+    if mode not in ("stdout", "dicts"):
+        raise ValueError(f'mode must be "stdout" or "dicts", got {mode!r}')
     info = config()
+    message = _runtime_warning(openmp_runtimes())
+    if mode == "dicts":
+        if message:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return info
     for key, value in info.items():
         if isinstance(value, list):
             print(f"{key:24s} {len(value)}")
@@ -106,6 +135,6 @@ def show_config():
                 print(f"{'':24s}   {item}")
         else:
             print(f"{key:24s} {value}")
-    message = _runtime_warning(openmp_runtimes())
     if message:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return None

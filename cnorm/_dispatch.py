@@ -58,6 +58,12 @@ def kernels(module):
     return _built(ISA_LEVEL, module) or importlib.import_module(f"cnorm.{module}")
 
 
+def cpu_best_level():
+    """The best of LEVELS that this CPU runs, built or not."""
+    cpu = _openmp.cpu_level()
+    return [level for level in LEVELS if _CPU_LEVEL[level] <= cpu][-1]
+
+
 def available_levels():
     """The ISA levels that are built and that this CPU runs, lowest first."""
     cpu = _openmp.cpu_level()

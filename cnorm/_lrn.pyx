@@ -15,7 +15,7 @@ Storage
     Half-precision tiles are loaded into a per-thread float scratch, computed
     by the float kernels and stored rounded once (cnorm/_storage.h): exactly
     float32's results on the same values.
-Formula (the canonical form of the README, "Local response normalization")
+Formula (the canonical form of docs/guide/conventions.md)
     ``S_c = sum(x_i**2, i in [c - before, c + after])`` clipped to ``[0, C)``,
     ``D_c = k + a*S_c``, ``y_c = x_c * D_c**-beta``.  The backward is
     ``dx_i = dy_i*D_i**-beta - 2*a*beta*x_i * sum(dy_j*x_j*D_j**(-beta-1))`` with

@@ -1,4 +1,4 @@
-"""Batch normalization over channels-last data: the public API.
+"""Batch normalization with channels on any axis: the public API.
 
 Every function validates all its arguments first (so a bad call changes
 nothing), then makes one call into ``cnorm._batchnorm`` (two in training:
@@ -6,8 +6,8 @@ statistics, then normalization), which reads the tensors through the buffer
 protocol as the ``(outer, C, inner)`` view of cnorm._layout (channels on any
 axis, no copy), computes the per-channel coefficients in float64 and runs the
 passes over the tensor. Running statistics are updated in NumPy, after the
-kernels. Semantics and the framework conventions: README, section "Batch
-normalization".
+kernels. Semantics and the framework conventions: docs/guide/conventions.md,
+"Batch normalization".
 """
 import numpy as np
 
@@ -329,7 +329,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
         y      = gamma * (x - mean) * invstd + beta
 
     The statistics are accumulated in float64 by shifted sums (deviations from
-    a value of the channel) per chunk of rows, merged with Chan's formula: accurate when |mean| >> std, and
+    a value of the channel) per chunk of rows, merged with Chan's formula: accurate when ``|mean| >> std``, and
     bit-identical for every thread count.
 
     When running statistics are given they are updated in place, after the
@@ -506,7 +506,7 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
     accumulated in float64 in a fixed order (bit-identical for every thread
     count); dx is computed in x's precision from per-channel coefficients
     computed in float64 (centered on the mean, so float32 stays accurate where
-    |mean| >> std).
+    ``|mean| >> std``).
 
     Distributed (synchronized) batch norm: with ``sums`` (``dbeta`` and
     ``dgamma`` summed over every worker's `batch_norm_backward_sums`) and

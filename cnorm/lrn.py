@@ -3,7 +3,7 @@
 Every function validates its arguments, resolves the window and thread count
 and calls ``cnorm._lrn.run``, which reads the tensors through the buffer
 protocol as the ``(outer, C, inner)`` view of cnorm._layout (channels on any
-axis, no copy). Semantics and framework conventions: README, section
+axis, no copy). Semantics and framework conventions: docs/guide/conventions.md,
 "Local response normalization".
 """
 

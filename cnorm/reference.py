@@ -4,8 +4,8 @@ Written for clarity, not speed. Every public function of cnorm has a twin here
 with the same name and the same semantic parameters (``axis`` included; no
 ``out`` or ``n_threads``); inputs of any float dtype (float16 and bfloat16
 too) are converted to float64 and results are float64. The tests compare the
-compiled kernels against these functions, and the formulas follow the README's
-"Semantics" sections line by line. Channels are computed on the last axis:
+compiled kernels against these functions, and the formulas follow
+docs/guide/conventions.md line by line. Channels are computed on the last axis:
 ``axis`` moves them there and back.
 """
 import functools
@@ -122,7 +122,7 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0, *,
 
 
 # ---------------------------------------------------------------------------
-# Batch normalization (README, "Batch normalization"), over the (M, C) view
+# Batch normalization (docs/guide/conventions.md), over the (M, C) view
 
 
 def _channels(value, n_channels, default):

@@ -1,5 +1,9 @@
 """The one comparator of kernels against the float64 reference, and its tolerances."""
+import importlib
+import os
+
 import numpy as np
+import pytest
 
 # Relative tolerance per dtype: float32 results carry a few float32 roundings
 # (and the float32 fast paths sum short windows in float), float64 ones a few
@@ -55,3 +59,11 @@ def numerical_gradient(loss, value, step=1e-6):
         flat[i] = saved
         gflat[i] = (up - down) / (2 * step)
     return grad
+
+
+def need(module):
+    """Import an optional framework, or skip the test without it; with
+    CNORM_REQUIRE_FRAMEWORKS=1 (CI, where the extras are installed) fail instead."""
+    if os.environ.get("CNORM_REQUIRE_FRAMEWORKS") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

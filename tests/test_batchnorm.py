@@ -255,7 +255,7 @@ def test_golden_tensorflow_training(name):
 
 
 # ---------------------------------------------------------------------------
-# Running-statistics conventions: the worked example of SEMANTICS.md, section 2
+# Running-statistics conventions: the worked example of docs/guide/conventions.md
 
 X_EXAMPLE = np.array([1.0, 2.0, 3.0, 4.0]).reshape(4, 1)  # mean 2.5, var_b 1.25, unbiased 5/3
 
@@ -265,7 +265,7 @@ X_EXAMPLE = np.array([1.0, 2.0, 3.0, 4.0]).reshape(4, 1)  # mean 2.5, var_b 1.25
     ("torch default", dict(), 0.25, 1.0 + 0.1 * (5 / 3 - 1)),
     ("tf exponential_avg_factor=1", dict(momentum=1.0), 2.5, 5 / 3),  # 1.66667: replace
     ("tf exponential_avg_factor=0.3", dict(momentum=0.3), 0.75, 0.7 + 0.3 * 5 / 3),
-    # Keras 3 momentum=0.99: SEMANTICS.md says 0.9925, a typo: Keras gives
+    # Keras 3 momentum=0.99: the project's first specification said 0.9925, a typo: Keras gives
     # 0.99*1 + 0.01*1.25 = 1.0025 (checked against Keras 3 when making the golden data).
     ("keras momentum=0.99", dict(momentum=1 - 0.99, running_var_unbiased=False), 0.025, 1.0025),
     ("onnx momentum=0.9", dict(momentum=1 - 0.9, running_var_unbiased=False), 0.25, 1.025),
@@ -287,7 +287,7 @@ def test_running_statistics_conventions(convention, kwargs, expected_mean, expec
 
 
 def test_semantics_examples_rounded():
-    # The numbers exactly as SEMANTICS.md prints them (Keras corrected: 1.0025).
+    # The numbers exactly as docs/guide/conventions.md prints them.
     results = {}
     for label, kwargs in [("torch", dict(momentum=0.1)), ("tf", dict(momentum=1.0)),
                           ("keras", dict(momentum=0.01, running_var_unbiased=False)),

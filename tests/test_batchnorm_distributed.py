@@ -131,7 +131,7 @@ def test_running_statistics_use_the_global_count():
     cnorm.batch_norm_training(np.array([[1.0], [2.0]]), running_mean=running_mean,
                               running_var=running_var, momentum=0.1, moments=total)
     np.testing.assert_allclose(running_mean, [0.25])
-    np.testing.assert_allclose(running_var, [1.06666666667])  # as SEMANTICS's example
+    np.testing.assert_allclose(running_var, [1.06666666667])  # as the example of docs/guide/conventions.md
 
 
 def good():

@@ -116,7 +116,7 @@ SPECIALS = [np.nan, np.inf, -np.inf, -0.0, 1e30, -1e30, 1e-40, 1e200, 3e38]
 # float32 batch norm computes products of data and coefficients in float32:
 # where they exceed float32's range while the float64 answer does not (|dy| near
 # 3e38 with gamma*invstd > 1, say), the result is inf or NaN. A known limit
-# (README, Errors), so its values stay where no such product overflows;
+# (docs/guide/precision.md, "Non-finite values"), so its values stay where no such product overflows;
 # per-channel values beyond float32's range are drawn (they are widened).
 BN_FLOAT32_SPECIALS = [np.nan, np.inf, -np.inf, -0.0, 1e6, -1e6, 1e-40]
 

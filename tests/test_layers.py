@@ -575,7 +575,7 @@ def test_lrn_from_tf_is_tf_lrn_exactly(rng, dtype):
     np.testing.assert_array_equal(layer(x.tolist()), cnorm.lrn(x.tolist(), **params))
     default = cnorm.LocalResponseNorm.from_tf()
     assert (default.size, default.alpha, default.beta, default.k) == (11, 11.0, 0.5, 1.0)
-    # SEMANTICS example: TF depth_radius=1, bias=0, alpha=1, beta=1 on 2*ones(C=3)
+    # docs/guide/conventions.md example: TF depth_radius=1, bias=0, alpha=1, beta=1 on 2*ones(C=3)
     example = cnorm.LocalResponseNorm.from_tf(1, 0.0, 1.0, 1.0)(np.full((2, 2, 2, 3), 2.0))
     np.testing.assert_allclose(example[0, 0, 0], [0.25, 1 / 6, 0.25], rtol=1e-15)
     assert "from_tf(depth_radius=1" in repr(cnorm.LocalResponseNorm.from_tf(1, 0.0, 1.0, 1.0))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import cnorm
+from helpers import need
 from test_layers import close
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 without TensorFlow
@@ -22,14 +23,6 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 without TensorFlow
 # Keras 3.15's variables warn under NumPy 2 when converted (np.array(variable)).
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
-
-
-def need(module):
-    """Import a framework, or skip the test without it; with
-    CNORM_REQUIRE_FRAMEWORKS=1 (CI, where the extra is installed) fail instead."""
-    if os.environ.get("CNORM_REQUIRE_FRAMEWORKS") == "1":
-        return __import__(module)
-    return pytest.importorskip(module)
 
 
 def torch_steps(module, layer, rng, shape, steps=3):
@@ -120,7 +113,7 @@ def test_torch_sync_batch_norm_and_channels_last(rng):
 
 
 def test_torch_three_lines(rng):
-    """The README's three lines: a BatchNorm2d of a torch model, torch's eval output."""
+    """The docs' front-page lines: a BatchNorm2d of a torch model, torch's eval output."""
     torch = need("torch")
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
     model.train()

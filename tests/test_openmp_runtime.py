@@ -81,6 +81,15 @@ def test_show_config_lists_version_build_and_runtimes(capsys):
         assert _config.openmp_runtimes()["cnorm"] in out
 
 
+def test_show_config_dicts_returns_what_it_prints(capsys):
+    info = cnorm.show_config(mode="dicts")
+    assert capsys.readouterr().out == ""
+    assert info["cnorm"] == cnorm.__version__
+    assert info["isa_level"] == cnorm._dispatch.ISA_LEVEL
+    with pytest.raises(ValueError, match="mode must be"):
+        cnorm.show_config(mode="json")
+
+
 def test_show_config_warns_when_two_runtimes_are_in_use(monkeypatch):
     two = {"loaded": ["/x/libgomp.so.1", "/y/libgomp-abc.so.1.0.0"],
            "cnorm": "/y/libgomp-abc.so.1.0.0", "global": "/x/libgomp.so.1", "preload": "off"}

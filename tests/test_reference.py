@@ -1,4 +1,4 @@
-"""The NumPy reference against the worked examples of SEMANTICS.md."""
+"""The NumPy reference against the worked examples of docs/guide/conventions.md."""
 import numpy as np
 import pytest
 

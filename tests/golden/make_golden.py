@@ -10,8 +10,8 @@ Writes tests/golden/data/*.npz (np.savez, no pickle). All tensors are NHWC
 string keys "op", "framework", "versions". See README.md for the schema.
 
 Besides writing files, the script cross-checks every case against the canonical
-formulas of shared/SEMANTICS.md (numpy, float64) and prints the worst relative
-errors, plus the worked examples of SEMANTICS.md sections 1 and 2.
+formulas of docs/guide/conventions.md (numpy, float64) and prints the worst relative
+errors, plus the worked examples of docs/guide/conventions.md (LRN and batch norm).
 """
 import os
 import sys
@@ -85,7 +85,7 @@ def check(case, what, got, ref):
     CHECKS.append((case, what, relerr(got, ref)))
 
 
-# ----------------------------------------------------------------------------- canonical references (SEMANTICS.md)
+# ----------------------------------------------------------------------------- canonical references (docs/guide/conventions.md)
 def lrn_ref(x, L, R, a, k, beta, dy=None):
     """Canonical LRN on (..., C), float64; returns y (and dx if dy given)."""
     x = np.asarray(x, np.float64)
@@ -627,9 +627,9 @@ def torch_nchw_bn_eval_cases():
              dgamma=w.grad.numpy().copy(), dbeta=bb.grad.numpy().copy())
 
 
-# ============================================================================= SEMANTICS.md worked examples
+# ============================================================================= docs/guide/conventions.md worked examples
 def semantics_examples():
-    print("\n== SEMANTICS.md section 1: x=[1,2,3,4,5] along C, alpha=1, k=1, beta=1 ==")
+    print("\n== docs/guide/conventions.md, LRN: x=[1,2,3,4,5] along C, alpha=1, k=1, beta=1 ==")
     x = np.arange(1, 6, dtype=np.float64).reshape(1, 1, 1, 5)
     np.set_printoptions(precision=6, suppress=True)
     expected = {
@@ -652,7 +652,7 @@ def semantics_examples():
                 fw = "onnx.reference"
             ok = np.allclose(y, expected[(fw.split(".")[0], size)], atol=1e-6, rtol=0)
             print(f"size={size} {fw:14s} {np.array2string(y.astype(np.float64), precision=6)}  "
-                  f"{'MATCHES' if ok else 'DIFFERS from'} SEMANTICS.md")
+                  f"{'MATCHES' if ok else 'DIFFERS from'} docs/guide/conventions.md")
     x = 2 * np.ones((2, 2, 2, 3), np.float32)
     y = tf.nn.local_response_normalization(x, depth_radius=1, bias=0.0, alpha=1.0, beta=1.0).numpy()
     print("TF 2*ones r=1 bias=0:", y[0, 0, 0], "expect [0.25 0.166667 0.25]")
@@ -660,7 +660,7 @@ def semantics_examples():
     y = tf.nn.local_response_normalization(x, depth_radius=2, bias=0.0, alpha=1.0, beta=1.0).numpy()
     print("TF arange r=2 bias=0 y[1,1,0,1]:", f"{y[1, 1, 0, 1]:.8f}", "expect 0.00923952")
 
-    print("\n== SEMANTICS.md section 2: x=[1,2,3,4], running var starts at 1 ==")
+    print("\n== docs/guide/conventions.md, batch norm: x=[1,2,3,4], running var starts at 1 ==")
     xt = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64).reshape(1, 1, 2, 2)
     rm, rv = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
     F.batch_norm(xt, rm, rv, training=True, momentum=0.1)
@@ -678,7 +678,7 @@ def semantics_examples():
         bn.build((None, 1))
         bn(np.array([[1.0], [2.0], [3.0], [4.0]], np.float32), training=True)
         print(f"Keras {keras.__version__} momentum=0.99 moving_variance = "
-              f"{float(np.asarray(bn.moving_variance)[0]):.6f} (SEMANTICS.md says 0.9925; 0.99*1 + 0.01*1.25 = 1.0025)")
+              f"{float(np.asarray(bn.moving_variance)[0]):.6f} (docs/guide/conventions.md: 0.99*1 + 0.01*1.25 = 1.0025)")
     except Exception as e:  # keras is informative only
         print("keras check skipped:", e)
 
@@ -699,7 +699,7 @@ def main():
     torch_nchw_bn_train_cases()
     torch_nchw_bn_eval_cases()
 
-    print("\n== cross-checks against SEMANTICS.md formulas (max |diff| / max |ref|) ==")
+    print("\n== cross-checks against docs/guide/conventions.md formulas (max |diff| / max |ref|) ==")
     worst = {}
     for case, what, err in CHECKS:
         tol = 1e-9 if ("f64" in case) else 2e-5
