@@ -1,4 +1,4 @@
-# Stub for the compiled module cnorm._buffers (cnorm/_buffers.pyx): its class is
+# Stub for the compiled module cnorm._buffers (cnorm/_buffers.pyx): Buffers is
 # used from Cython only and has no Python-visible methods.
 from typing import Any
 
@@ -11,7 +11,21 @@ def first_negative(values: Any) -> int: ...
 
 MAX_THREADS: int
 
+class Tensor:
+    array: Any
+    memory: Any
+    order: tuple[int, ...] | None
+    storage: int
+    outer: int
+    channels: int
+    inner: int
+    def buffer(self, array: Any = None) -> Any: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> Any: ...
+
 def plain(x: Any, out: Any, n_threads: Any, axis: Any, min_ndim: int,
-          dy: Any = None) -> tuple[Any, int, int, int, int, int] | None: ...
+          dy: Any = None) -> tuple[Any, int, Tensor] | None: ...
 def plain_like(value: Any, x: Any) -> bool: ...
 def finite_floats(*values: Any) -> bool: ...

@@ -203,11 +203,56 @@ cdef object plain_call(object x, object out, object dy, object n_threads, object
     return None if threads[0] < 0 else y
 
 
-def plain(x, out, n_threads, axis, Py_ssize_t min_ndim, dy=None):
-    """``(y, threads, storage, outer, channels, inner)`` for a plain call of the
-    public functions (the block comment above), or None: take the checked path.
+cdef object _UINT16 = numpy.dtype(numpy.uint16)
 
-    y is `out`, or a new array of x's shape and dtype if out is None.
+
+cdef class Tensor:
+    """A validated tensor argument in the kernels' terms (made by
+    cnorm._layout.tensor, or for a plain call by `plain`).
+
+    Attributes
+    ----------
+    array : numpy.ndarray
+        The data in the caller's shape (a copy if it had to be made contiguous).
+    memory : numpy.ndarray
+        The same data in memory order, C-contiguous.
+    order : tuple of int or None
+        The axes of `array` in memory order (None: C order).
+    storage : int
+        The storage code (cnorm/_storage.h, cnorm._layout.STORAGE).
+    outer, channels, inner : int
+        The ``(outer, C, inner)`` view.
+    """
+
+    cdef public object array, memory, order
+    cdef public int storage
+    cdef public Py_ssize_t outer, channels, inner
+
+    def buffer(self, array=None):
+        """`array` (default: this tensor) in memory order, as the kernels take it."""
+        if array is None:
+            memory = self.memory
+        elif self.order is None:
+            memory = array
+        else:
+            memory = array.transpose(self.order)
+        return memory.view(_UINT16) if self.storage == 3 else memory
+
+    @property
+    def shape(self):
+        return self.array.shape
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+
+def plain(x, out, n_threads, axis, Py_ssize_t min_ndim, dy=None):
+    """``(y, threads, tensor)`` for a plain call of the public functions (the
+    block comment above), or None: take the checked path.
+
+    y is `out`, or a new array of x's shape and dtype if out is None; tensor
+    is x's `Tensor` (C order, its view).
     """
     cdef Py_ssize_t view[4]
     cdef int threads
@@ -215,7 +260,14 @@ def plain(x, out, n_threads, axis, Py_ssize_t min_ndim, dy=None):
     y = plain_call(x, out, dy, n_threads, axis, min_ndim, -1, view, &threads, &in_place)
     if y is None:
         return None
-    return y, threads, view[0], view[1], view[2], view[3]
+    cdef Tensor t = Tensor.__new__(Tensor)
+    t.array = t.memory = x
+    t.order = None
+    t.storage = <int> view[0]
+    t.outer = view[1]
+    t.channels = view[2]
+    t.inner = view[3]
+    return y, threads, t
 
 
 def plain_like(value, x):

@@ -28,7 +28,6 @@ STORAGE = {"float64": 0, "float32": 1, "float16": 2, "bfloat16": 3}
 DTYPE_NAMES = "float32, float64, float16 or bfloat16"
 
 _NATIVE = {np.dtype(np.float64): 0, np.dtype(np.float32): 1, np.dtype(np.float16): 2}
-_UINT16 = np.dtype(np.uint16)
 
 
 def storage_of(dtype):
@@ -62,37 +61,9 @@ def channel_axis(axis, ndim, name="x"):
     return axis % ndim
 
 
-class Tensor:
-    """A validated tensor argument in the kernels' terms.
-
-    Attributes
-    ----------
-    array : numpy.ndarray
-        The data in the caller's shape (a copy if it had to be made contiguous).
-    memory : numpy.ndarray
-        The same data in memory order, C-contiguous.
-    order : tuple of int or None
-        The axes of `array` in memory order (None: C order).
-    storage : int
-        The storage code (STORAGE).
-    outer, channels, inner : int
-        The ``(outer, C, inner)`` view.
-    """
-
-    __slots__ = ("array", "memory", "order", "storage", "outer", "channels", "inner")
-
-    def buffer(self, array=None):
-        """`array` (default: this tensor) in memory order, as the kernels take it."""
-        memory = self.memory if array is None else _in_order(array, self.order)
-        return memory.view(_UINT16) if self.storage == 3 else memory
-
-    @property
-    def shape(self):
-        return self.array.shape
-
-    @property
-    def dtype(self):
-        return self.array.dtype
+# The validated tensor argument: compiled (cnorm/_buffers.pyx), so that a plain
+# call's Tensor is made in C by ``_buffers.plain``.
+Tensor = _buffers.Tensor
 
 
 def _in_order(array, order):
@@ -116,15 +87,12 @@ def tensor(value, name, axis, *, min_ndim=1, plain=None):
 
     Arrays of another dtype are rejected rather than cast: a silent cast would
     hide a caller's mistake. `plain` is what ``cnorm._buffers.plain`` returned
-    for this call: if not None, `value` is a plain array (checked in C) and its
-    view is taken from it.
+    for this call: if not None, `value` is a plain array (checked in C) and
+    its Tensor was made there.
     """
-    t = Tensor.__new__(Tensor)
     if plain is not None:
-        t.array = t.memory = value
-        t.order = None
-        t.storage, t.outer, t.channels, t.inner = plain[2:]
-        return t
+        return plain[2]
+    t = Tensor.__new__(Tensor)
     if type(value) is np.ndarray:
         array = value
     else:

@@ -182,11 +182,18 @@ def lrn_backward(dy, x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-
 
 
 def _size_params(size, alpha, beta, k, convention):
+    if (convention == "torch" and type(size) is int and 1 <= size <= _SMALL_SIZE
+            and _buffers.finite_floats(alpha, beta, k)):
+        # the common case, as the checks below would give it
+        return size // 2, (size - 1) // 2, alpha / size, k, beta
     before, after = _size_window(size, convention)
     alpha = check.finite_real(alpha, "alpha")
     beta = check.finite_real(beta, "beta")
     k = check.finite_real(k, "k")
     return before, after, check.exact_ratio(alpha, size), k, beta
+
+
+_SMALL_SIZE = 2 ** 53  # alpha / size is plain float division below this
 
 
 def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="torch",

@@ -133,10 +133,11 @@ def test_plain_path_is_taken():
     for x, dy, axis in ((X, None, -1), (X, DY, -1), (X, DY, 1), (X.astype(np.float16), None, 0)):
         plain = _buffers.plain(x, out if x.dtype == out.dtype else None, None, axis, 2, dy)
         assert plain is not None
-        y, threads, storage, outer, channels, inner = plain
-        assert threads >= 1 and (outer, channels, inner) == (
+        y, threads, t = plain
+        assert threads >= 1 and (t.outer, t.channels, t.inner) == (
             int(np.prod(x.shape[:axis % 3])), x.shape[axis], int(np.prod(x.shape[axis % 3 + 1:])))
-        assert storage == {"float64": 0, "float32": 1, "float16": 2}[x.dtype.name]
+        assert t.storage == {"float64": 0, "float32": 1, "float16": 2}[x.dtype.name]
+        assert t.array is x and t.memory is x and t.order is None
 
 
 def test_layer_n_threads_is_capped():
