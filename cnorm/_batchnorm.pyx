@@ -734,10 +734,12 @@ cdef void _store_tile(const Grid* g, const Tile* tile, const float* src,
                          base + (start + (o * g.channels + c) * g.inner) * item, tile.n_inner)
 
 
-cdef float* _half_scratch(const Grid* g, int n_threads, Py_ssize_t tensors) except? NULL:
+cdef float* _half_scratch(const Grid* g, int n_threads, Py_ssize_t tensors,
+                         bint piece=False) except? NULL:
     # Per-thread float scratch of ``tensors`` tiles for half-precision data
-    # (NULL for float32/float64, which the kernels read in place).
-    if not cn_is_half(g.storage):
+    # (NULL for float32/float64, which the kernels read in place, unless
+    # ``piece``: the epilogue's pieces of streamed float32 rows, see _apply_tiles).
+    if not cn_is_half(g.storage) and not piece:
         return NULL
     cdef float* buffer = <float*> malloc(n_threads * tensors * _scratch_stride(g) * sizeof(float))
     if buffer == NULL:
@@ -767,6 +769,49 @@ cdef inline floating _affine(floating x, floating center, floating scale, floati
     if folded:
         return x * scale + shift
     return (x - center) * scale + shift
+
+
+cdef inline floating _relu(floating v) noexcept nogil:
+    # max(v, 0) with NaN passed through (as torch.relu); -0.0 stays -0.0.
+    return 0 if v < 0 else v
+
+
+cdef void _finish_run(floating* out, const floating* residual, bint relu,
+                      Py_ssize_t n) noexcept nogil:
+    # THE epilogue of the forward elementwise pass (docs/design.md, "Epilogue"):
+    # out = act(out + residual) over a run of n outputs that the affine step has
+    # just written (still in L1), residual NULL meaning none and ``relu`` the
+    # activation. Every layout, storage type and ISA path calls this one step
+    # after its own affine step, so the fused forms have the same bits
+    # everywhere. A call with neither is never made (the plain pass is unchanged).
+    cdef Py_ssize_t i
+    if residual != NULL and relu:
+        for i in range(n):
+            out[i] = _relu(out[i] + residual[i])
+    elif residual != NULL:
+        for i in range(n):
+            out[i] = out[i] + residual[i]
+    elif relu:
+        for i in range(n):
+            out[i] = _relu(out[i])
+
+
+cdef void _stream_run(const float* src, float* dst, Py_ssize_t n) noexcept nogil:
+    # dst[:n] = src[:n], the aligned 16-value blocks of dst written with streaming
+    # stores (cn_stream_f32): the store step of an epilogue computed in scratch.
+    cdef Py_ssize_t i = 0, head = n
+    if (<size_t>dst) % sizeof(float) == 0:
+        head = min(n, <Py_ssize_t>(((CN_STREAM_ALIGN - (<size_t>dst) % CN_STREAM_ALIGN)
+                                    % CN_STREAM_ALIGN) // sizeof(float)))
+    for i in range(head):
+        dst[i] = src[i]
+    i = head
+    while i + 16 <= n:
+        cn_stream_f32(dst + i, src + i)
+        i += 16
+    while i < n:
+        dst[i] = src[i]
+        i += 1
 
 
 cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
@@ -803,12 +848,16 @@ cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
 cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
                         const floating* coefficients, bint folded, bint stream,
                         Py_ssize_t n_outer, Py_ssize_t n_channels, Py_ssize_t n_inner,
-                        Py_ssize_t channel_stride, Py_ssize_t outer_stride) noexcept nogil:
+                        Py_ssize_t channel_stride, Py_ssize_t outer_stride,
+                        const floating* residual, bint relu) noexcept nogil:
     # Planes of one channel (inner > 1): the run of n_inner values of channel c
     # at o*outer_stride + c*channel_stride, with that channel's coefficients as
     # scalars; the same formula as _apply_rows, so the same bits per element.
     # ``stream`` (float32 only): whole aligned blocks of 16 outputs written by
-    # cn_stream_f32 (see _streams), the same values.
+    # cn_stream_f32 (see _streams), the same values. The epilogue (residual
+    # at the offsets of x, relu; see _finish_run) finishes each run or block
+    # before it is stored.
+    cdef bint epilogue = residual != NULL or relu
     cdef Py_ssize_t o, c, i, base, end, aligned
     cdef Py_ssize_t stride = _coefficient_stride(n_channels)
     cdef floating center, scale, shift, dy_scale
@@ -829,6 +878,9 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
                          % CN_STREAM_ALIGN) // sizeof(float)))
                     _affine_run(dy, x, out, center, scale, shift, dy_scale, folded, base,
                                 aligned)
+                    if epilogue:
+                        _finish_run(out + base, NULL if residual == NULL else residual + base,
+                                    relu, aligned - base)
                     i = aligned
                     while i + 16 <= end:
                         for j in range(16):
@@ -837,11 +889,20 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
                             else:
                                 block[j] = dy[i + j] * dy_scale + _affine(
                                     x[i + j], center, scale, shift, folded)
+                        if epilogue:
+                            _finish_run(block, NULL if residual == NULL else residual + i,
+                                        relu, 16)
                         cn_stream_f32(out + i, block)
                         i += 16
                     _affine_run(dy, x, out, center, scale, shift, dy_scale, folded, i, end)
+                    if epilogue:
+                        _finish_run(out + i, NULL if residual == NULL else residual + i, relu,
+                                    end - i)
                     continue
             _affine_run(dy, x, out, center, scale, shift, dy_scale, folded, base, end)
+            if epilogue:
+                _finish_run(out + base, NULL if residual == NULL else residual + base, relu,
+                            n_inner)
 
 
 cdef inline void _affine_run(const floating* dy, const floating* x, floating* out,
@@ -967,7 +1028,7 @@ def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] cente
 
 def normalize(x, y, mean, var, gamma, beta, double eps, invstd, bint reverse,
               int n_threads, int storage, Py_ssize_t outer, Py_ssize_t n_channels,
-              Py_ssize_t inner):
+              Py_ssize_t inner, residual=None, bint relu=False):
     """y = (x - mean)*gamma*invstd + beta with invstd = 1/sqrt(var + eps), per channel.
 
     Batch-norm inference (running statistics) and training's second pass
@@ -977,33 +1038,39 @@ def normalize(x, y, mean, var, gamma, beta, double eps, invstd, bint reverse,
     seen as (outer, n_channels, inner) (y may be x); mean, var, gamma, beta:
     float64 of shape (C,), gamma None meaning 1 and beta None 0; invstd: None
     or a writable float64 array of shape (C,) that receives 1/sqrt(var + eps).
-    The coefficients are computed here in double. The caller has validated
-    everything, var >= 0 and eps > 0 included.
+    The fused epilogue: ``residual`` (None, or a tensor like x, not
+    overlapping y) is added to the normalized value, and ``relu`` clips the
+    sum at 0, in the same pass: y = act(bn(x) + residual). The coefficients
+    are computed here in double. The caller has validated everything, var >= 0
+    and eps > 0 included.
     """
     cdef Buffers b = Buffers()
     cdef const void* xp = b.get(x, False)
     cdef void* yp = b.get(y, True)
+    cdef const void* residual_p = b.get(residual, False)
     cdef const double* mean_p = <const double*> b.get(mean, False)
     cdef const double* var_p = <const double*> b.get(var, False)
     cdef const double* gamma_p = <const double*> b.get(gamma, False)
     cdef const double* beta_p = <const double*> b.get(beta, False)
     cdef double* invstd_p = <double*> b.get(invstd, True)
     if DEBUG_CHECKS:
-        b.check(2, storage, outer, n_channels, inner, -1, -1, n_threads)
+        b.check(2 + (residual is not None), storage, outer, n_channels, inner, -1, -1,
+                n_threads)
     cdef Grid g = _grid(storage, outer, n_channels, inner)
     if outer * n_channels * inner == 0:
         return
     if storage == CN_FLOAT64:
         _normalize(<const double*> xp, <double*> yp, mean_p, var_p, gamma_p, beta_p, eps,
-                   invstd_p, reverse, &g, n_threads)
+                   invstd_p, reverse, &g, n_threads, <const double*> residual_p, relu)
     else:
         _normalize(<const float*> xp, <float*> yp, mean_p, var_p, gamma_p, beta_p, eps,
-                   invstd_p, reverse, &g, n_threads)
+                   invstd_p, reverse, &g, n_threads, <const float*> residual_p, relu)
 
 
 cdef void _normalize(const floating* x, floating* y, const double* mean, const double* var,
                      const double* gamma, const double* beta, double eps, double* invstd,
-                     bint reverse, const Grid* g, int n_threads) except *:
+                     bint reverse, const Grid* g, int n_threads, const floating* residual,
+                     bint relu) except *:
     cdef Py_ssize_t c, n_channels = g.channels
     cdef double inverse
     cdef double* coefficients = <double*> malloc(3 * n_channels * sizeof(double))
@@ -1021,7 +1088,7 @@ cdef void _normalize(const floating* x, floating* y, const double* mean, const d
             scale[c] = inverse if gamma == NULL else gamma[c] * inverse
             shift[c] = 0.0 if beta == NULL else beta[c]
         _apply(<const floating*> NULL, x, y, mean, scale, shift, NULL, inverse_std, g,
-               reverse, n_threads)
+               reverse, n_threads, residual, relu)
     finally:
         free(coefficients)
 
@@ -1029,7 +1096,8 @@ cdef void _normalize(const floating* x, floating* y, const double* mean, const d
 cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
                        const floating* coefficients, bint folded, bint stream,
                        bint by_range, const Grid* g, Py_ssize_t first, Py_ssize_t stop,
-                       bint reverse, float* scratch) noexcept nogil:
+                       bint reverse, float* scratch, const floating* residual,
+                       bint relu) noexcept nogil:
     # The elementwise pass over tiles [first, stop), last to first if
     # ``reverse``: rows (inner == 1) by _apply_rows, or by _affine_range if
     # ``by_range`` (float32 only); planes (inner > 1) by _apply_planes.
@@ -1037,19 +1105,27 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
     # type, and floating is float) is loaded tile by tile into the scratch,
     # computed there in place and stored back, rounded once. A thread that
     # streamed fences its stores before the region ends.
+    # The epilogue (``residual``, of x's storage and offsets, and ``relu``; see
+    # _finish_run) is applied to each run of outputs after the affine step:
+    # in place on rows of HALF_PIECE values or so, or, for rows that stream
+    # (float32, by_range), in ``scratch`` (then a float piece of the thread's
+    # own) before _stream_run stores the finished piece.
     cdef Py_ssize_t i, t, offset, stride = _coefficient_stride(g.channels)
+    cdef Py_ssize_t r, n, rows = max(1, HALF_PIECE // g.channels)
+    cdef bint epilogue = residual != NULL or relu
     cdef Tile tile
     cdef const floating* dy_t
     cdef const floating* x_t
+    cdef const floating* residual_t = NULL
     cdef floating* out_t
     cdef Py_ssize_t channel_stride, outer_stride
     for i in range(stop - first):
         t = stop - 1 - i if reverse else first + i
         tile = _tile(g, t)
         if floating is float:
-            if scratch != NULL:
+            if scratch != NULL and cn_is_half(g.storage):
                 _apply_half_tile(dy, x, out, coefficients, folded, g, &tile, scratch,
-                                 scratch + _scratch_stride(g))
+                                 scratch + _scratch_stride(g), residual, relu)
                 continue
         if True:
             offset = _tile_offset(g, &tile)
@@ -1058,9 +1134,40 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
             dy_t = NULL
             if dy != NULL:
                 dy_t = dy + offset
+            if residual != NULL:
+                residual_t = residual + offset
             channel_stride = g.inner
         outer_stride = g.channels * channel_stride
-        if g.inner == 1:
+        if g.inner == 1 and epilogue:
+            r = 0
+            while r < tile.n_outer:
+                n = min(rows, tile.n_outer - r) * g.channels
+                offset = r * g.channels
+                r += rows
+                if floating is float:
+                    if by_range and stream:
+                        _affine_range(NULL, x_t + offset, scratch, coefficients,
+                                      coefficients + stride, coefficients + 2 * stride,
+                                      coefficients + 3 * stride, folded, False, 0, n,
+                                      g.channels)
+                        _finish_run(scratch, NULL if residual == NULL
+                                    else residual_t + offset, relu, n)
+                        _stream_run(scratch, out_t + offset, n)
+                        continue
+                    elif by_range:
+                        _affine_range(NULL, x_t + offset, out_t + offset, coefficients,
+                                      coefficients + stride, coefficients + 2 * stride,
+                                      coefficients + 3 * stride, folded, False, 0, n,
+                                      g.channels)
+                    else:
+                        _apply_rows(dy_t, x_t + offset, out_t + offset, coefficients,
+                                    folded, 0, n // g.channels, g.channels)
+                else:
+                    _apply_rows(dy_t, x_t + offset, out_t + offset, coefficients, folded, 0,
+                                n // g.channels, g.channels)
+                _finish_run(out_t + offset, NULL if residual == NULL
+                            else residual_t + offset, relu, n)
+        elif g.inner == 1:
             if floating is float:
                 if by_range:
                     _affine_range(dy_t, x_t, out_t, coefficients, coefficients + stride,
@@ -1070,19 +1177,28 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
             _apply_rows(dy_t, x_t, out_t, coefficients, folded, 0, tile.n_outer, g.channels)
         else:
             _apply_planes(dy_t, x_t, out_t, coefficients, folded, stream, tile.n_outer,
-                          g.channels, tile.n_inner, channel_stride, outer_stride)
+                          g.channels, tile.n_inner, channel_stride, outer_stride, residual_t,
+                          relu)
     if stream:
         _stream_fence()
 
 
 cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                            const float* coefficients, bint folded, const Grid* g,
-                           const Tile* tile, float* x_s, float* dy_s) noexcept nogil:
+                           const Tile* tile, float* x_s, float* dy_s, const void* residual,
+                           bint relu) noexcept nogil:
     # The elementwise pass over one tile of half-precision data, a piece of at
     # most HALF_PIECE values (or one row) at a time: loaded into the float
     # scratch, computed there in place by the float kernels, stored back
     # rounded once; the pieces stay in L1. Every value is computed as in a
-    # float32 tensor holding the same values.
+    # float32 tensor holding the same values. The epilogue (see _finish_run)
+    # adds the residual, loaded into the scratch after dy's (or in dy's place:
+    # the forward has no dy), before the store.
+    cdef bint epilogue = residual != NULL or relu
+    cdef float* r_s = NULL
+    if residual != NULL:
+        r_s = dy_s if dy == NULL else dy_s + _scratch_stride(g)
+    cdef const char* rb = <const char*> residual
     cdef size_t item = cn_item_size(g.storage)
     cdef Py_ssize_t n_channels = g.channels, stride = _coefficient_stride(n_channels)
     cdef Py_ssize_t rows = max(1, HALF_PIECE // n_channels)
@@ -1100,6 +1216,10 @@ cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                 cn_load_run(g.storage, dyb + offset * item, dy_s, n)
             _apply_rows(NULL if dy == NULL else dy_s, x_s, x_s, coefficients, folded, 0,
                         n // n_channels, n_channels)
+            if epilogue:
+                if r_s != NULL:
+                    cn_load_run(g.storage, rb + offset * item, r_s, n)
+                _finish_run(x_s, r_s, relu, n)
             cn_store_run(g.storage, x_s, outb + offset * item, n)
             r += rows
         return
@@ -1115,13 +1235,18 @@ cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                 _affine_run(NULL if dy == NULL else dy_s, x_s, x_s, coefficients[c],
                             coefficients[stride + c], coefficients[2 * stride + c],
                             coefficients[3 * stride + c], folded, 0, n)
+                if epilogue:
+                    if r_s != NULL:
+                        cn_load_run(g.storage, rb + offset * item, r_s, n)
+                    _finish_run(x_s, r_s, relu, n)
                 cn_store_run(g.storage, x_s, outb + offset * item, n)
                 i += HALF_PIECE
 
 
 cdef void _apply(const floating* dy, const floating* x, floating* out, const double* center,
                  const double* scale, const double* shift, const double* dy_scale,
-                 const double* invstd, const Grid* g, bint reverse, int n_threads) except *:
+                 const double* invstd, const Grid* g, bint reverse, int n_threads,
+                 const floating* residual=NULL, bint relu=False) except *:
     # out = (x - center)*scale + shift [+ dy*dy_scale if dy is not NULL] per
     # channel: the body of affine, normalize and backward. ``invstd`` (1/std of
     # x per channel, or NULL) decides the folded form (see _coefficients).
@@ -1133,13 +1258,16 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     # alternated call by call, four runs): inference 16x112x112x16 24-50 %
     # faster, 32x56x56x32 6-25 %, training of both 3-14 %; 32x56x56x64
     # equal; 32x7x7x2048 0-5 % slower (so wider rows keep the row loop).
+    # ``residual`` (x's storage and layout, or NULL) and ``relu``: the fused
+    # epilogue of the forward, act(out + residual) (see _finish_run; dy NULL).
     cdef Py_ssize_t n_channels = g.channels, n_rows = g.outer * g.inner
     cdef Py_ssize_t tiles = g.tiles
     cdef Py_ssize_t thread
     cdef bint folded
     cdef bint native_rows = g.inner == 1 and not cn_is_half(g.storage)
     cdef bint stream = not cn_is_half(g.storage) and _streams(
-        2 if dy == NULL else 3, n_rows, n_channels, sizeof(floating), reverse)
+        (2 if dy == NULL else 3) + (residual != NULL), n_rows, n_channels, sizeof(floating),
+        reverse)
     cdef void* block = NULL
     cdef bint by_range = (floating is float and RANGE_KERNEL and native_rows
                           and (stream or n_channels <= RANGE_MAX_CHANNELS))
@@ -1147,13 +1275,18 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
                                                 scale, shift, dy_scale, invstd, n_channels,
                                                 &folded, &block)
     cdef float* scratch = NULL
+    # Scratch tiles per thread: x and dy for half data, and the residual; one
+    # float piece for float32 rows that stream through the epilogue.
+    cdef Py_ssize_t tensors = (1 if dy == NULL else 2) + (residual != NULL)
+    cdef bint piece = (floating is float and by_range and stream
+                       and (residual != NULL or relu))
     n_threads = _threads_for(n_rows, n_channels, tiles, n_threads)
     try:
-        scratch = _half_scratch(g, n_threads, 1 if dy == NULL else 2)
+        scratch = _half_scratch(g, n_threads, tensors, piece)
         if n_threads == 1:
             with nogil:
                 _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, 0, tiles,
-                             reverse, scratch)
+                             reverse, scratch, residual, relu)
         else:
             for thread in prange(n_threads, nogil=True, schedule="static",
                                  num_threads=n_threads):
@@ -1161,8 +1294,8 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
                              _first_chunk(tiles, n_threads, thread),
                              _first_chunk(tiles, n_threads, thread + 1), reverse,
                              NULL if scratch == NULL
-                             else scratch + thread * (1 if dy == NULL else 2)
-                             * _scratch_stride(g))
+                             else scratch + thread * tensors * _scratch_stride(g),
+                             residual, relu)
     finally:
         free(block)
         free(scratch)
