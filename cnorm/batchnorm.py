@@ -538,8 +538,9 @@ def _update_running(running, batch_stat, momentum):
         running[...] = (1.0 - momentum) * running.astype(np.float64) + momentum * batch_stat
 
 
-def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=None,
-                        count=None, axis=-1, out=None, n_threads=None):
+def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activation=None,
+                        training=True, sums=None, count=None, axis=-1, out=None,
+                        n_threads=None):
     """Gradients of batch normalization with respect to x, gamma and beta.
 
     With ``g = dy`` and ``xhat = (x - mean) * invstd``, per channel over its m values::
@@ -548,6 +549,12 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
         dgamma = sum(g * xhat)
         dx     = gamma * invstd * (g - dbeta/m - xhat * dgamma/m)   (training=True)
         dx     = gamma * invstd * g                                 (training=False)
+
+    ``activation="relu"`` differentiates ``relu(bn(x))`` (the forward's
+    ``activation="relu"``): ``g = dy`` where ``gamma*xhat + beta > 0`` and 0
+    elsewhere, the mask recomputed from x, the statistics, gamma and `beta`
+    inside the two passes (no mask tensor, no extra pass); pass the forward's
+    beta.
 
     ``training=True`` differentiates through the batch statistics: pass the
     ``mean`` and ``invstd`` returned by `batch_norm_training`. ``training=False``
@@ -576,6 +583,10 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
         statistics).
     gamma : array_like of float32 or float64, shape (C,), optional
         The forward's scale; None means 1.
+    beta : array_like of float32 or float64, shape (C,), optional
+        The forward's shift; None means 0. Only the ReLU mask depends on it.
+    activation : {None, "relu"}, default None
+        The forward's fused activation.
     training : bool, default True
         Whether the statistics were those of the batch (True) or fixed (False).
     sums : (array_like, array_like), optional
@@ -606,21 +617,28 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
     TypeError, ValueError
         As for `batch_norm_inference`, and if dy does not match x in shape or
         dtype, only one of sums and count is given, sums is given with
-        ``training=False``, or a sum is not of shape (C,).
+        ``training=False`` or with ``activation="relu"``, or a sum is not of
+        shape (C,); as for `batch_norm_inference` if activation or beta is wrong.
     """
     plain = _buffers.plain(x, out, n_threads, axis, 2, dy)
     x = _input(x, axis, allow_empty=sums is not None, plain=plain)
     dy = _layout.matching(dy, "dy", x, "x")
     n_channels = x.channels
-    unsafe = _vectors(x, mean, invstd, gamma)
+    unsafe = _vectors(x, mean, invstd, gamma, beta)
     if mean is None or invstd is None or unsafe is None:
         mean = _per_channel(mean, "mean", n_channels)
         invstd = _per_channel(invstd, "invstd", n_channels)
         if gamma is not None:  # None: the kernel takes 1
             gamma = _per_channel(gamma, "gamma", n_channels)
-        unsafe = _vectors(x, mean, invstd, gamma)
+        if beta is not None:
+            beta = _per_channel(beta, "beta", n_channels)
+        unsafe = _vectors(x, mean, invstd, gamma, beta)
+    relu = _relu(activation)
     training = _flag(training, "training")
     given = _global_sums(sums, count, n_channels, training)
+    if relu and given is not None:
+        raise ValueError("activation='relu' cannot be combined with sums (the distributed "
+                         "backward's sums are of the unmasked dy)")
     dx, written = _output(out, x, dy, plain)
     n_threads = check.n_threads(n_threads, plain)
     view = (x.storage, x.outer, n_channels, x.inner)
@@ -631,10 +649,11 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
         if _widen(x, unsafe):
             wide = _widened(x)
             _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, training, dgamma,
-                         dbeta, n_threads, 0, x.outer, n_channels, x.inner)
+                         dbeta, n_threads, 0, x.outer, n_channels, x.inner, False, 0, relu,
+                         beta)
             return _store_widened(dx, x, wide), dgamma, dbeta
         _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma,
-                     training, dgamma, dbeta, n_threads, *view)
+                     training, dgamma, dbeta, n_threads, *view, False, 0, relu, beta)
         return _layout.finish(dx, written), dgamma, dbeta
     sum_dy, sum_dy_xhat, count = given
     dgamma = sum_dy_xhat.copy()  # read by the kernel, returned to the caller

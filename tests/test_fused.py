@@ -192,3 +192,137 @@ def test_bad_input(rng):
     with pytest.raises(ValueError, match="residual must not share memory with out"):
         cnorm.batch_norm_inference(x, residual=z, out=z, **p)
     np.testing.assert_array_equal(z, x)  # nothing written
+
+
+def _loss_grad_check(x, gamma, beta, dy, axis, eps=1e-3):
+    """Finite differences of sum(dy * relu(bn_train(x))) in float64."""
+    def loss(xv, gv, bv):
+        y, _, _ = reference.batch_norm_training(xv, gv, bv, eps, activation="relu", axis=axis)
+        return float((dy * y).sum())
+    h = 1e-6
+    grads = []
+    for which, value in (("x", x), ("gamma", gamma), ("beta", beta)):
+        grad = np.zeros_like(value)
+        flat = grad.reshape(-1)
+        for i in range(value.size):
+            plus, minus = value.copy(), value.copy()
+            plus.reshape(-1)[i] += h
+            minus.reshape(-1)[i] -= h
+            args = {"x": (x, gamma, beta), "gamma": (x, gamma, beta), "beta": (x, gamma, beta)}
+            a = [x, gamma, beta]
+            k = ["x", "gamma", "beta"].index(which)
+            a[k] = plus
+            lp = loss(*a)
+            a[k] = minus
+            flat[i] = (lp - loss(*a)) / (2 * h)
+        grads.append(grad)
+    return grads
+
+
+@pytest.mark.parametrize("shape, axis", [((6, 5, 4), -1), ((3, 4, 5), 1)])
+def test_reference_relu_backward_by_finite_differences(shape, axis, rng):
+    x = rng.normal(size=shape)
+    gamma, beta = rng.normal(1, 0.5, shape[axis]), rng.normal(0, 0.7, shape[axis])
+    dy = rng.normal(size=shape)
+    _, mean, invstd = reference.batch_norm_training(x, gamma, beta, 1e-3, axis=axis)
+    dx, dgamma, dbeta = reference.batch_norm_backward(dy, x, mean, invstd, gamma, beta=beta,
+                                                      activation="relu", axis=axis)
+    fx, fgamma, fbeta = _loss_grad_check(x, gamma, beta, dy, axis)
+    np.testing.assert_allclose(dx, fx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dgamma, fgamma, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dbeta, fbeta, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, axis", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+def test_relu_backward_matches_reference(shape, axis, dtype, training, rng, isa):
+    x = rng.normal(1.0, 2.0, shape).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    n = shape[axis]
+    gamma, beta = rng.normal(1, 0.5, n), rng.normal(0, 0.7, n)
+    y, mean, invstd = cnorm.batch_norm_training(x, gamma, beta, activation="relu", axis=axis)
+    dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma, beta=beta,
+                                                  activation="relu", training=training,
+                                                  axis=axis)
+    # The mask is the forward's own: dy where y > 0.
+    masked = np.where(y > 0, dy, 0).astype(dtype)
+    e_dx, e_dgamma, e_dbeta = reference.batch_norm_backward(masked, x, mean, invstd, gamma,
+                                                            training=training, axis=axis)
+    plain = cnorm.batch_norm_backward(masked, x, mean, invstd, gamma, training=training,
+                                      axis=axis)
+    np.testing.assert_array_equal(dgamma, plain[1])
+    np.testing.assert_array_equal(dbeta, plain[2])
+    np.testing.assert_array_equal(dx, plain[0])
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(dgamma, e_dgamma, rtol=tol, atol=tol * np.abs(e_dgamma).max())
+    np.testing.assert_allclose(dbeta, e_dbeta, rtol=tol, atol=tol * np.abs(e_dbeta).max())
+    np.testing.assert_allclose(dx, e_dx, rtol=tol * 10, atol=tol * 10 * np.abs(e_dx).max())
+    r_dx, _, _ = reference.batch_norm_backward(dy, x, mean, invstd, gamma, beta=beta,
+                                               activation="relu", training=training, axis=axis)
+    agree = np.isclose(dx, r_dx, rtol=tol * 10, atol=tol * 10 * np.abs(r_dx).max())
+    assert agree.mean() > 0.999  # only values on the mask's edge may differ
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+@pytest.mark.parametrize("shape, axis", CASES[:4])
+def test_half_relu_backward_is_float32_rounded_once(half, shape, axis, rng, isa):
+    dtype = _half(half)
+    x = rng.normal(size=shape).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    n = shape[axis]
+    gamma, beta = rng.normal(1, 0.5, n), rng.normal(0, 0.7, n)
+    _, mean, invstd = cnorm.batch_norm_training(x, gamma, beta, axis=axis)
+    for training in (True, False):
+        dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma, beta=beta,
+                                                      activation="relu", training=training,
+                                                      axis=axis)
+        e = cnorm.batch_norm_backward(dy.astype(np.float32), x.astype(np.float32), mean,
+                                      invstd, gamma, beta=beta, activation="relu",
+                                      training=training, axis=axis)
+        np.testing.assert_array_equal(dx.view(np.uint16), e[0].astype(dtype).view(np.uint16))
+        np.testing.assert_array_equal(dgamma, e[1])
+        np.testing.assert_array_equal(dbeta, e[2])
+
+
+@pytest.mark.parametrize("shape, axis", CASES)
+def test_relu_backward_bits_for_every_thread_count(shape, axis, rng):
+    x = rng.normal(size=shape).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    n = shape[axis]
+    gamma, beta = rng.normal(1, 0.5, n), rng.normal(0, 0.7, n)
+    _, mean, invstd = cnorm.batch_norm_training(x, gamma, beta, axis=axis)
+    results = [cnorm.batch_norm_backward(dy, x, mean, invstd, gamma, beta=beta,
+                                         activation="relu", axis=axis, n_threads=t)
+               for t in THREAD_COUNTS]
+    for r in results[1:]:
+        for a, b in zip(r, results[0]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_relu_backward_streaming_sizes(rng, isa):
+    for shape, axis in [((64, 56, 56, 48), -1), ((4, 16, 280, 280), 1)]:
+        x = rng.normal(size=shape).astype(np.float32)
+        dy = rng.normal(size=shape).astype(np.float32)
+        n = shape[axis]
+        gamma, beta = rng.normal(1, 0.5, n), rng.normal(0, 0.7, n)
+        y, mean, invstd = cnorm.batch_norm_training(x, gamma, beta, activation="relu",
+                                                    axis=axis)
+        fused = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma, beta=beta,
+                                          activation="relu", axis=axis)
+        plain = cnorm.batch_norm_backward(np.where(y > 0, dy, 0).astype(np.float32), x, mean,
+                                          invstd, gamma, axis=axis)
+        for a, b in zip(fused, plain):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_backward_bad_input(rng):
+    x = rng.normal(size=(8, 3))
+    _, mean, invstd = cnorm.batch_norm_training(x)
+    with pytest.raises(ValueError, match="activation must be None or 'relu'"):
+        cnorm.batch_norm_backward(x, x, mean, invstd, activation="sigmoid")
+    with pytest.raises(ValueError, match=r"beta must have shape \(3,\)"):
+        cnorm.batch_norm_backward(x, x, mean, invstd, beta=np.zeros(4), activation="relu")
+    with pytest.raises(ValueError, match="sums"):
+        cnorm.batch_norm_backward(x, x, mean, invstd, activation="relu",
+                                  sums=(np.zeros(3), np.zeros(3)), count=8)
