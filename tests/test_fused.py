@@ -326,3 +326,39 @@ def test_backward_bad_input(rng):
     with pytest.raises(ValueError, match="sums"):
         cnorm.batch_norm_backward(x, x, mean, invstd, activation="relu",
                                   sums=(np.zeros(3), np.zeros(3)), count=8)
+
+
+def test_layer_takes_the_same_options(rng):
+    x = rng.normal(size=(16, 6, 5, 8)).astype(np.float32)
+    z = rng.normal(size=x.shape).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    layer = cnorm.BatchNorm(8, activation="relu")
+    assert layer.activation == "relu" and "relu" in repr(layer)
+    layer.running_mean[:] = rng.normal(size=8)
+    layer.gamma[:] = rng.normal(1, 0.5, 8)
+    layer.beta[:] = rng.normal(0, 0.5, 8)
+    p = dict(running_mean=layer.running_mean, running_var=layer.running_var,
+             gamma=layer.gamma, beta=layer.beta)
+    np.testing.assert_array_equal(layer(x), cnorm.batch_norm_inference(x, activation="relu", **p))
+    np.testing.assert_array_equal(layer(x, residual=z), cnorm.batch_norm_inference(
+        x, activation="relu", residual=z, **p))
+    with pytest.raises(RuntimeError, match="residual"):
+        layer.backward(dy)
+    layer(x)
+    np.testing.assert_array_equal(layer.backward(dy)[0], cnorm.batch_norm_backward(
+        dy, x, p["running_mean"], 1 / np.sqrt(p["running_var"].astype(np.float64) + 1e-5),
+        p["gamma"], beta=p["beta"], activation="relu", training=False)[0])
+    y = layer(x, training=True)
+    y0, mean, invstd = cnorm.batch_norm_training(x, p["gamma"], p["beta"])
+    np.testing.assert_array_equal(y, np.maximum(y0, 0))
+    np.testing.assert_array_equal(layer.backward(dy)[0], cnorm.batch_norm_backward(
+        dy, x, mean, invstd, p["gamma"], beta=p["beta"], activation="relu")[0])
+    with pytest.raises(ValueError, match="inference"):
+        layer(x, training=True, residual=z)
+    with pytest.raises(ValueError, match="activation"):
+        cnorm.BatchNorm(8, activation="gelu")
+    import pickle
+    assert pickle.loads(pickle.dumps(layer)).activation == "relu"
+    plain = cnorm.BatchNorm(8)
+    np.testing.assert_array_equal(plain(x, residual=z), cnorm.batch_norm_inference(
+        x, np.zeros(8), np.ones(8), residual=z))
