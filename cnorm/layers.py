@@ -282,6 +282,7 @@ class BatchNorm:
         self._lock = threading.Lock()
         self._plan = _BatchNormPlan(state, _kernels("batchnorm").normalize, eps, affine,
                                     track_running_stats, _plan_axis(axis))
+        self._plan.relu = self._relu
 
     # -- configuration ------------------------------------------------------
     @property
@@ -425,7 +426,7 @@ class BatchNorm:
             `cnorm.batch_norm_training`), and ValueError if x does not have
             num_features channels on `axis`; nothing is changed then.
         """
-        if training is False and residual is None and not self._relu:
+        if training is False and residual is None:
             y = self._plan.infer(x, out, n_threads)
             if y is not None:
                 self._residual_last = False

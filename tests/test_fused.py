@@ -362,3 +362,22 @@ def test_layer_takes_the_same_options(rng):
     plain = cnorm.BatchNorm(8)
     np.testing.assert_array_equal(plain(x, residual=z), cnorm.batch_norm_inference(
         x, np.zeros(8), np.ones(8), residual=z))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_layer_relu_fast_path_every_layout(dtype, rng, isa):
+    # The layer's compiled fast path (plain C-contiguous inputs) carries the
+    # activation: the same bits as the function, channels last and NCHW.
+    for axis, shape in [(-1, (4, 5, 6, 8)), (1, (4, 8, 5, 6))]:
+        x = rng.normal(size=shape).astype(dtype)
+        layer = cnorm.BatchNorm(8, activation="relu", axis=axis)
+        layer.running_mean[:] = rng.normal(size=8)
+        layer.beta[:] = rng.normal(0, 0.5, 8)
+        expected = cnorm.batch_norm_inference(
+            x, layer.running_mean, layer.running_var, layer.gamma, layer.beta,
+            activation="relu", axis=axis)
+        np.testing.assert_array_equal(layer(x), expected)
+        out = np.empty_like(x)
+        assert layer(x, out=out) is out
+        np.testing.assert_array_equal(out, expected)
+        assert (expected >= 0).all() and (expected == 0).any()
