@@ -932,7 +932,8 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
     # masked dy in packed scratch, see _mask_tile), with that channel's
     # coefficients as scalars; the same formula as _apply_rows, so the same
     # bits per element. ``stream`` (float32 only): whole aligned blocks of 16
-    # outputs written by cn_stream_f32 (see _streams), the same values. The
+    # outputs written by cn_stream_f32 (see _streams), the same values,
+    # computed STREAM_BLOCK values at a time into a stack block. The
     # epilogue (residual at the offsets of x, relu; see _finish_run) finishes
     # each run or block before it is stored.
     cdef bint epilogue = residual != NULL or relu
