@@ -7,13 +7,20 @@ import cnorm
 from cnorm import _openmp, reference
 
 OPERATIONS = ("lrn_forward", "lrn_forward_beta0.6", "lrn_backward",
-              "bn_inference", "bn_training", "bn_backward")
+              "bn_inference", "bn_training", "bn_backward",
+              "bn_inference_relu", "bn_residual_relu", "bn_training_relu", "bn_backward_relu")
+# The fused forms (docs/guide/fusion.md): each is timed beside
+# its plain operation ("cnorm plain", same run, interleaved) and bn_residual_relu
+# also beside the unfused sequence (cnorm BN, then numpy.add and numpy.maximum
+# with out=). The cnorm row's "x plain" is its time over that row's.
+FUSED = {"bn_inference_relu": "bn_inference", "bn_residual_relu": "bn_inference",
+         "bn_training_relu": "bn_training", "bn_backward_relu": "bn_backward"}
 # How the data is held: channels last in float32 (the default rows), NCHW in
 # float32 (cnorm with axis=1, PyTorch on its native contiguous layout), or
 # channels last in a half type (beside cnorm on a float32 copy, "cnorm float32").
 VARIANTS = ("nhwc", "nchw", "float16", "bfloat16")
 # The half-precision rows: the operations the issue names (not the backward of LRN).
-HALF_OPERATIONS = ("lrn_forward", "bn_inference", "bn_training", "bn_backward")
+HALF_OPERATIONS = ("lrn_forward", "bn_inference", "bn_training", "bn_backward") + tuple(FUSED)
 LRN_SHAPES = [(16, 55, 55, 96), (16, 27, 27, 256), (1, 55, 55, 96)]
 BN_SHAPES = [(32, 56, 56, 64), (32, 28, 28, 512), (32, 7, 7, 2048), (1, 56, 56, 256)]
 ALEXNET = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
@@ -48,29 +55,52 @@ class Case:
     def traffic_bytes(self):
         return (self.reads + 1) * self.x.nbytes
 
-    def cnorm(self, n_threads, arrays=None):
-        """cnorm on this case's arrays (or on `arrays`, e.g. a float32 copy)."""
+    def cnorm(self, n_threads, arrays=None, name=None):
+        """cnorm on this case's arrays (or on `arrays`, e.g. a float32 copy), as
+        operation `name` (default: the case's own)."""
         a = self.arrays if arrays is None else arrays
         out, axis = a["out"], self.axis_keywords
-        if self.name.startswith("lrn_forward"):
+        name = self.name if name is None else name
+        relu = {"activation": "relu"} if name in FUSED else {}
+        if name.startswith("lrn_forward"):
             return lambda: cnorm.lrn(a["x"], **self.params, **axis, out=out,
                                      n_threads=n_threads)
-        if self.name == "lrn_backward":
+        if name == "lrn_backward":
             return lambda: cnorm.lrn_backward(a["dy"], a["x"], **self.params, **axis,
                                               out=out, n_threads=n_threads)
-        if self.name == "bn_inference":
+        if name == "bn_residual_relu":
+            relu["residual"] = a["z"]
+        if name in ("bn_inference", "bn_inference_relu", "bn_residual_relu"):
             return lambda: cnorm.batch_norm_inference(
                 a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS, **axis,
-                out=out, n_threads=n_threads)
-        if self.name == "bn_training":
+                out=out, n_threads=n_threads, **relu)
+        if name in ("bn_training", "bn_training_relu"):
             return lambda: cnorm.batch_norm_training(
                 a["x"], a["gamma"], a["beta"], BN_EPS, **axis, out=out,
-                n_threads=n_threads)
-        if self.name == "bn_backward":
+                n_threads=n_threads, **relu)
+        if name in ("bn_backward", "bn_backward_relu"):
+            if relu:
+                relu["beta"] = a["beta"]
             return lambda: cnorm.batch_norm_backward(
                 a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"], **axis, out=out,
-                n_threads=n_threads)
+                n_threads=n_threads, **relu)
         raise ValueError(self.name)
+
+    def extras(self, n_threads):
+        """The same-run comparisons of a fused operation: {implementation: callable}."""
+        if self.name not in FUSED:
+            return {}
+        extras = {"cnorm plain": self.cnorm(n_threads, name=FUSED[self.name])}
+        if self.name == "bn_residual_relu":
+            plain, out, z = extras["cnorm plain"], self.arrays["out"], self.arrays["z"]
+            zero = out.dtype.type(0)
+
+            def unfused():
+                plain()
+                np.add(out, z, out=out)
+                np.maximum(out, zero, out=out)
+            extras["unfused numpy"] = unfused
+        return extras
 
     def float32_copy(self, n_threads):
         """For a half-precision case: cnorm on float32 copies of the same values."""
@@ -80,19 +110,24 @@ class Case:
 
     def reference(self):
         a, axis = self.arrays, self.axis_keywords
+        relu = {"activation": "relu"} if self.name in FUSED else {}
+        if self.name == "bn_residual_relu":
+            relu["residual"] = a["z"]
         if self.name.startswith("lrn_forward"):
             return lambda: reference.lrn(a["x"], **self.params, **axis)
         if self.name == "lrn_backward":
             return lambda: reference.lrn_backward(a["dy"], a["x"], **self.params, **axis)
-        if self.name == "bn_inference":
+        if self.name in ("bn_inference", "bn_inference_relu", "bn_residual_relu"):
             return lambda: reference.batch_norm_inference(
-                a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS, **axis)
-        if self.name == "bn_training":
+                a["x"], a["mean"], a["var"], a["gamma"], a["beta"], BN_EPS, **axis, **relu)
+        if self.name in ("bn_training", "bn_training_relu"):
             return lambda: reference.batch_norm_training(a["x"], a["gamma"], a["beta"], BN_EPS,
-                                                         **axis)
-        if self.name == "bn_backward":
+                                                         **axis, **relu)
+        if self.name in ("bn_backward", "bn_backward_relu"):
+            if relu:
+                relu["beta"] = a["beta"]
             return lambda: reference.batch_norm_backward(
-                a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"], **axis)
+                a["dy"], a["x"], a["mean"], a["invstd"], a["gamma"], **axis, **relu)
         raise ValueError(self.name)
 
 
@@ -150,7 +185,8 @@ def _nhwc_cases(operations):
             raise SystemExit(f"unknown operation {name!r}; choose from {OPERATIONS}")
         if name.startswith("bn_"):
             for shape in BN_SHAPES:
-                names = ("x", "dy") if name == "bn_backward" else ("x",)
+                names = {"bn_backward": ("x", "dy"), "bn_backward_relu": ("x", "dy"),
+                         "bn_residual_relu": ("x", "z")}.get(name, ("x",))
                 yield Case(name, shape, {}, _bn_arrays(shape, *names), reads=len(names))
             continue
         for shape in LRN_SHAPES:

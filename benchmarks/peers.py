@@ -55,8 +55,8 @@ def set_threads(n_threads):
 
 def function(name, case, n_threads):
     """A zero-argument callable running `case` in peer `name`, or None."""
-    if case.variant != "nhwc" and name != "torch":
-        return None
+    if (case.variant != "nhwc" or case.name.endswith("_relu")) and name != "torch":
+        return None  # the fused forms: PyTorch's eager relu(bn(x) + z) only
     try:
         built = _BUILDERS[name](case, n_threads)
         if built is None:
@@ -134,22 +134,29 @@ def _torch(case, n_threads):
     weight = torch.from_numpy(a["gamma"].astype(np.float32))
     bias = torch.from_numpy(a["beta"].astype(np.float32))
     x = to_torch(a["x"])
-    if case.name == "bn_inference":
+    relu = case.name.endswith("_relu")
+    act = (lambda y: y.relu_()) if relu else (lambda y: y)
+    if case.name in ("bn_inference", "bn_inference_relu", "bn_residual_relu"):
         mean = torch.from_numpy(a["mean"].astype(np.float32))
         var = torch.from_numpy(a["var"].astype(np.float32))
+        z = to_torch(a["z"]) if "z" in a else None
         def run():
             with torch.no_grad():
-                return F.batch_norm(x, mean, var, weight, bias, False, 0.1, 1e-5)
+                y = F.batch_norm(x, mean, var, weight, bias, False, 0.1, 1e-5)
+                return act(y if z is None else y.add_(z))
         return run, back
-    if case.name == "bn_training":
+    if case.name in ("bn_training", "bn_training_relu"):
         running_mean = torch.zeros(x.shape[1])
         running_var = torch.ones(x.shape[1])
         def run():
             with torch.no_grad():
-                return F.batch_norm(x, running_mean, running_var, weight, bias, True, 0.1, 1e-5)
+                return act(F.batch_norm(x, running_mean, running_var, weight, bias, True, 0.1,
+                                        1e-5))
         return run, back
     x = x.detach().requires_grad_(True)
     y = F.batch_norm(x, None, None, weight, bias, True, 0.1, 1e-5)
+    if relu:
+        y = F.relu(y)
     dy = to_torch(a["dy"])
     return (lambda: torch.autograd.grad(y, x, dy, retain_graph=True)[0]), back
 

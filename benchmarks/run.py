@@ -72,7 +72,8 @@ def _median(rounds):
 
 
 def _round_spread(rounds, copy_rounds):
-    """25th and 75th percentiles, over rounds, of the round's median over the copy's."""
+    """25th and 75th percentiles, over rounds, of the round's median over the copy's
+    (or over another implementation's, given its rounds)."""
     ratios = [np.median(calls) / np.median(copy) for calls, copy in zip(rounds, copy_rounds)]
     return tuple(float(q) for q in np.percentile(ratios, [25, 75]))
 
@@ -105,6 +106,7 @@ def run(ops, n_threads, repeat, reference_repeat, variants=("nhwc",), only_peers
                      "cnorm": case.cnorm(n_threads)}
         if case.variant in ("float16", "bfloat16"):
             functions["cnorm float32"] = case.float32_copy(n_threads)
+        functions.update(case.extras(n_threads))
         for name in available:
             function = peers.function(name, case, n_threads)
             if function is not None:
@@ -130,6 +132,10 @@ def run(ops, n_threads, repeat, reference_repeat, variants=("nhwc",), only_peers
                 "x fastest peer": seconds / min(peer_times) if peer_times else None,
                 "x float32": (seconds / medians["cnorm float32"]
                               if "cnorm float32" in medians and name == "cnorm" else None),
+                "x plain": (seconds / medians["cnorm plain"]
+                            if "cnorm plain" in medians and name == "cnorm" else None),
+                "x plain spread": (_round_spread(samples[name], samples["cnorm plain"])
+                                   if "cnorm plain" in samples and name == "cnorm" else None),
                 "steal": steal,
             })
         print(f"done: {case.label} {case.shape}", file=sys.stderr)
@@ -144,12 +150,14 @@ def markdown(rows, n_threads, available, missing):
         "same values: 'x float32'); median of interleaved calls. GB/s counts the least "
         "traffic of each operation; 'x copy' is the time over the same-run parallel copy of "
         "the input, and 'spread' the 25th to 75th percentile over the rounds of each round's "
-        "time over the copy's in that round. Peers measured: " + (", ".join(available) or "none") +
+        "time over the copy's in that round; for a fused operation (_relu, _residual) 'x plain' "
+        "is cnorm's time over the same-run plain operation's ('cnorm plain': BN alone), with "
+        "its spread over the rounds likewise. Peers measured: " + (", ".join(available) or "none") +
         ("; missing: " + ", ".join(missing) if missing else "") + ".",
         "",
         "| operation | shape | implementation | ms | GB/s | x copy | spread | x fastest peer"
-        " | x float32 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        " | x float32 | x plain |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     steals = {}
     for row in rows:
@@ -157,10 +165,12 @@ def markdown(rows, n_threads, available, missing):
         spread = ("" if row["x copy spread"] is None
                   else "{:.2f}-{:.2f}".format(*row["x copy spread"]))
         half = "" if row.get("x float32") is None else f"{row['x float32']:.2f}"
+        plain = ("" if row.get("x plain") is None else
+                 "{:.3f} ({:.3f}-{:.3f})".format(row["x plain"], *row["x plain spread"]))
         lines.append(
             f"| {row['operation']} | {row['shape']} | {row['implementation']} | "
             f"{row['ms']:.3f} | {row['GB/s']:.1f} | {row['x copy']:.2f} | {spread} | {peer} "
-            f"| {half} |")
+            f"| {half} | {plain} |")
         if row.get("steal") is not None:
             steals[f"{row['operation']} {row['shape']}"] = row["steal"]
     if steals and max(steals.values()) > 0:

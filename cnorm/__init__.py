@@ -17,6 +17,7 @@ from cnorm.batchnorm import (  # noqa: E402
     batch_norm_inference,
     batch_norm_training,
 )
+from cnorm.folding import fold_batch_norm  # noqa: E402
 from cnorm.lrn import local_response_norm, local_response_norm_backward, lrn, lrn_backward  # noqa: E402
 from cnorm.layers import BatchNorm, LocalResponseNorm  # noqa: E402
 from cnorm.moments import Moments, moments  # noqa: E402
@@ -42,6 +43,7 @@ __all__ = [
     "batch_norm_backward_sums",
     "batch_norm_inference",
     "batch_norm_training",
+    "fold_batch_norm",
     "local_response_norm",
     "local_response_norm_backward",
     "lrn",

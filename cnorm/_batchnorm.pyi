@@ -44,6 +44,8 @@ def normalize(
     outer: int,
     n_channels: int,
     inner: int,
+    residual: _Tensor | None = ...,
+    relu: bool = ...,
 ) -> None: ...
 def backward(
     dy: _Tensor,
@@ -62,4 +64,6 @@ def backward(
     inner: int,
     sums_given: bool = ...,
     count: int = ...,
+    relu: bool = ...,
+    beta: _Channels | None = ...,
 ) -> None: ...

@@ -494,6 +494,11 @@ cdef enum:
     # faster. What costs at C = 2048 is the 16 KiB of coefficients that every
     # row reads (the same loop over a 2 KiB footprint ran at the copy's speed).
     STREAM_WORKING_SET = 32 * 1024 * 1024
+    # Values of a plane computed (and finished by the epilogue) per block before
+    # its 16-value streaming stores (_apply_planes): 1 KiB of the stack, in L1;
+    # blocks of 16 called the epilogue per 16 values (NCHW relu(bn(x) + z)
+    # about 3x the plain pass at 2 threads, under load).
+    STREAM_BLOCK = 256
     # The same for the second pass of training and backward (dy, x and dx, or x
     # and y), which re-reads the inputs that the first pass has just read, the
     # last of them still in the caches: a normal store allocates the output's
@@ -734,10 +739,12 @@ cdef void _store_tile(const Grid* g, const Tile* tile, const float* src,
                          base + (start + (o * g.channels + c) * g.inner) * item, tile.n_inner)
 
 
-cdef float* _half_scratch(const Grid* g, int n_threads, Py_ssize_t tensors) except? NULL:
+cdef float* _half_scratch(const Grid* g, int n_threads, Py_ssize_t tensors,
+                         bint piece=False) except? NULL:
     # Per-thread float scratch of ``tensors`` tiles for half-precision data
-    # (NULL for float32/float64, which the kernels read in place).
-    if not cn_is_half(g.storage):
+    # (NULL for float32/float64, which the kernels read in place, unless
+    # ``piece``: the epilogue's pieces of streamed float32 rows, see _apply_tiles).
+    if not cn_is_half(g.storage) and not piece:
         return NULL
     cdef float* buffer = <float*> malloc(n_threads * tensors * _scratch_stride(g) * sizeof(float))
     if buffer == NULL:
@@ -767,6 +774,120 @@ cdef inline floating _affine(floating x, floating center, floating scale, floati
     if folded:
         return x * scale + shift
     return (x - center) * scale + shift
+
+
+cdef inline floating _relu_gradient(floating dy, floating x, floating center, floating scale,
+                                   floating shift, bint folded) noexcept nogil:
+    # The backward of the fused ReLU: dy where the forward's ReLU passed its
+    # input (_affine(x) > 0, with the forward's own coefficients and so its
+    # bits), else 0. The mask is recomputed from x wherever dy is read; no
+    # mask tensor is kept.
+    return dy if _affine(x, center, scale, shift, folded) > 0 else 0
+
+
+cdef void _mask_rows(const floating* dy, const floating* x, floating* dst,
+                     const floating* mask, bint folded, Py_ssize_t n_rows,
+                     Py_ssize_t n_channels) noexcept nogil:
+    # dst = _relu_gradient(dy, x) over rows of channels; ``mask`` the
+    # forward's (center, scale, shift) block (see _coefficients).
+    cdef Py_ssize_t r, c, o, stride = _coefficient_stride(n_channels)
+    for r in range(n_rows):
+        o = r * n_channels
+        if folded:
+            for c in range(n_channels):
+                dst[o + c] = _relu_gradient(dy[o + c], x[o + c], mask[c], mask[stride + c],
+                                            mask[2 * stride + c], True)
+        else:
+            for c in range(n_channels):
+                dst[o + c] = _relu_gradient(dy[o + c], x[o + c], mask[c], mask[stride + c],
+                                            mask[2 * stride + c], False)
+
+
+cdef void _mask_run(const floating* dy, const floating* x, floating* dst, floating center,
+                    floating scale, floating shift, bint folded, Py_ssize_t n) noexcept nogil:
+    # dst = _relu_gradient(dy, x) over a run of one channel.
+    cdef Py_ssize_t i
+    if folded:
+        for i in range(n):
+            dst[i] = _relu_gradient(dy[i], x[i], center, scale, shift, True)
+    else:
+        for i in range(n):
+            dst[i] = _relu_gradient(dy[i], x[i], center, scale, shift, False)
+
+
+cdef void _mask_tile(const Grid* g, const Tile* tile, const floating* dy, const floating* x,
+                     Py_ssize_t channel_stride, floating* dst, const floating* mask,
+                     bint folded) noexcept nogil:
+    # The masked dy of one tile (dy and x at the tile's start, planes
+    # ``channel_stride`` apart) into dst, packed as (n_outer, C, n_inner); dst
+    # may be dy when dy is packed so (the half-precision scratch). Both passes
+    # of the ReLU backward call this on the tile they are about to read, so
+    # the mask costs no pass of its own and the tile is read from the cache.
+    cdef Py_ssize_t o, c, offset, n_channels = g.channels
+    cdef Py_ssize_t stride = _coefficient_stride(n_channels)
+    if g.inner == 1:
+        _mask_rows(dy, x, dst, mask, folded, tile.n_outer, n_channels)
+        return
+    for o in range(tile.n_outer):
+        for c in range(n_channels):
+            offset = (o * n_channels + c) * channel_stride
+            _mask_run(dy + offset, x + offset, dst + (o * n_channels + c) * tile.n_inner,
+                      mask[c], mask[stride + c], mask[2 * stride + c], folded, tile.n_inner)
+
+
+cdef void* _mask_scratch(const Grid* g, int n_threads, Py_ssize_t item_size,
+                         bint needed) except? NULL:
+    # Per-thread tile of the masked dy for float32/float64 data (half data mask
+    # their dy scratch in place), NULL when not ``needed``.
+    if not needed or cn_is_half(g.storage):
+        return NULL
+    cdef void* buffer = malloc(n_threads * _scratch_stride(g) * item_size)
+    if buffer == NULL:
+        raise MemoryError("cnorm: cannot allocate batch-norm scratch")
+    return buffer
+
+
+cdef inline floating _relu(floating v) noexcept nogil:
+    # max(v, 0) with NaN passed through (as torch.relu); -0.0 stays -0.0.
+    return 0 if v < 0 else v
+
+
+cdef void _finish_run(floating* out, const floating* residual, bint relu,
+                      Py_ssize_t n) noexcept nogil:
+    # THE epilogue of the forward elementwise pass (docs/design.md, "Epilogue"):
+    # out = act(out + residual) over a run of n outputs that the affine step has
+    # just written (still in L1), residual NULL meaning none and ``relu`` the
+    # activation. Every layout, storage type and ISA path calls this one step
+    # after its own affine step, so the fused forms have the same bits
+    # everywhere. A call with neither is never made (the plain pass is unchanged).
+    cdef Py_ssize_t i
+    if residual != NULL and relu:
+        for i in range(n):
+            out[i] = _relu(out[i] + residual[i])
+    elif residual != NULL:
+        for i in range(n):
+            out[i] = out[i] + residual[i]
+    elif relu:
+        for i in range(n):
+            out[i] = _relu(out[i])
+
+
+cdef void _stream_run(const float* src, float* dst, Py_ssize_t n) noexcept nogil:
+    # dst[:n] = src[:n], the aligned 16-value blocks of dst written with streaming
+    # stores (cn_stream_f32): the store step of an epilogue computed in scratch.
+    cdef Py_ssize_t i = 0, head = n
+    if (<size_t>dst) % sizeof(float) == 0:
+        head = min(n, <Py_ssize_t>(((CN_STREAM_ALIGN - (<size_t>dst) % CN_STREAM_ALIGN)
+                                    % CN_STREAM_ALIGN) // sizeof(float)))
+    for i in range(head):
+        dst[i] = src[i]
+    i = head
+    while i + 16 <= n:
+        cn_stream_f32(dst + i, src + i)
+        i += 16
+    while i < n:
+        dst[i] = src[i]
+        i += 1
 
 
 cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
@@ -803,45 +924,74 @@ cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
 cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
                         const floating* coefficients, bint folded, bint stream,
                         Py_ssize_t n_outer, Py_ssize_t n_channels, Py_ssize_t n_inner,
-                        Py_ssize_t channel_stride, Py_ssize_t outer_stride) noexcept nogil:
+                        Py_ssize_t channel_stride, Py_ssize_t outer_stride,
+                        const floating* residual, bint relu,
+                        Py_ssize_t dy_channel_stride) noexcept nogil:
     # Planes of one channel (inner > 1): the run of n_inner values of channel c
-    # at o*outer_stride + c*channel_stride, with that channel's coefficients as
-    # scalars; the same formula as _apply_rows, so the same bits per element.
-    # ``stream`` (float32 only): whole aligned blocks of 16 outputs written by
-    # cn_stream_f32 (see _streams), the same values.
-    cdef Py_ssize_t o, c, i, base, end, aligned
+    # at o*outer_stride + c*channel_stride (dy's at c*dy_channel_stride: a
+    # masked dy in packed scratch, see _mask_tile), with that channel's
+    # coefficients as scalars; the same formula as _apply_rows, so the same
+    # bits per element. ``stream`` (float32 only): whole aligned blocks of 16
+    # outputs written by cn_stream_f32 (see _streams), the same values,
+    # computed STREAM_BLOCK values at a time into a stack block. The
+    # epilogue (residual at the offsets of x, relu; see _finish_run) finishes
+    # each run or block before it is stored.
+    cdef bint epilogue = residual != NULL or relu
+    cdef Py_ssize_t o, c, i, base, aligned
     cdef Py_ssize_t stride = _coefficient_stride(n_channels)
     cdef floating center, scale, shift, dy_scale
-    cdef int j
-    cdef float block[16]
+    cdef const floating* x_r
+    cdef const floating* dy_r
+    cdef const floating* residual_r
+    cdef floating* out_r
+    cdef Py_ssize_t j, m
+    cdef float block[STREAM_BLOCK]
     for o in range(n_outer):
         for c in range(n_channels):
             base = o * outer_stride + c * channel_stride
-            end = base + n_inner
+            x_r = x + base
+            out_r = out + base
+            dy_r = NULL if dy == NULL else dy + o * outer_stride + c * dy_channel_stride
+            residual_r = NULL if residual == NULL else residual + base
             center = coefficients[c]
             scale = coefficients[stride + c]
             shift = coefficients[2 * stride + c]
             dy_scale = coefficients[3 * stride + c]
             if floating is float:
                 if stream and (<size_t>out) % sizeof(float) == 0:
-                    aligned = min(end, base + <Py_ssize_t>(
-                        ((CN_STREAM_ALIGN - (<size_t>(out + base)) % CN_STREAM_ALIGN)
+                    aligned = min(n_inner, <Py_ssize_t>(
+                        ((CN_STREAM_ALIGN - (<size_t>out_r) % CN_STREAM_ALIGN)
                          % CN_STREAM_ALIGN) // sizeof(float)))
-                    _affine_run(dy, x, out, center, scale, shift, dy_scale, folded, base,
+                    _affine_run(dy_r, x_r, out_r, center, scale, shift, dy_scale, folded, 0,
                                 aligned)
+                    if epilogue:
+                        _finish_run(out_r, residual_r, relu, aligned)
                     i = aligned
-                    while i + 16 <= end:
-                        for j in range(16):
+                    while i + 16 <= n_inner:
+                        # up to STREAM_BLOCK values (whole 16-value stores) at a time,
+                        # finished in the block before they are streamed
+                        m = min(<Py_ssize_t>STREAM_BLOCK, (n_inner - i) // 16 * 16)
+                        for j in range(m):
                             if dy == NULL:
-                                block[j] = _affine(x[i + j], center, scale, shift, folded)
+                                block[j] = _affine(x_r[i + j], center, scale, shift, folded)
                             else:
-                                block[j] = dy[i + j] * dy_scale + _affine(
-                                    x[i + j], center, scale, shift, folded)
-                        cn_stream_f32(out + i, block)
-                        i += 16
-                    _affine_run(dy, x, out, center, scale, shift, dy_scale, folded, i, end)
+                                block[j] = dy_r[i + j] * dy_scale + _affine(
+                                    x_r[i + j], center, scale, shift, folded)
+                        if epilogue:
+                            _finish_run(block, NULL if residual == NULL else residual_r + i,
+                                        relu, m)
+                        for j in range(0, m, 16):
+                            cn_stream_f32(out_r + i + j, block + j)
+                        i += m
+                    _affine_run(dy_r, x_r, out_r, center, scale, shift, dy_scale, folded, i,
+                                n_inner)
+                    if epilogue:
+                        _finish_run(out_r + i, NULL if residual == NULL else residual_r + i,
+                                    relu, n_inner - i)
                     continue
-            _affine_run(dy, x, out, center, scale, shift, dy_scale, folded, base, end)
+            _affine_run(dy_r, x_r, out_r, center, scale, shift, dy_scale, folded, 0, n_inner)
+            if epilogue:
+                _finish_run(out_r, residual_r, relu, n_inner)
 
 
 cdef inline void _affine_run(const floating* dy, const floating* x, floating* out,
@@ -967,7 +1117,7 @@ def affine(const floating[:, ::1] x, floating[:, ::1] y, const double[::1] cente
 
 def normalize(x, y, mean, var, gamma, beta, double eps, invstd, bint reverse,
               int n_threads, int storage, Py_ssize_t outer, Py_ssize_t n_channels,
-              Py_ssize_t inner):
+              Py_ssize_t inner, residual=None, bint relu=False):
     """y = (x - mean)*gamma*invstd + beta with invstd = 1/sqrt(var + eps), per channel.
 
     Batch-norm inference (running statistics) and training's second pass
@@ -977,33 +1127,39 @@ def normalize(x, y, mean, var, gamma, beta, double eps, invstd, bint reverse,
     seen as (outer, n_channels, inner) (y may be x); mean, var, gamma, beta:
     float64 of shape (C,), gamma None meaning 1 and beta None 0; invstd: None
     or a writable float64 array of shape (C,) that receives 1/sqrt(var + eps).
-    The coefficients are computed here in double. The caller has validated
-    everything, var >= 0 and eps > 0 included.
+    The fused epilogue: ``residual`` (None, or a tensor like x, not
+    overlapping y) is added to the normalized value, and ``relu`` clips the
+    sum at 0, in the same pass: y = act(bn(x) + residual). The coefficients
+    are computed here in double. The caller has validated everything, var >= 0
+    and eps > 0 included.
     """
     cdef Buffers b = Buffers()
     cdef const void* xp = b.get(x, False)
     cdef void* yp = b.get(y, True)
+    cdef const void* residual_p = b.get(residual, False)
     cdef const double* mean_p = <const double*> b.get(mean, False)
     cdef const double* var_p = <const double*> b.get(var, False)
     cdef const double* gamma_p = <const double*> b.get(gamma, False)
     cdef const double* beta_p = <const double*> b.get(beta, False)
     cdef double* invstd_p = <double*> b.get(invstd, True)
     if DEBUG_CHECKS:
-        b.check(2, storage, outer, n_channels, inner, -1, -1, n_threads)
+        b.check(2 + (residual is not None), storage, outer, n_channels, inner, -1, -1,
+                n_threads)
     cdef Grid g = _grid(storage, outer, n_channels, inner)
     if outer * n_channels * inner == 0:
         return
     if storage == CN_FLOAT64:
         _normalize(<const double*> xp, <double*> yp, mean_p, var_p, gamma_p, beta_p, eps,
-                   invstd_p, reverse, &g, n_threads)
+                   invstd_p, reverse, &g, n_threads, <const double*> residual_p, relu)
     else:
         _normalize(<const float*> xp, <float*> yp, mean_p, var_p, gamma_p, beta_p, eps,
-                   invstd_p, reverse, &g, n_threads)
+                   invstd_p, reverse, &g, n_threads, <const float*> residual_p, relu)
 
 
 cdef void _normalize(const floating* x, floating* y, const double* mean, const double* var,
                      const double* gamma, const double* beta, double eps, double* invstd,
-                     bint reverse, const Grid* g, int n_threads) except *:
+                     bint reverse, const Grid* g, int n_threads, const floating* residual,
+                     bint relu) except *:
     cdef Py_ssize_t c, n_channels = g.channels
     cdef double inverse
     cdef double* coefficients = <double*> malloc(3 * n_channels * sizeof(double))
@@ -1021,7 +1177,7 @@ cdef void _normalize(const floating* x, floating* y, const double* mean, const d
             scale[c] = inverse if gamma == NULL else gamma[c] * inverse
             shift[c] = 0.0 if beta == NULL else beta[c]
         _apply(<const floating*> NULL, x, y, mean, scale, shift, NULL, inverse_std, g,
-               reverse, n_threads)
+               reverse, n_threads, residual, relu)
     finally:
         free(coefficients)
 
@@ -1029,7 +1185,9 @@ cdef void _normalize(const floating* x, floating* y, const double* mean, const d
 cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
                        const floating* coefficients, bint folded, bint stream,
                        bint by_range, const Grid* g, Py_ssize_t first, Py_ssize_t stop,
-                       bint reverse, float* scratch) noexcept nogil:
+                       bint reverse, float* scratch, const floating* residual,
+                       bint relu, const floating* mask, bint mask_folded,
+                       floating* mask_scratch) noexcept nogil:
     # The elementwise pass over tiles [first, stop), last to first if
     # ``reverse``: rows (inner == 1) by _apply_rows, or by _affine_range if
     # ``by_range`` (float32 only); planes (inner > 1) by _apply_planes.
@@ -1037,19 +1195,32 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
     # type, and floating is float) is loaded tile by tile into the scratch,
     # computed there in place and stored back, rounded once. A thread that
     # streamed fences its stores before the region ends.
+    # The epilogue (``residual``, of x's storage and offsets, and ``relu``; see
+    # _finish_run) is applied to each run of outputs after the affine step:
+    # in place on rows of HALF_PIECE values or so, or, for rows that stream
+    # (float32, by_range), in ``scratch`` (then a float piece of the thread's
+    # own) before _stream_run stores the finished piece.
+    # ``mask`` (the backward of the fused ReLU; see _mask_tile): dy of each
+    # tile is masked first, into ``mask_scratch`` (float32/float64) or in the
+    # half-precision scratch.
     cdef Py_ssize_t i, t, offset, stride = _coefficient_stride(g.channels)
+    cdef Py_ssize_t dy_channel_stride
+    cdef Py_ssize_t r, n, rows = max(1, HALF_PIECE // g.channels)
+    cdef bint epilogue = residual != NULL or relu
     cdef Tile tile
     cdef const floating* dy_t
     cdef const floating* x_t
+    cdef const floating* residual_t = NULL
     cdef floating* out_t
     cdef Py_ssize_t channel_stride, outer_stride
     for i in range(stop - first):
         t = stop - 1 - i if reverse else first + i
         tile = _tile(g, t)
         if floating is float:
-            if scratch != NULL:
+            if scratch != NULL and cn_is_half(g.storage):
                 _apply_half_tile(dy, x, out, coefficients, folded, g, &tile, scratch,
-                                 scratch + _scratch_stride(g))
+                                 scratch + _scratch_stride(g), residual, relu, mask,
+                                 mask_folded)
                 continue
         if True:
             offset = _tile_offset(g, &tile)
@@ -1058,9 +1229,45 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
             dy_t = NULL
             if dy != NULL:
                 dy_t = dy + offset
+            if residual != NULL:
+                residual_t = residual + offset
             channel_stride = g.inner
+        dy_channel_stride = channel_stride
+        if mask != NULL:
+            _mask_tile(g, &tile, dy_t, x_t, channel_stride, mask_scratch, mask, mask_folded)
+            dy_t = mask_scratch
+            dy_channel_stride = tile.n_inner
         outer_stride = g.channels * channel_stride
-        if g.inner == 1:
+        if g.inner == 1 and epilogue:
+            r = 0
+            while r < tile.n_outer:
+                n = min(rows, tile.n_outer - r) * g.channels
+                offset = r * g.channels
+                r += rows
+                if floating is float:
+                    if by_range and stream:
+                        _affine_range(NULL, x_t + offset, scratch, coefficients,
+                                      coefficients + stride, coefficients + 2 * stride,
+                                      coefficients + 3 * stride, folded, False, 0, n,
+                                      g.channels)
+                        _finish_run(scratch, NULL if residual == NULL
+                                    else residual_t + offset, relu, n)
+                        _stream_run(scratch, out_t + offset, n)
+                        continue
+                    elif by_range:
+                        _affine_range(NULL, x_t + offset, out_t + offset, coefficients,
+                                      coefficients + stride, coefficients + 2 * stride,
+                                      coefficients + 3 * stride, folded, False, 0, n,
+                                      g.channels)
+                    else:
+                        _apply_rows(dy_t, x_t + offset, out_t + offset, coefficients,
+                                    folded, 0, n // g.channels, g.channels)
+                else:
+                    _apply_rows(dy_t, x_t + offset, out_t + offset, coefficients, folded, 0,
+                                n // g.channels, g.channels)
+                _finish_run(out_t + offset, NULL if residual == NULL
+                            else residual_t + offset, relu, n)
+        elif g.inner == 1:
             if floating is float:
                 if by_range:
                     _affine_range(dy_t, x_t, out_t, coefficients, coefficients + stride,
@@ -1070,19 +1277,28 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
             _apply_rows(dy_t, x_t, out_t, coefficients, folded, 0, tile.n_outer, g.channels)
         else:
             _apply_planes(dy_t, x_t, out_t, coefficients, folded, stream, tile.n_outer,
-                          g.channels, tile.n_inner, channel_stride, outer_stride)
+                          g.channels, tile.n_inner, channel_stride, outer_stride, residual_t,
+                          relu, dy_channel_stride)
     if stream:
         _stream_fence()
 
 
 cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                            const float* coefficients, bint folded, const Grid* g,
-                           const Tile* tile, float* x_s, float* dy_s) noexcept nogil:
+                           const Tile* tile, float* x_s, float* dy_s, const void* residual,
+                           bint relu, const float* mask, bint mask_folded) noexcept nogil:
     # The elementwise pass over one tile of half-precision data, a piece of at
     # most HALF_PIECE values (or one row) at a time: loaded into the float
     # scratch, computed there in place by the float kernels, stored back
     # rounded once; the pieces stay in L1. Every value is computed as in a
-    # float32 tensor holding the same values.
+    # float32 tensor holding the same values. The epilogue (see _finish_run)
+    # adds the residual, loaded into the scratch after dy's (or in dy's place:
+    # the forward has no dy), before the store.
+    cdef bint epilogue = residual != NULL or relu
+    cdef float* r_s = NULL
+    if residual != NULL:
+        r_s = dy_s if dy == NULL else dy_s + _scratch_stride(g)
+    cdef const char* rb = <const char*> residual
     cdef size_t item = cn_item_size(g.storage)
     cdef Py_ssize_t n_channels = g.channels, stride = _coefficient_stride(n_channels)
     cdef Py_ssize_t rows = max(1, HALF_PIECE // n_channels)
@@ -1098,8 +1314,15 @@ cdef void _apply_half_tile(const void* dy, const void* x, void* out,
             cn_load_run(g.storage, xb + offset * item, x_s, n)
             if dy != NULL:
                 cn_load_run(g.storage, dyb + offset * item, dy_s, n)
+                if mask != NULL:
+                    _mask_rows(dy_s, x_s, dy_s, mask, mask_folded, n // n_channels,
+                               n_channels)
             _apply_rows(NULL if dy == NULL else dy_s, x_s, x_s, coefficients, folded, 0,
                         n // n_channels, n_channels)
+            if epilogue:
+                if r_s != NULL:
+                    cn_load_run(g.storage, rb + offset * item, r_s, n)
+                _finish_run(x_s, r_s, relu, n)
             cn_store_run(g.storage, x_s, outb + offset * item, n)
             r += rows
         return
@@ -1112,16 +1335,25 @@ cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                 cn_load_run(g.storage, xb + offset * item, x_s, n)
                 if dy != NULL:
                     cn_load_run(g.storage, dyb + offset * item, dy_s, n)
+                    if mask != NULL:
+                        _mask_run(dy_s, x_s, dy_s, mask[c], mask[stride + c],
+                                  mask[2 * stride + c], mask_folded, n)
                 _affine_run(NULL if dy == NULL else dy_s, x_s, x_s, coefficients[c],
                             coefficients[stride + c], coefficients[2 * stride + c],
                             coefficients[3 * stride + c], folded, 0, n)
+                if epilogue:
+                    if r_s != NULL:
+                        cn_load_run(g.storage, rb + offset * item, r_s, n)
+                    _finish_run(x_s, r_s, relu, n)
                 cn_store_run(g.storage, x_s, outb + offset * item, n)
                 i += HALF_PIECE
 
 
 cdef void _apply(const floating* dy, const floating* x, floating* out, const double* center,
                  const double* scale, const double* shift, const double* dy_scale,
-                 const double* invstd, const Grid* g, bint reverse, int n_threads) except *:
+                 const double* invstd, const Grid* g, bint reverse, int n_threads,
+                 const floating* residual=NULL, bint relu=False,
+                 const floating* mask=NULL, bint mask_folded=False) except *:
     # out = (x - center)*scale + shift [+ dy*dy_scale if dy is not NULL] per
     # channel: the body of affine, normalize and backward. ``invstd`` (1/std of
     # x per channel, or NULL) decides the folded form (see _coefficients).
@@ -1133,13 +1365,16 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     # alternated call by call, four runs): inference 16x112x112x16 24-50 %
     # faster, 32x56x56x32 6-25 %, training of both 3-14 %; 32x56x56x64
     # equal; 32x7x7x2048 0-5 % slower (so wider rows keep the row loop).
+    # ``residual`` (x's storage and layout, or NULL) and ``relu``: the fused
+    # epilogue of the forward, act(out + residual) (see _finish_run; dy NULL).
     cdef Py_ssize_t n_channels = g.channels, n_rows = g.outer * g.inner
     cdef Py_ssize_t tiles = g.tiles
     cdef Py_ssize_t thread
     cdef bint folded
     cdef bint native_rows = g.inner == 1 and not cn_is_half(g.storage)
     cdef bint stream = not cn_is_half(g.storage) and _streams(
-        2 if dy == NULL else 3, n_rows, n_channels, sizeof(floating), reverse)
+        (2 if dy == NULL else 3) + (residual != NULL), n_rows, n_channels, sizeof(floating),
+        reverse)
     cdef void* block = NULL
     cdef bint by_range = (floating is float and RANGE_KERNEL and native_rows
                           and (stream or n_channels <= RANGE_MAX_CHANNELS))
@@ -1147,13 +1382,21 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
                                                 scale, shift, dy_scale, invstd, n_channels,
                                                 &folded, &block)
     cdef float* scratch = NULL
+    # Scratch tiles per thread: x and dy for half data, and the residual; one
+    # float piece for float32 rows that stream through the epilogue.
+    cdef Py_ssize_t tensors = (1 if dy == NULL else 2) + (residual != NULL)
+    cdef bint piece = (floating is float and by_range and stream
+                       and (residual != NULL or relu))
+    cdef floating* mask_scratch = NULL
     n_threads = _threads_for(n_rows, n_channels, tiles, n_threads)
     try:
-        scratch = _half_scratch(g, n_threads, 1 if dy == NULL else 2)
+        scratch = _half_scratch(g, n_threads, tensors, piece)
+        mask_scratch = <floating*> _mask_scratch(g, n_threads, sizeof(floating), mask != NULL)
         if n_threads == 1:
             with nogil:
                 _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, 0, tiles,
-                             reverse, scratch)
+                             reverse, scratch, residual, relu, mask, mask_folded,
+                             mask_scratch)
         else:
             for thread in prange(n_threads, nogil=True, schedule="static",
                                  num_threads=n_threads):
@@ -1161,11 +1404,14 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
                              _first_chunk(tiles, n_threads, thread),
                              _first_chunk(tiles, n_threads, thread + 1), reverse,
                              NULL if scratch == NULL
-                             else scratch + thread * (1 if dy == NULL else 2)
-                             * _scratch_stride(g))
+                             else scratch + thread * tensors * _scratch_stride(g),
+                             residual, relu, mask, mask_folded,
+                             NULL if mask_scratch == NULL
+                             else mask_scratch + thread * _scratch_stride(g))
     finally:
         free(block)
         free(scratch)
+        free(mask_scratch)
 
 
 # ---------------------------------------------------------------------------
@@ -1270,18 +1516,21 @@ cdef void _plane_stats(const floating* x, Py_ssize_t n_outer, Py_ssize_t n_chann
 cdef void _plane_sums(const floating* dy, const floating* x, const double* center,
                       Py_ssize_t n_outer, Py_ssize_t n_channels, Py_ssize_t n_inner,
                       Py_ssize_t channel_stride, Py_ssize_t outer_stride, double* sum_dy,
-                      double* sum_dy_centered) noexcept nogil:
+                      double* sum_dy_centered, Py_ssize_t dy_channel_stride) noexcept nogil:
     # sum(dy) and sum(dy*(x - center)) of each channel over a tile of planes
-    # (cn_plane_sums_*, lanes as _plane_stats).
+    # (cn_plane_sums_*, lanes as _plane_stats). dy's planes are
+    # dy_channel_stride apart (a packed masked dy, see _mask_tile: then the
+    # tile has one outer index, or whole planes, so outer_stride holds for it
+    # too).
     cdef Py_ssize_t c, offset
     for c in range(n_channels):
         offset = c * channel_stride
         if floating is float:
-            _plane_sums_f32(dy + offset, x + offset, n_outer, n_inner, outer_stride,
-                            center[c], &sum_dy[c], &sum_dy_centered[c])
+            _plane_sums_f32(dy + c * dy_channel_stride, x + offset, n_outer, n_inner,
+                            outer_stride, center[c], &sum_dy[c], &sum_dy_centered[c])
         else:
-            _plane_sums_f64(dy + offset, x + offset, n_outer, n_inner, outer_stride,
-                            center[c], &sum_dy[c], &sum_dy_centered[c])
+            _plane_sums_f64(dy + c * dy_channel_stride, x + offset, n_outer, n_inner,
+                            outer_stride, center[c], &sum_dy[c], &sum_dy_centered[c])
 
 
 cdef void _merge_stats(const double* chunk_mean, const double* chunk_m2, const Grid* g,
@@ -1450,12 +1699,15 @@ cdef void _merge_sums(const double* chunk_a, const double* chunk_b, const Grid* 
 
 cdef inline void _tile_partials(const floating* dy, const floating* x, const double* center,
                                 const Grid* g, Py_ssize_t t, int order, double* partial_a,
-                                double* partial_b, float* scratch) noexcept nogil:
+                                double* partial_b, float* scratch, const floating* mask,
+                                bint mask_folded, floating* mask_scratch) noexcept nogil:
     # Row ``t`` of the partials: mean and M2 of the tile's x (dy NULL), or
     # sum(dy) and sum(dy*(x - center)); half-precision data is loaded into
     # ``scratch`` first (see _apply_tiles).
+    # ``mask``: dy masked first (the ReLU backward, see _mask_tile).
     cdef Tile tile = _tile(g, t)
     cdef Py_ssize_t offset, channel_stride, n_channels = g.channels
+    cdef Py_ssize_t dy_channel_stride
     cdef const floating* x_t
     cdef const floating* dy_t = NULL
     cdef double* a = partial_a + t * n_channels
@@ -1473,6 +1725,15 @@ cdef inline void _tile_partials(const floating* dy, const floating* x, const dou
         if dy != NULL:
             dy_t = dy + offset
         channel_stride = g.inner
+    dy_channel_stride = channel_stride
+    if mask != NULL and dy != NULL:
+        if scratch != NULL:  # in place in the packed half scratch
+            _mask_tile(g, &tile, dy_t, x_t, channel_stride, <floating*> dy_t, mask,
+                       mask_folded)
+        else:
+            _mask_tile(g, &tile, dy_t, x_t, channel_stride, mask_scratch, mask, mask_folded)
+            dy_t = mask_scratch
+            dy_channel_stride = tile.n_inner
     if g.inner == 1:
         if dy == NULL:
             _chunk_stats(x_t, tile.n_outer, n_channels, order, a, b)
@@ -1483,7 +1744,7 @@ cdef inline void _tile_partials(const floating* dy, const floating* x, const dou
                      n_channels * channel_stride, a, b)
     else:
         _plane_sums(dy_t, x_t, center, tile.n_outer, n_channels, tile.n_inner,
-                    channel_stride, n_channels * channel_stride, a, b)
+                    channel_stride, n_channels * channel_stride, a, b, dy_channel_stride)
 
 
 cdef inline void _merge_partials(bint stats, const double* partial_a, const double* partial_b,
@@ -1496,7 +1757,8 @@ cdef inline void _merge_partials(bint stats, const double* partial_a, const doub
 
 
 cdef void _reduce(const floating* dy, const floating* x, const double* center,
-                  double* total_a, double* total_b, const Grid* g, int n_threads) except *:
+                  double* total_a, double* total_b, const Grid* g, int n_threads,
+                  const floating* mask=NULL, bint mask_folded=False) except *:
     # Per-channel reductions, bit-identical for every n_threads: mean and
     # biased variance of x (dy NULL), or sum(dy) and sum(dy*(x - center)).
     # Each tile writes its partials to row ``tile`` of two (tiles, C) arrays;
@@ -1512,12 +1774,15 @@ cdef void _reduce(const floating* dy, const floating* x, const double* center,
     cdef double* partial_a = _partials(tiles, n_channels)
     cdef double* partial_b = partial_a + tiles * n_channels
     cdef float* scratch = NULL
+    cdef floating* mask_scratch = NULL
     try:
         scratch = _half_scratch(g, n_threads, tensors)
+        mask_scratch = <floating*> _mask_scratch(g, n_threads, sizeof(floating), mask != NULL)
         if n_threads == 1:
             with nogil:
                 for t in range(tiles):
-                    _tile_partials(dy, x, center, g, t, order, partial_a, partial_b, scratch)
+                    _tile_partials(dy, x, center, g, t, order, partial_a, partial_b, scratch,
+                                   mask, mask_folded, mask_scratch)
                 _merge_partials(stats, partial_a, partial_b, g, 0, n_channels, total_a,
                                 total_b)
         else:
@@ -1529,7 +1794,10 @@ cdef void _reduce(const floating* dy, const floating* x, const double* center,
                                _first_chunk(tiles, n_threads, thread + 1)):
                     _tile_partials(dy, x, center, g, t, order, partial_a, partial_b,
                                    NULL if scratch == NULL
-                                   else scratch + thread * tensors * _scratch_stride(g))
+                                   else scratch + thread * tensors * _scratch_stride(g),
+                                   mask, mask_folded,
+                                   NULL if mask_scratch == NULL
+                                   else mask_scratch + thread * _scratch_stride(g))
             for block in prange(blocks, nogil=True, schedule="static",
                                 num_threads=min(<Py_ssize_t>n_threads, blocks),
                                 use_threads_if=blocks > 1):
@@ -1539,11 +1807,12 @@ cdef void _reduce(const floating* dy, const floating* x, const double* center,
     finally:
         free(partial_a)
         free(scratch)
+        free(mask_scratch)
 
 
 def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n_threads,
              int storage, Py_ssize_t outer, Py_ssize_t n_channels, Py_ssize_t inner,
-             bint sums_given=False, Py_ssize_t count=0):
+             bint sums_given=False, Py_ssize_t count=0, bint relu=False, beta=None):
     """The whole batch-norm backward: dbeta = sum(dy), dgamma = sum(dy*(x - mean))*invstd, dx.
 
     dy, x, dx: C-contiguous tensors of one shape and storage type, seen as
@@ -1556,8 +1825,10 @@ def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n
     steps of a distributed backward: dx None computes the sums only (no
     _apply); ``sums_given`` takes dgamma and dbeta as inputs (sums over all
     shards) and skips the reduction; ``count`` > 0 is the m of the
-    coefficients (the global count) in place of outer*inner. The caller has
-    validated everything.
+    coefficients (the global count) in place of outer*inner. ``relu``: the
+    backward of relu(bn(x)) (beta: float64 (C,) or None meaning 0), dy masked
+    where the forward's gamma*(x - mean)*invstd + beta is not > 0, recomputed
+    from x in each pass (see _mask_tile). The caller has validated everything.
     """
     cdef Buffers b = Buffers()
     cdef const void* dyp = b.get(dy, False)
@@ -1568,6 +1839,7 @@ def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n
     cdef const double* gamma_p = <const double*> b.get(gamma, False)
     cdef double* dgamma_p = <double*> b.get(dgamma, True)
     cdef double* dbeta_p = <double*> b.get(dbeta, True)
+    cdef const double* beta_p = <const double*> b.get(beta, False)
     if DEBUG_CHECKS:  # dx None (the sums only): two tensors
         b.check(2 if dx is None else 3, storage, outer, n_channels, inner, -1, -1, n_threads)
     cdef Grid g = _grid(storage, outer, n_channels, inner)
@@ -1576,29 +1848,43 @@ def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n
     if storage == CN_FLOAT64:
         _backward(<const double*> dyp, <const double*> xp, <double*> dxp, mean_p, invstd_p,
                   gamma_p, training, dgamma_p, dbeta_p, &g, n_threads, sums_given,
-                  count if count > 0 else outer * inner)
+                  count if count > 0 else outer * inner, relu, beta_p)
     else:
         _backward(<const float*> dyp, <const float*> xp, <float*> dxp, mean_p, invstd_p,
                   gamma_p, training, dgamma_p, dbeta_p, &g, n_threads, sums_given,
-                  count if count > 0 else outer * inner)
+                  count if count > 0 else outer * inner, relu, beta_p)
 
 
 cdef void _backward(const floating* dy, const floating* x, floating* dx, const double* mean,
                     const double* invstd, const double* gamma, bint training,
                     double* dgamma, double* dbeta, const Grid* g, int n_threads,
-                    bint sums_given, Py_ssize_t count) except *:
+                    bint sums_given, Py_ssize_t count, bint relu,
+                    const double* beta) except *:
     cdef Py_ssize_t c, n_channels = g.channels
-    cdef double* coefficients = <double*> calloc(4 * n_channels, sizeof(double))
+    cdef double* coefficients = <double*> calloc(6 * n_channels, sizeof(double))
     if coefficients == NULL:
         raise MemoryError("cnorm: cannot allocate batch-norm coefficients")
     cdef double* dy_scale = coefficients
     cdef double* x_scale = coefficients + n_channels
     cdef double* shift = coefficients + 2 * n_channels
     cdef double* sum_dy_centered = coefficients + 3 * n_channels
+    cdef double* forward_scale = coefficients + 4 * n_channels
+    cdef double* forward_shift = coefficients + 5 * n_channels
     cdef double m = <double>count
+    cdef void* mask_block = NULL
+    cdef floating* mask = NULL
+    cdef bint mask_folded = False
     try:
+        if relu:
+            # The forward's coefficients, exactly as _normalize makes them, so
+            # the mask is the forward's own y > 0 (see _relu_gradient).
+            for c in range(n_channels):
+                forward_scale[c] = invstd[c] if gamma == NULL else gamma[c] * invstd[c]
+                forward_shift[c] = 0.0 if beta == NULL else beta[c]
+            mask = _coefficients(x, 0, mean, forward_scale, forward_shift, NULL, invstd,
+                                 n_channels, &mask_folded, &mask_block)
         if not sums_given:
-            _reduce(dy, x, mean, dbeta, sum_dy_centered, g, n_threads)
+            _reduce(dy, x, mean, dbeta, sum_dy_centered, g, n_threads, mask, mask_folded)
             for c in range(n_channels):
                 dgamma[c] = sum_dy_centered[c] * invstd[c]
         if dx == NULL:
@@ -1609,7 +1895,15 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
             shift[c] = -dy_scale[c] * dbeta[c] / m
         if training:
             # Right after _reduce read the tiles first to last: reverse.
-            _apply(dy, x, dx, mean, x_scale, shift, dy_scale, invstd, g, True, n_threads)
+            _apply(dy, x, dx, mean, x_scale, shift, dy_scale, invstd, g, True, n_threads,
+                   NULL, False, mask, mask_folded)
+        elif relu:
+            # dx = masked dy*k + (0*x + 0): x is read for the mask anyway.
+            for c in range(n_channels):
+                x_scale[c] = 0.0
+                shift[c] = 0.0
+            _apply(dy, x, dx, x_scale, x_scale, shift, dy_scale, x_scale, g, False, n_threads,
+                   NULL, False, mask, mask_folded)
         else:
             # dx = dy*k + 0: x_scale and shift serve as the zeros (a zero center
             # folds whatever the spread: x_scale again).
@@ -1620,3 +1914,4 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
                    g, False, n_threads)
     finally:
         free(coefficients)
+        free(mask_block)

@@ -1,6 +1,6 @@
 # The arrays of one kernel call, read through the buffer protocol (see _buffers.pyx).
 cdef class Buffers:
-    cdef Py_buffer views[8]
+    cdef Py_buffer views[10]
     cdef int count
 
     cdef void* get(self, object array, bint writable) except? NULL

@@ -402,14 +402,14 @@ _ITEM_SIZES[:] = [8, 4, 2, 2]
 
 
 cdef class Buffers:
-    """Buffers of up to eight arrays; views[0] is the first one taken (the tensor)."""
+    """Buffers of up to ten arrays; views[0] is the first one taken (the tensor)."""
 
     cdef void* get(self, object array, bint writable) except? NULL:
         # The data of a C-contiguous array; NULL for None.
         if array is None:
             return NULL
-        if self.count == 8:
-            raise ValueError("cnorm: a kernel call takes at most 8 arrays")
+        if self.count == 10:
+            raise ValueError("cnorm: a kernel call takes at most 10 arrays")
         PyObject_GetBuffer(array, &self.views[self.count],
                            PyBUF_C_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0)
                            | (PyBUF_FORMAT if DEBUG_CHECKS else 0))

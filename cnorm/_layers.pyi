@@ -10,6 +10,7 @@ class _BatchNormPlan:
     eps: float
     affine: bool
     fast: bool
+    relu: bool
     axis: int
     vectors: tuple[Any, ...] | None
     last: tuple[Any, ...] | None

@@ -54,6 +54,7 @@ cdef class _BatchNormPlan:
     cdef public double eps
     cdef public bint affine
     cdef public bint fast          # False: every inference call takes the checked path
+    cdef public bint relu          # the layer's fused activation (activation="relu")
     cdef public int axis
     cdef public object vectors     # float64 (mean, var, gamma, beta); gamma, beta None: not affine
     cdef public object last        # the record of the last forward, for backward
@@ -70,6 +71,7 @@ cdef class _BatchNormPlan:
         self.eps = eps
         self.affine = affine
         self.fast = fast
+        self.relu = False
         self.axis = axis
         self.vectors = None
         self.last = None
@@ -132,7 +134,7 @@ cdef class _BatchNormPlan:
         vectors = self.vectors
         mean, var, gamma, beta = vectors
         self.normalize(x, y, mean, var, gamma, beta, self.eps, None, False, threads, view[0],
-                       view[1], view[2], view[3])
+                       view[1], view[2], view[3], None, self.relu)
         self.last = (False, None if in_place else x, vectors, self.eps)
         return y
 

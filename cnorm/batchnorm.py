@@ -170,6 +170,31 @@ def _separate_running(running_mean, running_var, **others):
                 raise ValueError(f"{running_name} must not share memory with {name}")
 
 
+def _relu(activation):
+    """Whether the fused activation is ReLU: `activation` None or "relu"."""
+    if activation is None:
+        return False
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be None or 'relu', got {type(activation).__name__} "
+                        f"{activation!r}")
+    if activation != "relu":
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    return True
+
+
+def _residual(residual, x, out):
+    """The residual of x's shape and dtype, in x's memory layout (copied once if
+    it is not), or None. It must not share memory with `out`: the pass reads
+    each residual value after it has written the output value of that index."""
+    if residual is None:
+        return None
+    residual = _layout.matching(residual, "residual", x, "x")
+    if out is not None and np.may_share_memory(out, residual):
+        raise ValueError("residual must not share memory with out (y = act(bn(x) + residual) "
+                         "cannot be written over residual)")
+    return residual
+
+
 # Below this eps, 1/sqrt(var + eps) can exceed float32's largest value.
 _FLOAT32_MIN_EPS = 1e-76
 
@@ -224,13 +249,19 @@ def _output(out, x, dy=None, plain=None):
 # Public functions
 
 def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, eps=1e-5,
-                         *, axis=-1, out=None, n_threads=None):
+                         *, activation=None, residual=None, axis=-1, out=None,
+                         n_threads=None):
     """Batch normalization with fixed statistics (inference, ``model.eval()``).
 
     Per channel ``c`` (the index along `axis`, the last by default)::
 
         y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta
           = x * A + B,  A = gamma / sqrt(running_var + eps),  B = beta - running_mean * A
+
+    With `residual` and `activation`, ``y = act(bn(x) + residual)``, the
+    tail of a ResNet block, in the same single pass (x and residual read once,
+    y written once); the sum and the ReLU are taken in x's compute precision
+    after the affine step, and each output is rounded once.
 
     The coefficients are computed once per call in float64. float64 data is
     normalized in float64, float32 data in float32: as ``x * A + B`` where
@@ -256,6 +287,12 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     eps : float, default 1e-5
         Added to the variance; must be finite and > 0 (PyTorch's default; TF's
         Keras layer uses 1e-3).
+    activation : {None, "relu"}, default None
+        Applied last, fused: "relu" is ``max(y, 0)`` (NaN stays NaN).
+    residual : array_like, optional
+        Added to the normalized value before the activation; x's shape and
+        dtype (a layout other than x's is copied once). It must not share
+        memory with `out`.
     axis : int, default -1
         The channel axis: statistics are per index along it (NCHW data from
         PyTorch is ``axis=1``, read in place with no copy).
@@ -275,12 +312,14 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     ------
     TypeError
         If x is not float32/float64/float16/bfloat16, a per-channel array is
-        not float32/float64, or a scalar (axis included) has the wrong type.
+        not float32/float64, a scalar (axis included) has the wrong type,
+        activation is not None or a str, or residual's dtype is not x's.
     ValueError
         If x is empty or has ndim < 2, axis is out of range (numpy's
         AxisError), a per-channel array is not of shape (C,),
         running_var has a negative value, eps is not finite and > 0, `out` does
-        not match x, or n_threads < 1.
+        not match x, n_threads < 1, activation is not None or "relu", or
+        residual's shape is not x's or it shares memory with `out`.
 
     Examples
     --------
@@ -304,21 +343,25 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
         unsafe = _vectors(x, running_mean, running_var, gamma, beta)
     _non_negative(running_var, "running_var")
     eps = _eps(eps)
+    relu = _relu(activation)
+    residual = _residual(residual, x, out)
     y, written = _output(out, x, plain=plain)
     n_threads = check.n_threads(n_threads, plain)
     if _widen(x, unsafe, eps):
         wide = _widened(x)
         _bn.normalize(wide, wide, running_mean, running_var, gamma, beta, eps, None, False,
-                      n_threads, 0, x.outer, n_channels, x.inner)
+                      n_threads, 0, x.outer, n_channels, x.inner,
+                      None if residual is None else _widened(x, residual), relu)
         return _store_widened(y, x, wide)
     _bn.normalize(x.buffer(), x.buffer(written), running_mean, running_var, gamma, beta, eps,
-                  None, False, n_threads, x.storage, x.outer, n_channels, x.inner)
+                  None, False, n_threads, x.storage, x.outer, n_channels, x.inner,
+                  None if residual is None else x.buffer(residual), relu)
     return _layout.finish(y, written)
 
 
 def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None,
                         running_var=None, momentum=0.1, running_var_unbiased=True,
-                        moments=None, axis=-1, out=None, n_threads=None):
+                        moments=None, activation=None, axis=-1, out=None, n_threads=None):
     """Batch normalization with the statistics of the batch (training).
 
     Per channel ``c`` over the ``m = x.size // C`` values of the channel::
@@ -327,6 +370,10 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
         var_b  = sum((x - mean)**2) / m          (biased: used to normalize)
         invstd = 1 / sqrt(var_b + eps)
         y      = gamma * (x - mean) * invstd + beta
+
+    ``activation="relu"`` returns ``max(y, 0)`` instead, fused into the
+    normalizing pass (its backward: `batch_norm_backward` with the same
+    activation and beta).
 
     The statistics are accumulated in float64 by shifted sums (deviations from
     a value of the channel) per chunk of rows, merged with Chan's formula: accurate when ``|mean| >> std``, and
@@ -381,6 +428,8 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
         channels), for example ``Moments.merge_all`` of every worker's
         ``cnorm.moments(x)`` in rank order. x may then be empty (a worker
         without data). None: x's own statistics.
+    activation : {None, "relu"}, default None
+        Applied to y in the same pass ("relu": ``max(y, 0)``, NaN stays NaN).
     axis : int, default -1
         The channel axis: statistics are per index along it (NCHW data from
         PyTorch is ``axis=1``, read in place with no copy).
@@ -435,6 +484,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
             beta = _per_channel(beta, "beta", n_channels)
         unsafe = _vectors(x, gamma, beta)
     eps = _eps(eps)
+    relu = _relu(activation)
     momentum = _momentum(momentum)
     running_var_unbiased = _flag(running_var_unbiased, "running_var_unbiased")
     if (running_mean is None) != (running_var is None):
@@ -465,11 +515,11 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     elif _widen(x, unsafe or _vectors(x, mean, var_biased), eps):
         wide = _widened(x)
         _bn.normalize(wide, wide, mean, var_biased, gamma, beta, eps, invstd, True, n_threads,
-                      0, x.outer, n_channels, x.inner)
+                      0, x.outer, n_channels, x.inner, None, relu)
         _store_widened(y, x, wide)
     else:
         _bn.normalize(x.buffer(), x.buffer(written), mean, var_biased, gamma, beta, eps,
-                      invstd, True, n_threads, *view)
+                      invstd, True, n_threads, *view, None, relu)
         _layout.finish(y, written)
 
     if running_mean is not None:
@@ -488,8 +538,9 @@ def _update_running(running, batch_stat, momentum):
         running[...] = (1.0 - momentum) * running.astype(np.float64) + momentum * batch_stat
 
 
-def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=None,
-                        count=None, axis=-1, out=None, n_threads=None):
+def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activation=None,
+                        training=True, sums=None, count=None, axis=-1, out=None,
+                        n_threads=None):
     """Gradients of batch normalization with respect to x, gamma and beta.
 
     With ``g = dy`` and ``xhat = (x - mean) * invstd``, per channel over its m values::
@@ -498,6 +549,12 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
         dgamma = sum(g * xhat)
         dx     = gamma * invstd * (g - dbeta/m - xhat * dgamma/m)   (training=True)
         dx     = gamma * invstd * g                                 (training=False)
+
+    ``activation="relu"`` differentiates ``relu(bn(x))`` (the forward's
+    ``activation="relu"``): ``g = dy`` where ``gamma*xhat + beta > 0`` and 0
+    elsewhere, the mask recomputed from x, the statistics, gamma and `beta`
+    inside the two passes (no mask tensor, no extra pass); pass the forward's
+    beta.
 
     ``training=True`` differentiates through the batch statistics: pass the
     ``mean`` and ``invstd`` returned by `batch_norm_training`. ``training=False``
@@ -526,6 +583,10 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
         statistics).
     gamma : array_like of float32 or float64, shape (C,), optional
         The forward's scale; None means 1.
+    beta : array_like of float32 or float64, shape (C,), optional
+        The forward's shift; None means 0. Only the ReLU mask depends on it.
+    activation : {None, "relu"}, default None
+        The forward's fused activation.
     training : bool, default True
         Whether the statistics were those of the batch (True) or fixed (False).
     sums : (array_like, array_like), optional
@@ -556,21 +617,28 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
     TypeError, ValueError
         As for `batch_norm_inference`, and if dy does not match x in shape or
         dtype, only one of sums and count is given, sums is given with
-        ``training=False``, or a sum is not of shape (C,).
+        ``training=False`` or with ``activation="relu"``, or a sum is not of
+        shape (C,); as for `batch_norm_inference` if activation or beta is wrong.
     """
     plain = _buffers.plain(x, out, n_threads, axis, 2, dy)
     x = _input(x, axis, allow_empty=sums is not None, plain=plain)
     dy = _layout.matching(dy, "dy", x, "x")
     n_channels = x.channels
-    unsafe = _vectors(x, mean, invstd, gamma)
+    unsafe = _vectors(x, mean, invstd, gamma, beta)
     if mean is None or invstd is None or unsafe is None:
         mean = _per_channel(mean, "mean", n_channels)
         invstd = _per_channel(invstd, "invstd", n_channels)
         if gamma is not None:  # None: the kernel takes 1
             gamma = _per_channel(gamma, "gamma", n_channels)
-        unsafe = _vectors(x, mean, invstd, gamma)
+        if beta is not None:
+            beta = _per_channel(beta, "beta", n_channels)
+        unsafe = _vectors(x, mean, invstd, gamma, beta)
+    relu = _relu(activation)
     training = _flag(training, "training")
     given = _global_sums(sums, count, n_channels, training)
+    if relu and given is not None:
+        raise ValueError("activation='relu' cannot be combined with sums (the distributed "
+                         "backward's sums are of the unmasked dy)")
     dx, written = _output(out, x, dy, plain)
     n_threads = check.n_threads(n_threads, plain)
     view = (x.storage, x.outer, n_channels, x.inner)
@@ -581,10 +649,11 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, sums=
         if _widen(x, unsafe):
             wide = _widened(x)
             _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, training, dgamma,
-                         dbeta, n_threads, 0, x.outer, n_channels, x.inner)
+                         dbeta, n_threads, 0, x.outer, n_channels, x.inner, False, 0, relu,
+                         beta)
             return _store_widened(dx, x, wide), dgamma, dbeta
         _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma,
-                     training, dgamma, dbeta, n_threads, *view)
+                     training, dgamma, dbeta, n_threads, *view, False, 0, relu, beta)
         return _layout.finish(dx, written), dgamma, dbeta
     sum_dy, sum_dy_xhat, count = given
     dgamma = sum_dy_xhat.copy()  # read by the kernel, returned to the caller

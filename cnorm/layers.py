@@ -21,8 +21,8 @@ import numpy as np
 
 from cnorm import _layout
 from cnorm import _validation as check
-from cnorm.batchnorm import (_eps, _momentum, batch_norm_backward, batch_norm_inference,
-                             batch_norm_training)
+from cnorm.batchnorm import (_eps, _momentum, _relu, batch_norm_backward,
+                             batch_norm_inference, batch_norm_training)
 from cnorm.lrn import (_lrn_params, _size_window, local_response_norm,
                        local_response_norm_backward, lrn, lrn_backward)
 from cnorm._layers import _BatchNormPlan, _LocalResponseNormPlan
@@ -210,6 +210,10 @@ class BatchNorm:
     dtype : numpy.float32 or numpy.float64, default numpy.float32
         dtype of the state arrays. Inputs may be float32, float64, float16 or
         bfloat16 either way (as the public functions take them).
+    activation : {None, "relu"}, default None
+        Fused after the normalization in every call (``relu(bn(x))``, or
+        ``relu(bn(x) + residual)`` with a residual), and differentiated by
+        `backward`.
 
     Attributes
     ----------
@@ -255,8 +259,10 @@ class BatchNorm:
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, *, affine=True,
                  track_running_stats=True, running_var_unbiased=True, axis=-1,
-                 dtype=np.float32):
+                 dtype=np.float32, activation=None):
         num_features = check.integer(num_features, "num_features", minimum=1)
+        self._relu = _relu(activation)
+        self._residual_last = False
         eps = _eps(eps)
         momentum = self._checked_momentum(momentum)
         affine = _flag(affine, "affine")
@@ -276,12 +282,18 @@ class BatchNorm:
         self._lock = threading.Lock()
         self._plan = _BatchNormPlan(state, _kernels("batchnorm").normalize, eps, affine,
                                     track_running_stats, _plan_axis(axis))
+        self._plan.relu = self._relu
 
     # -- configuration ------------------------------------------------------
     @property
     def num_features(self):
         """Number of channels C."""
         return self._state.shape[1]
+
+    @property
+    def activation(self):
+        """The fused activation: None or "relu"."""
+        return "relu" if self._relu else None
 
     @property
     def eps(self):
@@ -383,7 +395,7 @@ class BatchNorm:
         self._num_batches_tracked = check.integer(value, "num_batches_tracked", minimum=0)
 
     # -- calls ----------------------------------------------------------------
-    def __call__(self, x, *, training=False, out=None, n_threads=None):
+    def __call__(self, x, *, training=False, residual=None, out=None, n_threads=None):
         """Normalize x: with the running statistics, or the batch's if `training`.
 
         Parameters
@@ -393,6 +405,10 @@ class BatchNorm:
         training : bool, default False
             True normalizes with the batch statistics and updates the running
             ones (if tracked) and num_batches_tracked.
+        residual : array_like, optional
+            Inference only: added after the normalization and before the
+            layer's activation, in the same pass (``act(bn(x) + residual)``);
+            x's shape and dtype, not sharing memory with `out`.
         out : numpy.ndarray, optional
             C-contiguous array of x's shape and dtype to write y into (may be x).
         n_threads : int, optional
@@ -410,13 +426,16 @@ class BatchNorm:
             `cnorm.batch_norm_training`), and ValueError if x does not have
             num_features channels on `axis`; nothing is changed then.
         """
-        if training is False:
+        if training is False and residual is None:
             y = self._plan.infer(x, out, n_threads)
             if y is not None:
+                self._residual_last = False
                 return y
         elif _flag(training, "training"):
+            if residual is not None:
+                raise ValueError("residual applies to inference calls only (training=False)")
             return self._train(x, out, n_threads)
-        return self._infer(x, out, n_threads)
+        return self._infer(x, out, n_threads, residual)
 
     def _input(self, x):
         """x as the functions take it, with num_features channels on the layer's axis."""
@@ -426,16 +445,20 @@ class BatchNorm:
                              f"axis {self._axis}, got shape {x.shape}")
         return x
 
-    def _infer(self, x, out, n_threads):
+    def _infer(self, x, out, n_threads, residual=None):
         if not self._track_running_stats:  # batch statistics, nothing updated
+            if residual is not None:
+                raise ValueError("residual needs running statistics (track_running_stats=True)")
             return self._train(x, out, n_threads, update=False)
         x = self._input(x)
         vectors = self._plan.refresh()
         mean, var, gamma, beta = vectors
         eps = self._plan.eps
         y = batch_norm_inference(x, mean, var, gamma, beta, eps, axis=self._axis, out=out,
-                                 n_threads=n_threads)
+                                 n_threads=n_threads, activation=self.activation,
+                                 residual=residual)
         self._plan.last = (False, None if np.may_share_memory(y, x) else x, vectors, eps)
+        self._residual_last = residual is not None
         return y
 
     def _train(self, x, out, n_threads, update=True):
@@ -453,12 +476,14 @@ class BatchNorm:
                 running_var_unbiased=self._running_var_unbiased,
                 running_mean=self._state[_MEAN] if track else None,
                 running_var=self._state[_VAR] if track else None,
-                axis=self._axis, out=out, n_threads=n_threads)
+                axis=self._axis, out=out, n_threads=n_threads, activation=self.activation)
             if track:
                 self._num_batches_tracked = count
             saved_gamma = None if gamma is None else gamma.astype(np.float64)
+            saved_beta = None if beta is None else beta.astype(np.float64)
             self._plan.last = (True, None if np.may_share_memory(y, x) else x, mean, invstd,
-                               saved_gamma)
+                               saved_gamma, saved_beta)
+            self._residual_last = False
             return y
 
     def backward(self, dy, *, out=None, n_threads=None):
@@ -499,15 +524,20 @@ class BatchNorm:
         """
         last = self._plan.last
         x = self._last_input(last)
+        if self._relu and self._residual_last:
+            raise RuntimeError("backward of relu(bn(x) + residual) is not available: the "
+                               "ReLU mask depends on the residual, which the layer does not "
+                               "keep")
         dy = _matching_dy(dy, x)
         if last[0]:
-            _, _, mean, invstd, gamma = last
+            _, _, mean, invstd, gamma, beta = last
             training = True
         else:
-            _, _, (mean, var, gamma, _), eps = last
+            _, _, (mean, var, gamma, beta), eps = last
             invstd = 1.0 / np.sqrt(var + eps)
             training = False
-        return batch_norm_backward(dy, x, mean, invstd, gamma, training=training,
+        return batch_norm_backward(dy, x, mean, invstd, gamma, beta=beta,
+                                   activation=self.activation, training=training,
                                    axis=self._axis, out=out, n_threads=n_threads)
 
     @staticmethod
@@ -795,14 +825,15 @@ class BatchNorm:
         config = dict(num_features=self.num_features, eps=self.eps, momentum=self._momentum,
                       affine=self._affine, track_running_stats=self._track_running_stats,
                       running_var_unbiased=self._running_var_unbiased, axis=self._axis,
-                      dtype=self.dtype)
+                      dtype=self.dtype, activation=self.activation)
         return _restore_batch_norm, (config, self._state.copy(), self._num_batches_tracked)
 
     def __repr__(self):
         return (f"BatchNorm({self.num_features}, eps={self.eps!r}, momentum={self._momentum!r}, "
                 f"affine={self._affine}, track_running_stats={self._track_running_stats}, "
                 f"running_var_unbiased={self._running_var_unbiased}, axis={self._axis}, "
-                f"dtype={self.dtype.name})")
+                f"dtype={self.dtype.name}"
+                + ("" if not self._relu else ", activation='relu'") + ")")
 
 
 def _restore_batch_norm(config, state, num_batches_tracked):

@@ -33,6 +33,8 @@ def _channels_last(function):
                 if arg.ndim == ndim and ndim > 1:
                     arg = np.moveaxis(arg, axis, -1)
             moved.append(arg)
+        if isinstance(kwargs.get("residual"), np.ndarray) and ndim is not None and ndim > 1:
+            kwargs["residual"] = np.moveaxis(kwargs["residual"], axis, -1)
         result = function(*moved, **kwargs)
 
         def back(value):
@@ -131,20 +133,30 @@ def _channels(value, n_channels, default):
     return np.asarray(value, dtype=np.float64)
 
 
+def _activation(y, activation):
+    """The fused activation: None, or "relu" (max(y, 0), NaN passed through)."""
+    return y if activation is None else np.maximum(y, 0.0)
+
+
 @_channels_last
-def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, eps=1e-5):
-    """y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta, per channel."""
+def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, eps=1e-5, *,
+                         activation=None, residual=None):
+    """y = act(gamma * (x - running_mean) / sqrt(running_var + eps) + beta + residual)."""
     x = np.asarray(x, dtype=np.float64)
     n_channels = x.shape[-1]
     gamma = _channels(gamma, n_channels, 1.0)
     beta = _channels(beta, n_channels, 0.0)
     invstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
-    return gamma * (x - np.asarray(running_mean, dtype=np.float64)) * invstd + beta
+    y = gamma * (x - np.asarray(running_mean, dtype=np.float64)) * invstd + beta
+    if residual is not None:
+        y = y + np.asarray(residual, dtype=np.float64)
+    return _activation(y, activation)
 
 
 @_channels_last
 def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None,
-                        running_var=None, momentum=0.1, running_var_unbiased=True):
+                        running_var=None, momentum=0.1, running_var_unbiased=True,
+                        activation=None):
     """Normalize with the batch statistics; return (y, mean, invstd).
 
     mean and the biased variance by two passes over the data. Running statistics,
@@ -161,7 +173,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     mean = rows.mean(axis=0)
     var_b = ((rows - mean) ** 2).mean(axis=0)
     invstd = 1.0 / np.sqrt(var_b + eps)
-    y = gamma * (x - mean) * invstd + beta
+    y = _activation(gamma * (x - mean) * invstd + beta, activation)
     if running_mean is not None:
         stat_var = var_b * m / (m - 1) if running_var_unbiased else var_b
         running_mean[...] = (1 - momentum) * running_mean + momentum * mean
@@ -170,8 +182,12 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
 
 
 @_channels_last
-def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True):
-    """Return (dx, dgamma, dbeta); training=False treats mean and invstd as constants."""
+def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activation=None,
+                        training=True):
+    """Return (dx, dgamma, dbeta); training=False treats mean and invstd as constants.
+
+    activation="relu": the gradient of relu(bn(x)), dy taken where
+    gamma*xhat + beta > 0 only."""
     x = np.asarray(x, dtype=np.float64)
     n_channels = x.shape[-1]
     g = np.asarray(dy, dtype=np.float64).reshape(-1, n_channels)
@@ -181,6 +197,8 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True):
     invstd = np.asarray(invstd, dtype=np.float64)
     gamma = _channels(gamma, n_channels, 1.0)
     xhat = (rows - mean) * invstd
+    if activation is not None:
+        g = np.where(gamma * xhat + _channels(beta, n_channels, 0.0) > 0, g, 0.0)
     dbeta = g.sum(axis=0)
     dgamma = (g * xhat).sum(axis=0)
     if training:
