@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 import cnorm
 from cnorm import reference
+from helpers import BFLOAT16, RTOL, batch_norm_backward_scales, finfo, lrn_backward_scale
 
 EXAMPLES = int(os.environ.get("CNORM_FUZZ_EXAMPLES", "0")) or None
 FUZZ_SETTINGS = settings(
@@ -43,9 +44,8 @@ FUZZ_SETTINGS = settings(
 )
 
 FLOATS = (np.float32, np.float64)
-# Tolerance relative to the size of the summed terms (see the scale functions):
-# loose enough for every ISA's rounding, tight enough that a wrong answer shows.
-RTOL = {np.dtype(np.float16): 2e-2, np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-9}
+# The storage types of the data: the per-channel vectors stay float32/float64.
+DATA_DTYPES = (np.float32, np.float64, np.float16) + ((BFLOAT16.type,) if BFLOAT16 else ())
 
 OTHER_DTYPES = [
     np.int8, np.int32, np.int64, np.uint8, np.uint64, np.bool_, np.complex64,
@@ -438,19 +438,12 @@ def _local_response_norm_reference(kw):
                                      float(kw["beta"])), None)]
 
 
-def _lrn_backward_scale(dy, x, before, after, a, k, beta):
-    d = reference._divisor(x, before, after, a, k)
-    y = x * d ** -beta
-    cross = reference._window_sum(np.abs(dy * y / d), after, before)
-    return np.abs(dy * d ** -beta) + np.abs(2 * a * beta * x) * cross
-
-
 def _lrn_backward_reference(kw):
     x, dy = _f64(kw["x"]), _f64(kw["dy"])
     r, a, k, beta = kw["depth_radius"], float(kw["alpha"]), float(kw["bias"]), float(kw["beta"])
     with np.errstate(all="ignore"):
         return [(reference.lrn_canonical_backward(dy, x, r, r, a, k, beta),
-                 _lrn_backward_scale(dy, x, r, r, a, k, beta))]
+                 lrn_backward_scale(dy, x, r, r, a, k, beta))]
 
 
 def _local_response_norm_backward_reference(kw):
@@ -459,7 +452,7 @@ def _local_response_norm_backward_reference(kw):
     k, beta = float(kw["k"]), float(kw["beta"])
     with np.errstate(all="ignore"):
         return [(reference.lrn_canonical_backward(dy, x, before, after, a, k, beta),
-                 _lrn_backward_scale(dy, x, before, after, a, k, beta))]
+                 lrn_backward_scale(dy, x, before, after, a, k, beta))]
 
 
 def _channels(value, n, default):
@@ -514,16 +507,8 @@ def _backward_reference(kw):
     training = bool(kw.get("training", True))
     dx, dgamma, dbeta = reference.batch_norm_backward(g, x, mean, invstd, gamma,
                                                       training=training)
-    rows, grows = x.reshape(-1, n), g.reshape(-1, n)
-    m = rows.shape[0]
-    xhat = (rows - mean) * invstd
-    dbeta_terms = np.abs(grows).sum(axis=0)
-    dgamma_terms = np.abs(grows * xhat).sum(axis=0)
-    dx_terms = np.abs(grows)
-    if training:
-        dx_terms = dx_terms + dbeta_terms / m + np.abs(xhat) * dgamma_terms / m
-    return [(dx, (np.abs(gamma * invstd) * dx_terms).reshape(x.shape)),
-            (dgamma, dgamma_terms), (dbeta, dbeta_terms)]
+    scales = batch_norm_backward_scales(g, x, mean, invstd, gamma, training)
+    return list(zip((dx, dgamma, dbeta), scales))
 
 
 class Entry:
