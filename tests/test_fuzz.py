@@ -88,7 +88,11 @@ def _read_only(values, dtype):
 
 
 def _byte_swapped(values, dtype):
-    return values.astype(np.dtype(dtype).newbyteorder())
+    try:
+        swapped = np.dtype(dtype).newbyteorder()
+    except (TypeError, ValueError):  # bfloat16 has no byte order: the unswapped array
+        swapped = np.dtype(dtype)
+    return values.astype(swapped)
 
 
 def _broadcast(values, dtype):
@@ -128,7 +132,7 @@ def _values(draw, shape, positive=False, call=None):
                                   min_size=size, max_size=size)), np.float64)
     if size and draw(st.integers(0, 4)) == 0:
         specials = SPECIALS
-        if call is not None and call.batch_norm and call.dtype == np.float32:
+        if call is not None and call.batch_norm and call.narrow:
             specials = BN_FLOAT32_SPECIALS
         base[draw(st.integers(0, size - 1))] = draw(st.sampled_from(specials))
     if positive:
@@ -200,7 +204,7 @@ def _channel_values(draw, call, positive):
     values = _values(draw, (call.n_channels,))
     if positive:
         values = np.abs(values)
-    if call.dtype == np.float32:
+    if call.narrow:
         # Beyond float32's range (widened to float64) or inside the range
         # where no float32 product overflows (see BN_FLOAT32_SPECIALS).
         values = np.where((np.abs(values) > 1e6) & (np.abs(values) < 1e39),
@@ -357,6 +361,20 @@ class Threads(Role):
         return draw(st.sampled_from([0, -1, -(2 ** 63), 1.5, True, "2", np.float64(2.0)]))
 
 
+class Axis(Role):
+    """axis: valid, any axis, positive or negative, with x, dy and out moved there
+    (a permuted view, or a C-contiguous copy: NCHW); hostile: out of range, a
+    float, a bool, a string, None, a list."""
+
+    def valid(self, draw, call):
+        return "move"  # resolved once the arrays exist (_move_channels)
+
+    def hostile(self, draw, call):
+        ndim = len(call.shape)
+        return draw(st.sampled_from([ndim, -ndim - 1, 10 ** 30, 1.0, True, np.bool_(False),
+                                     None, "1", np.float64(0.0), [0]]))
+
+
 class Out(Role):
     """out: None, a fresh array, x or dy itself, or hostile: wrong dtype/shape,
     read-only, broadcast, non-contiguous, misaligned, partly overlapping an input."""
@@ -398,6 +416,9 @@ class Call:
     def __init__(self, dtype, shape, batch_norm=False):
         self.batch_norm = batch_norm
         self.dtype = dtype
+        # float32 and the half types: computed with float32 products
+        self.narrow = np.dtype(dtype).itemsize <= 4
+        self.position = None  # where _move_channels put the channel axis
         self.shape = shape
         self.n_channels = shape[-1] if shape else 0
         self.data = {}        # role -> float64 values the argument holds
@@ -528,7 +549,7 @@ _LRN = {"x": Tensor(), "depth_radius": Huge(0, 7), "bias": Real(1e-3, 10.0),
         "alpha": Real(0.0, 2.0), "beta": Real(0.1, 1.5)}
 _SIZE = {"x": Tensor(), "size": Huge(1, 9), "alpha": Real(0.0, 2.0), "beta": Real(0.1, 1.5),
          "k": Real(1e-3, 10.0), "convention": Choice("torch", "onnx")}
-_COMMON = {"out": Out(), "n_threads": Threads()}
+_COMMON = {"out": Out(), "n_threads": Threads(), "axis": Axis()}
 
 ENTRIES = [
     Entry("lrn", cnorm.lrn, _lrn_reference, {**_LRN, **_COMMON}),
@@ -568,7 +589,7 @@ SHAPES = st.one_of(
 
 @st.composite
 def calls(draw, entry):
-    dtype = draw(st.sampled_from(FLOATS))
+    dtype = draw(st.sampled_from(DATA_DTYPES))
     shape = draw(SHAPES)
     while len(shape) < entry.min_ndim:
         shape = (2,) + shape
@@ -588,7 +609,33 @@ def calls(draw, entry):
             "running_mean", "running_var"):
         kwargs["running_mean"] = kwargs["running_var"] = None  # neither, as is allowed
     _resolve_aliases(draw, entry, call, kwargs)
+    _move_channels(draw, call, kwargs)
     return call, hostile, kwargs
+
+
+def _move_channels(draw, call, kwargs):
+    """A valid axis: the channel axis of x, dy and out moved to a drawn position
+    (the same object moved once, so aliasing holds), as a view or a copy."""
+    if not (isinstance(kwargs.get("axis"), str) and kwargs["axis"] == "move"):
+        return
+    ndim = len(call.shape)
+    data = [kwargs[name] for name in ("x", "dy") if name in kwargs]
+    if not all(isinstance(value, np.ndarray) and value.shape == call.shape for value in data):
+        kwargs["axis"] = -1  # a hostile x or dy: the channels stay last
+        return
+    position = draw(st.integers(0, ndim - 1))
+    copy = draw(st.booleans())
+    moved = {}
+    for name in ("x", "dy", "out"):
+        value = kwargs.get(name)
+        if not isinstance(value, np.ndarray) or value.shape != call.shape:
+            continue
+        if id(value) not in moved:
+            view = np.moveaxis(value, -1, position)
+            moved[id(value)] = np.ascontiguousarray(view) if copy else view
+        kwargs[name] = moved[id(value)]
+    call.position = position
+    kwargs["axis"] = draw(st.sampled_from([position, position - ndim, np.int64(position)]))
 
 
 def _resolve_aliases(draw, entry, call, kwargs):
@@ -645,7 +692,7 @@ def _agree(actual, expected, scale, err_msg):
     assert actual.shape == np.shape(expected), (actual.shape, np.shape(expected), err_msg)
     a = actual.astype(np.float64)
     expected = np.asarray(expected, np.float64)
-    info = np.finfo(actual.dtype)
+    info = finfo(actual.dtype)
     with np.errstate(all="ignore"):
         bound = np.abs(expected) if scale is None else np.broadcast_to(
             np.abs(scale), expected.shape) + np.abs(expected)
@@ -676,7 +723,7 @@ def _finite_channels(kwargs):
 def check_call(entry, call, hostile, kwargs):
     snapshot = _arrays(kwargs)
     before = {name: np.array(value, dtype=np.float64) for name, (value, _) in snapshot.items()
-              if value.dtype.kind == "f"}
+              if value.dtype.kind == "f" or value.dtype == BFLOAT16}
     try:
         with np.errstate(all="ignore"):
             result = entry.function(**kwargs)
@@ -695,10 +742,17 @@ def check_call(entry, call, hostile, kwargs):
     for name, value in kwargs.items():
         if isinstance(value, list):
             inputs[name] = np.array(value, dtype=np.float64)
+    if call.position is not None:  # the reference takes the channels last
+        for name in ("x", "dy"):
+            if name in inputs:
+                inputs[name] = np.moveaxis(inputs[name], call.position, -1)
     with np.errstate(all="ignore"):
         expected = entry.reference(inputs)
     results = list(result) if isinstance(result, tuple) else [result]
     results += [kwargs[name] for name in entry.outputs if kwargs.get(name) is not None]
+    if call.position is not None:
+        results = [np.moveaxis(r, call.position, -1) if np.ndim(r) == len(call.shape) > 1
+                   else r for r in results]
     assert len(results) == len(expected), (entry.name, len(results), len(expected))
     if entry.name == "batch_norm_training":
         _mask_non_finite_statistics(inputs, results, expected)
