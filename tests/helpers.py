@@ -35,6 +35,14 @@ def lrn_backward_scale(dy, x, before, after, a, k, beta):
     return np.abs(dy * d ** -beta) + np.abs(2 * a * beta * x) * cross
 
 
+def batch_norm_y_scale(x, mean, invstd, gamma, beta):
+    """Size of the terms of y = x*A + B (A = gamma*invstd, B = beta - mean*A), the
+    form the kernels compute: where x is close to the mean, x*A and mean*A cancel,
+    and a float32 result carries an error relative to them."""
+    return np.abs(gamma * invstd) * (np.abs(np.asarray(x, np.float64)) + np.abs(mean)) \
+        + np.abs(beta)
+
+
 def batch_norm_backward_scales(dy, x, mean, invstd, gamma, training):
     """Sizes of the terms of dx, dgamma and dbeta (channels last)."""
     n = np.shape(x)[-1]

@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 
 import cnorm
 from cnorm import reference
-from helpers import BFLOAT16, RTOL, batch_norm_backward_scales, finfo, lrn_backward_scale
+from helpers import (BFLOAT16, RTOL, batch_norm_backward_scales, batch_norm_y_scale, finfo,
+                     lrn_backward_scale)
 
 EXAMPLES = int(os.environ.get("CNORM_FUZZ_EXAMPLES", "0")) or None
 FUZZ_SETTINGS = settings(
@@ -488,8 +489,7 @@ def _inference_reference(kw):
     eps = float(kw["eps"])
     y = reference.batch_norm_inference(x, mean, var, gamma, beta, eps)
     invstd = 1 / np.sqrt(var + eps)
-    scale = np.abs(gamma * invstd) * (np.abs(x) + np.abs(mean)) + np.abs(beta)
-    return [(y, scale)]
+    return [(y, batch_norm_y_scale(x, mean, invstd, gamma, beta))]
 
 
 def _training_reference(kw):
@@ -509,7 +509,7 @@ def _training_reference(kw):
         running_var_unbiased=bool(kw.get("running_var_unbiased", True)))
     rows = x.reshape(-1, n)
     spread = np.abs(rows - mean).max(axis=0) if rows.size else np.zeros(n)
-    outputs = [(y, np.abs(gamma * (x - mean) * invstd) + np.abs(beta)),
+    outputs = [(y, batch_norm_y_scale(x, mean, invstd, gamma, beta)),
                (mean, np.abs(rows).mean(axis=0)),
                (invstd, invstd + 0.5 * invstd ** 3 * spread ** 2)]
     if running_mean is not None:
