@@ -789,3 +789,198 @@ def _mask_non_finite_statistics(inputs, results, expected):
 def test_hostile_arguments(entry, data):
     call, hostile, kwargs = data.draw(calls(entry))
     event(f"{check_call(entry, call, hostile, kwargs)} ({'hostile' if hostile else 'valid'})")
+
+
+# ---------------------------------------------------------------------------
+# The layer objects and Moments: constructor arguments, state assignment,
+# calls and backward, merges. The same property: a TypeError/ValueError naming
+# the argument with nothing changed, or the reference's answer.
+
+def _expect_named_error(call, names, *snapshots):
+    """Run `call`; on TypeError/ValueError check the message names one of `names`
+    and every snapshot (array, saved copy) is unchanged; return the result or
+    the string "error"."""
+    try:
+        with np.errstate(all="ignore"):
+            return call()
+    except (TypeError, ValueError) as exc:
+        assert any(name in str(exc) for name in names), (names, str(exc))
+        for snapshot in snapshots:
+            _unchanged(snapshot)
+        return "error"
+
+
+_BN_CONSTRUCTOR = {"eps": Real(1e-6, 1.0, positive=True), "momentum": Real(0.0, 1.0),
+                   "affine": Flag(), "track_running_stats": Flag(),
+                   "running_var_unbiased": Flag()}
+_LAYER_AXIS = st.sampled_from([-1, 1])
+
+
+def _state(layer):
+    return {name: (value, value.copy()) for name, value in layer.state_dict().items()}
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_hostile_batch_norm_layer(data):
+    draw = data.draw
+    dtype = draw(st.sampled_from(FLOATS))
+    shape = (draw(st.integers(2, 5)), draw(st.integers(1, 6)), draw(st.integers(1, 3)))
+    axis = draw(_LAYER_AXIS)
+    n_channels = shape[axis]
+    call = Call(dtype, (shape[0] * shape[2 if axis == 1 else 1], n_channels), batch_norm=True)
+    hostile = draw(st.sampled_from([None, None, "num_features", "axis", "dtype",
+                                    *_BN_CONSTRUCTOR]))
+    kwargs = {name: (role.hostile if name == hostile else role.valid)(draw, call)
+              for name, role in _BN_CONSTRUCTOR.items()}
+    if hostile != "momentum" and draw(st.integers(0, 3)) == 0:
+        kwargs["momentum"] = None  # the cumulative average
+    kwargs["axis"] = draw(st.sampled_from([1.0, "1", None, 3, -4])) if hostile == "axis" else axis
+    kwargs["dtype"] = draw(st.sampled_from([np.int64, "x", np.complex64, None])) \
+        if hostile == "dtype" else dtype
+    features = draw(st.sampled_from([0, -1, 1.5, True, None, "3"])) \
+        if hostile == "num_features" else n_channels
+    layer = _expect_named_error(lambda: cnorm.BatchNorm(features, **kwargs),
+                                [hostile or "", "num_features"])
+    if hostile is not None:
+        return
+    assert not isinstance(layer, str)
+    # State assignment: a valid vector, or a hostile one that must change nothing.
+    for name, role in (("gamma", Channels()), ("beta", Channels()),
+                       ("running_mean", Channels()), ("running_var", Channels(positive=True))):
+        if draw(st.booleans()):
+            value = (role.hostile if draw(st.booleans()) else role.valid)(draw, call)
+            if isinstance(value, np.ndarray) and name in call.alias_out:
+                continue
+            _expect_named_error(lambda: setattr(layer, name, value), [name], _state(layer))
+    x = _values(draw, shape, call=call).astype(dtype)
+    training = bool(draw(st.booleans()))
+    state = {name: np.array(value, np.float64) for name, value in layer.state_dict().items()}
+    ones, zeros = np.ones(n_channels), np.zeros(n_channels)
+    gamma, beta = state.get("weight", ones), state.get("bias", zeros)
+    y = _expect_named_error(lambda: layer(x, training=training), ["x"])
+    if isinstance(y, str):
+        return
+    rows = np.moveaxis(x.astype(np.float64), axis, -1)
+    batch = training or not layer.track_running_stats
+    if batch:
+        want, mean, invstd = reference.batch_norm_training(rows, gamma, beta, layer.eps)
+    else:
+        mean, var = state["running_mean"], state["running_var"]
+        want = reference.batch_norm_inference(rows, mean, var, gamma, beta, layer.eps)
+        invstd = 1 / np.sqrt(var + layer.eps)
+    scale = batch_norm_y_scale(rows, mean, invstd, gamma, beta)
+    if np.isfinite(rows).all() and np.isfinite(want).all():
+        _agree(np.moveaxis(y, axis, -1), want, scale, "BatchNorm call")
+    dy = _values(draw, shape).astype(dtype)
+    grads = _expect_named_error(lambda: layer.backward(dy), ["dy"])
+    if isinstance(grads, str) or not (np.isfinite(rows).all() and np.isfinite(dy).all()
+                                       and np.isfinite(mean).all() and np.isfinite(invstd).all()):
+        return
+    g = np.moveaxis(dy.astype(np.float64), axis, -1)
+    expected = reference.batch_norm_backward(g, rows, mean, invstd, gamma, training=batch)
+    scales = batch_norm_backward_scales(g, rows, mean, invstd, gamma, batch)
+    for index, (actual, want, scale) in enumerate(zip(grads, expected, scales)):
+        if actual is None:  # dgamma, dbeta of a layer that is not affine
+            continue
+        actual = np.moveaxis(actual, axis, -1) if np.ndim(actual) == 3 else actual
+        _agree(actual, want, scale, f"BatchNorm backward output {index}")
+
+
+_LRN_CONSTRUCTOR = {"size": Huge(1, 9), "alpha": Real(0.0, 2.0), "beta": Real(0.1, 1.5),
+                    "k": Real(1e-3, 10.0), "convention": Choice("torch", "onnx")}
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_hostile_local_response_norm_layer(data):
+    draw = data.draw
+    dtype = draw(st.sampled_from(DATA_DTYPES))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 3)))
+    axis = draw(_LAYER_AXIS)
+    call = Call(dtype, shape)
+    hostile = draw(st.sampled_from([None, None, "axis", *_LRN_CONSTRUCTOR]))
+    kwargs = {name: (role.hostile if name == hostile else role.valid)(draw, call)
+              for name, role in _LRN_CONSTRUCTOR.items()}
+    kwargs["axis"] = draw(st.sampled_from([1.0, "1", None])) if hostile == "axis" else axis
+    layer = _expect_named_error(lambda: cnorm.LocalResponseNorm(**kwargs), [hostile or ""])
+    if hostile is not None:
+        return
+    x = _values(draw, shape).astype(dtype)
+    y = _expect_named_error(lambda: layer(x), ["x"])
+    if isinstance(y, str):
+        return
+    kw = dict(kwargs, x=np.moveaxis(np.asarray(x, np.float64), axis, -1))
+    (want, _), = _local_response_norm_reference(kw)
+    _agree(np.moveaxis(y, axis, -1), want, None, "LocalResponseNorm call")
+    dy = _values(draw, shape).astype(dtype)
+    dx = _expect_named_error(lambda: layer.backward(dy), ["dy"])
+    if isinstance(dx, str):
+        return
+    kw["dy"] = np.moveaxis(np.asarray(dy, np.float64), axis, -1)
+    (want, scale), = _local_response_norm_backward_reference(kw)
+    _agree(np.moveaxis(dx, axis, -1), want, scale, "LocalResponseNorm backward")
+
+
+_MOMENTS_HOSTILE = {
+    "count": [-1, 1.5, True, None, "3", 10 ** 30, np.nan],
+    "mean": [None, "x", [[1.0]], np.ones(2, np.complex128), np.ones((2, 2))],
+    "m2": [None, -np.ones(3), np.ones(7), "x", np.ones(3, np.int8) * -1],
+}
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_hostile_moments(data):
+    draw = data.draw
+    n_channels = draw(st.integers(1, 5))
+    parts = [_values(draw, (draw(st.integers(0, 4)), n_channels))
+             for _ in range(draw(st.integers(1, 4)))]
+    dtype = draw(st.sampled_from(DATA_DTYPES))
+    parts = [part.astype(dtype) for part in parts]
+    # moments / merge / merge_all against the statistics of the concatenation
+    pieces = [_expect_named_error(lambda p=p: cnorm.moments(p), ["x"]) for p in parts]
+    assert not any(isinstance(p, str) for p in pieces)
+    total = cnorm.Moments.merge_all(pieces)
+    pairwise = pieces[0]
+    for piece in pieces[1:]:
+        pairwise = pairwise.merge(piece)
+    np.testing.assert_array_equal(pairwise.to_array(), total.to_array())
+    rows = np.concatenate([p.astype(np.float64) for p in parts])
+    assert total.count == rows.shape[0]
+    if rows.shape[0] and np.isfinite(rows).all() and (np.abs(rows) < 1e150).all():
+        _agree(total.mean, rows.mean(axis=0), np.abs(rows).mean(axis=0), "Moments mean")
+        spread = np.abs(rows - rows.mean(axis=0)).max(axis=0)
+        _agree(total.var(), rows.var(axis=0), spread ** 2, "Moments var")
+    # to_array / from_array round trip; the constructor; hostile values
+    array = total.to_array()
+    np.testing.assert_array_equal(cnorm.Moments.from_array(array).to_array(), array)
+    kind = draw(st.sampled_from(["constructor", "from_array", "merge", "merge_all"]))
+    if kind == "constructor":
+        args = {"count": total.count, "mean": total.mean.copy(), "m2": total.m2.copy()}
+        hostile = draw(st.sampled_from(sorted(_MOMENTS_HOSTILE)))
+        args[hostile] = draw(st.sampled_from(_MOMENTS_HOSTILE[hostile]))
+        snapshot = _arrays(args)
+        result = _expect_named_error(lambda: cnorm.Moments(**args),
+                                     [hostile, "mean", "m2", "count"], snapshot)
+        if not isinstance(result, str):  # e.g. a list mean of the right shape
+            np.testing.assert_array_equal(result.mean, np.asarray(args["mean"], np.float64))
+    elif kind == "from_array":
+        bad = draw(st.sampled_from([array[:-1], array[None], -array, "x", None,
+                                    np.append(array, 1.0), array.astype(np.complex128)]))
+        snapshot = _arrays({"a": bad}) if isinstance(bad, np.ndarray) else {}
+        result = _expect_named_error(lambda: cnorm.Moments.from_array(bad),
+                                     ["array", "count", "m2", "mean"], snapshot)
+        if not isinstance(result, str):
+            assert result.n_channels == (np.size(bad) - 1) // 2
+    elif kind == "merge":
+        other = draw(st.sampled_from([None, array, "x", cnorm.Moments.empty(n_channels + 1)]))
+        result = _expect_named_error(lambda: total.merge(other), ["other", "channel", "Moments"])
+        assert isinstance(result, str)
+    else:
+        items = draw(st.sampled_from([[], [total, array], [total, None],
+                                      [total, cnorm.Moments.empty(n_channels + 1)]]))
+        result = _expect_named_error(lambda: cnorm.Moments.merge_all(items),
+                                     ["moments", "channel", "Moments"])
+        assert isinstance(result, str)
+    np.testing.assert_array_equal(total.to_array(), array)  # never modified
