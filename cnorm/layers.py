@@ -356,8 +356,8 @@ class BatchNorm:
             raise ValueError(f"{name} must have shape ({self.num_features},) (num_features "
                              f"values), got {array.shape}")
         array = array.astype(np.float64)
-        if name.endswith("running_var") and (array < 0).any():
-            raise ValueError(f"{name} must be >= 0 everywhere, got min {array.min()!r}")
+        if name.endswith("running_var"):
+            check.non_negative(array, name)
         return array
 
     gamma = property(lambda self: self._row(_GAMMA, self._affine),

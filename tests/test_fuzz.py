@@ -1,9 +1,11 @@
 """A fuzzer over every public entry point: hostile arguments of every kind.
 
-One table, ENTRIES, lists the public callables with the role of each argument;
+One table, ENTRIES, lists the public functions with the role of each argument;
 a new entry point is one row. For each example hypothesis draws a valid call
-(dtype, shape up to 6-D with zero-size axes, C = 1 and wide C, values with
-NaN, inf, -0.0, huge and subnormal ones) and then, usually, replaces one
+(float32, float64, float16 or bfloat16 data, shape up to 6-D with zero-size
+axes, C = 1 and wide C, values with NaN, inf, -0.0, huge and subnormal ones,
+the channels on any axis: a permuted view or a contiguous NCHW-style copy,
+axis= positive or negative) and then, usually, replaces one
 argument by a hostile one: another dtype (integers, bool, complex, object,
 datetime, structured, strings, float16, longdouble), another memory layout
 (Fortran order, negative and zero strides, broadcast, read-only,
@@ -18,6 +20,11 @@ array argument byte-for-byte unchanged; or it returns what the float64
 reference returns, within a tolerance relative to the size of the terms.
 Never another exception, a crash (the sanitizer run of .ci/run turns memory
 errors and undefined behaviour into crashes), or a wrong answer.
+
+The layer objects (cnorm.BatchNorm, cnorm.LocalResponseNorm: constructor
+arguments, state assignment, calls, backward) and cnorm.Moments / cnorm.moments
+(constructor, merge, merge_all, from_array) have a test each at the end, with
+the same property.
 
 Examples per test: CNORM_FUZZ_EXAMPLES (default 60) for the long sanitizer
 run; the normal suite keeps the profile's modest count.
