@@ -35,7 +35,9 @@ def storage_of(dtype):
     code = _NATIVE.get(dtype)
     if code is not None:
         return code
-    if dtype.name == "bfloat16" and dtype.itemsize == 2:
+    if dtype.name == "bfloat16" and dtype.itemsize == 2 and dtype.isnative:
+        # (a byte-swapped bfloat16 has the same name: read natively, its bytes
+        # would be other numbers; tensor() swaps it first)
         return STORAGE["bfloat16"]
     return None
 
@@ -105,6 +107,10 @@ def tensor(value, name, axis, *, min_ndim=1, plain=None):
     if storage is None:
         if array.dtype.kind == "f" and not array.dtype.isnative and array.dtype.itemsize != 16:
             array = array.astype(array.dtype.newbyteorder("="))  # byte-swapped: one copy
+            storage = storage_of(array.dtype)
+        elif array.dtype.name == "bfloat16" and not array.dtype.isnative:
+            # ml_dtypes' casts ignore the byte order: swap the bytes themselves
+            array = array.byteswap().view(array.dtype.newbyteorder("="))
             storage = storage_of(array.dtype)
         if storage is None:
             raise TypeError(f"{name} must have dtype {DTYPE_NAMES}, got {array.dtype}")

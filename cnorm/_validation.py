@@ -201,3 +201,13 @@ def no_partial_overlap(out, x, dy=None):
     if overlapped:
         raise ValueError(f"out must be {'x' if overlapped == 1 else 'dy'} itself or not "
                          "overlap it")
+
+
+def non_negative(array, name):
+    """Check a float32/float64 array of shape (C,) has no negative value (NaN passes)."""
+    first = _buffers.first_negative(array)  # a fraction of np.any's microseconds
+    negative = (array < 0).any() if first == -2 else first >= 0
+    if negative:
+        index = int(np.flatnonzero(array < 0)[0])
+        raise ValueError(f"{name} must be >= 0 everywhere, got {float(array[index])} "
+                         f"at index {index}")

@@ -96,14 +96,7 @@ def _per_channel(value, name, n_channels):
     return check.float64_vector(array)
 
 
-def _non_negative(array, name):
-    """Check a float32/float64 array of shape (C,) has no negative value (NaN passes)."""
-    first = _buffers.first_negative(array)  # a fraction of np.any's microseconds
-    negative = (array < 0).any() if first == -2 else first >= 0
-    if negative:
-        index = int(np.flatnonzero(array < 0)[0])
-        raise ValueError(f"{name} must be >= 0 everywhere, got {float(array[index])} "
-                         f"at index {index}")
+_non_negative = check.non_negative
 
 
 def _eps(eps):

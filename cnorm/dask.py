@@ -448,33 +448,45 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="to
 # ---------------------------------------------------------------------------
 # Recalibration
 
-def recalibrate(x, running_mean, running_var, *, axis=-1, unbiased=True, split_every=None,
-                n_threads=None):
-    """Set running statistics to the population statistics of a Dask array.
+def recalibrate(x, running_mean, running_var=None, *, axis=None, unbiased=None,
+                split_every=None, n_threads=None):
+    """Set running statistics to the population statistics of a dataset.
 
     For recalibrating batch norm after pruning or quantization, or adapting it
-    to a new domain (AdaBN): runs the activations of a whole dataset through
-    `moments` (computed now, with the current scheduler: a
-    ``distributed.Client`` if one is active) and writes, in place::
+    to a new domain (AdaBN), over activations that need not fit in memory:
+    either a Dask array (run through `moments` now, with the current
+    scheduler: a ``distributed.Client`` if one is active) or an iterable of
+    batches (NumPy arrays, read one at a time with `cnorm.moments` and merged
+    in order with `cnorm.Moments.merge`). Then, in place::
 
         running_mean[...] = mean
         running_var[...]  = m2 / (count - 1)   if unbiased (PyTorch's running_var)
                             m2 / count         otherwise (Keras 3, ONNX)
 
+    ``recalibrate(x, layer)`` does the same for a `cnorm.BatchNorm`'s
+    ``running_mean`` and ``running_var`` (through their setters, so the
+    layer's cached coefficients follow), on the layer's axis and with its
+    ``running_var_unbiased`` convention unless `axis` or `unbiased` is given.
+
     Parameters
     ----------
-    x : dask.array.Array of float32, float64, float16 or bfloat16
-        Activations with channels on `axis`.
-    running_mean, running_var : numpy.ndarray of float32 or float64, shape (C,)
-        Writable arrays to set (e.g. a PyTorch module's buffers through
-        ``.numpy()``). Untouched if an error is raised.
-    axis : int, default -1
-        The channel axis.
-    unbiased : bool, default True
+    x : dask.array.Array, or iterable of numpy.ndarray
+        Activations of dtype float32, float64, float16 or bfloat16 with
+        channels on `axis`. The batches of an iterable may differ in every
+        size but the channel axis; an iterator is read once.
+    running_mean : numpy.ndarray of float32 or float64, shape (C,), or cnorm.BatchNorm
+        A writable array to set (e.g. a PyTorch module's buffer through
+        ``.numpy()``), or a layer whose running statistics to set.
+    running_var : numpy.ndarray of float32 or float64, shape (C,), optional
+        The array for the variance; None (and only None) with a layer.
+    axis : int, optional
+        The channel axis; default the layer's ``axis``, or -1 for arrays.
+    unbiased : bool, optional
         Whether running_var takes the unbiased variance (PyTorch, TensorFlow)
-        or the biased one.
+        or the biased one; default the layer's ``running_var_unbiased``, or
+        True for arrays.
     split_every, n_threads
-        As for `moments`.
+        As for `moments` (split_every: Dask arrays only).
 
     Returns
     -------
@@ -484,24 +496,81 @@ def recalibrate(x, running_mean, running_var, *, axis=-1, unbiased=True, split_e
     Raises
     ------
     TypeError, ValueError
-        As `moments`; if a running array is not a writable float32/float64
-        numpy.ndarray of shape (C,); ValueError if unbiased and there is only
-        one value per channel.
+        As `moments` / `cnorm.moments`; if a running array is not a writable
+        float32/float64 numpy.ndarray of shape (C,); if a layer has no running
+        statistics (``track_running_stats=False``) or `running_var` is given
+        with it; if an iterable holds no batch; ValueError if unbiased and
+        there is only one value per channel. The running statistics are
+        untouched if an error is raised.
     """
-    x = _dask_array(x)
-    axis = _channel_axis(x, axis)
-    n_channels = x.shape[axis]
-    _batchnorm._running(running_mean, "running_mean", n_channels)
-    _batchnorm._running(running_var, "running_var", n_channels)
-    unbiased = _batchnorm._flag(unbiased, "unbiased")
-    count = math.prod(x.shape[i] for i in range(x.ndim) if i != axis)
-    if unbiased and count <= 1:  # NaN (unknown sizes) passes, to be checked below
-        raise ValueError(f"Expected more than 1 value per channel for an unbiased "
-                         f"variance, got x of shape {x.shape}")
-    statistics = moments(x, axis=axis, split_every=split_every, n_threads=n_threads).compute()
+    layer = running_mean if isinstance(running_mean, cnorm.BatchNorm) else None
+    if layer is not None:
+        if running_var is not None:
+            raise TypeError("running_var must be None when running_mean is a cnorm.BatchNorm "
+                            f"(its own statistics are set), got {type(running_var).__name__}")
+        if not layer.track_running_stats:
+            raise ValueError("running_mean: the cnorm.BatchNorm has no running statistics "
+                             "(track_running_stats=False)")
+        axis = layer.axis if axis is None else axis
+        unbiased = layer.running_var_unbiased if unbiased is None else unbiased
+    elif running_var is None:
+        raise TypeError("running_var must be a numpy.ndarray of shape (C,) (or running_mean "
+                        f"a cnorm.BatchNorm), got None")
+    axis = -1 if axis is None else axis
+    unbiased = _batchnorm._flag(True if unbiased is None else unbiased, "unbiased")
+    if isinstance(x, da.Array):
+        statistics = _dask_statistics(x, axis, unbiased, split_every, n_threads,
+                                      None if layer else (running_mean, running_var))
+    else:
+        statistics = _batch_statistics(x, axis, n_threads,
+                                       None if layer else (running_mean, running_var))
+    if layer is not None and statistics.n_channels != layer.num_features:
+        raise ValueError(f"x must have {layer.num_features} channels (the layer's "
+                         f"num_features) on axis {axis}, got {statistics.n_channels}")
     if unbiased and statistics.count <= 1:
         raise ValueError(f"Expected more than 1 value per channel for an unbiased "
                          f"variance, got {statistics.count}")
-    running_mean[...] = statistics.mean
-    running_var[...] = statistics.var(ddof=1 if unbiased else 0)
+    var = statistics.var(ddof=1 if unbiased else 0)
+    if layer is not None:
+        layer.running_mean = statistics.mean
+        layer.running_var = var
+    else:
+        running_mean[...] = statistics.mean
+        running_var[...] = var
     return statistics
+
+
+def _dask_statistics(x, axis, unbiased, split_every, n_threads, running):
+    x = _dask_array(x)
+    axis = _channel_axis(x, axis)
+    if running is not None:
+        _batchnorm._running(running[0], "running_mean", x.shape[axis])
+        _batchnorm._running(running[1], "running_var", x.shape[axis])
+    count = math.prod(x.shape[i] for i in range(x.ndim) if i != axis)
+    if unbiased and count <= 1:  # NaN (unknown sizes) passes, to be checked after
+        raise ValueError(f"Expected more than 1 value per channel for an unbiased "
+                         f"variance, got x of shape {x.shape}")
+    return moments(x, axis=axis, split_every=split_every, n_threads=n_threads).compute()
+
+
+def _batch_statistics(batches, axis, n_threads, running):
+    if isinstance(batches, (np.ndarray, str, bytes)) or not hasattr(batches, "__iter__"):
+        raise TypeError(f"x must be a dask.array.Array or an iterable of batches (numpy "
+                        f"arrays), got {type(batches).__name__}; for one in-memory array, "
+                        f"pass [x]")
+    total = None
+    for index, batch in enumerate(batches):
+        try:
+            part = cnorm.moments(batch, axis=axis, n_threads=n_threads)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"x[{index}] (batch {index}): {error}") from None
+        if total is not None and part.n_channels != total.n_channels:
+            raise ValueError(f"x[{index}] (batch {index}) has {part.n_channels} channels on "
+                             f"axis {axis}, the first batch {total.n_channels}")
+        total = part if total is None else total.merge(part)
+    if total is None:
+        raise ValueError("x holds no batch: the iterable was empty")
+    if running is not None:
+        _batchnorm._running(running[0], "running_mean", total.n_channels)
+        _batchnorm._running(running[1], "running_var", total.n_channels)
+    return total

@@ -23,9 +23,12 @@ from cnorm import _layout
 from cnorm import _validation as check
 from cnorm.batchnorm import (_eps, _momentum, _relu, batch_norm_backward,
                              batch_norm_inference, batch_norm_training)
-from cnorm.lrn import (_lrn_params, _size_window, local_response_norm,
+from cnorm.lrn import (_lrn_params, _size_params, _size_window, local_response_norm,
                        local_response_norm_backward, lrn, lrn_backward)
 from cnorm._layers import _BatchNormPlan, _LocalResponseNormPlan
+
+# The widest window a layer stores: windows are clipped to the channels per call.
+_WIDEST = 2 ** 62
 
 __all__ = ["BatchNorm", "LocalResponseNorm"]
 
@@ -103,7 +106,11 @@ def _to_numpy(value, name):
                 if not callable(getattr(value, "float", None)):
                     raise
                 value = value.float().numpy()
-    return np.asarray(value)
+    try:
+        return np.asarray(value)
+    except ValueError as exc:  # e.g. a ragged nested list
+        raise ValueError(f"{name} must be an array of numbers, got {type(value).__name__} "
+                         f"that NumPy cannot make an array of ({exc})") from None
 
 
 def _state_dtype(dtype):
@@ -361,8 +368,8 @@ class BatchNorm:
             raise ValueError(f"{name} must have shape ({self.num_features},) (num_features "
                              f"values), got {array.shape}")
         array = array.astype(np.float64)
-        if name.endswith("running_var") and (array < 0).any():
-            raise ValueError(f"{name} must be >= 0 everywhere, got min {array.min()!r}")
+        if name.endswith("running_var"):
+            check.non_negative(array, name)
         return array
 
     gamma = property(lambda self: self._row(_GAMMA, self._affine),
@@ -886,16 +893,18 @@ class LocalResponseNorm:
     """
 
     def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0, *, convention="torch", axis=-1):
-        before, after = _size_window(size, convention)
-        alpha = check.finite_real(alpha, "alpha")
-        beta = check.finite_real(beta, "beta")
-        k = check.finite_real(k, "k")
-        self._size, self._alpha, self._beta, self._k = int(size), alpha, beta, k
+        # The function's checks and a = alpha/size (exact for any int size);
+        # a window wider than any tensor's channels is clipped per call, so
+        # it is stored clipped to what a Py_ssize_t holds.
+        before, after, a, k, beta = _size_params(size, alpha, beta, k, convention)
+        self._size, self._alpha, self._beta, self._k = (int(size), check.finite_real(alpha, "alpha"),
+                                                        beta, k)
         self._convention = convention
         self._axis = _axis(axis)
         self._depth_radius = self._tf_alpha = None  # set by from_tf: TensorFlow's lrn
-        self._plan = _LocalResponseNormPlan(_kernels("lrn").run, before, after, alpha / size,
-                                            k, beta, _plan_axis(self._axis))
+        self._plan = _LocalResponseNormPlan(_kernels("lrn").run, min(before, _WIDEST),
+                                            min(after, _WIDEST), a, k, beta,
+                                            _plan_axis(self._axis))
 
     size = property(lambda self: self._size, doc="Channels in the window.")
     alpha = property(lambda self: self._alpha, doc="Scale of the sum (divided by size).")

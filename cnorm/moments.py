@@ -109,8 +109,7 @@ class Moments:
             raise ValueError(
                 f"mean and m2 must have the same shape (C,), got {mean.shape} and {m2.shape}"
             )
-        if (m2 < 0).any():
-            raise ValueError(f"m2 must be >= 0 everywhere, got min {m2.min()!r}")
+        check.non_negative(m2, "m2")
         if count == 0 and (m2 != 0).any():
             raise ValueError("m2 must be all zero when count is 0 (no values)")
         self._init(count, mean, m2)

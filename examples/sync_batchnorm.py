@@ -25,8 +25,11 @@ batch_norm_backward of the whole batch.
 import argparse
 import multiprocessing
 import os
-import socket
+import queue
 import sys
+import tempfile
+import time
+import traceback
 
 import numpy as np
 
@@ -34,6 +37,14 @@ import cnorm
 from cnorm import Moments
 
 SHAPE, N_CHANNELS = (4, 4), 8  # per-sample H, W; channels last
+
+# How long one rank may wait for the others (at a barrier, or for their first
+# message), and the parent for all of them. Generous: on a loaded machine the
+# ranks' start (spawn, importing NumPy and cnorm) alone can take tens of
+# seconds. A rank that fails reports its traceback and breaks the barrier, and
+# the parent stops waiting as soon as a rank dies, so these are only reached
+# when something hangs.
+PEER_TIMEOUT = float(os.environ.get("SYNC_BN_PEER_TIMEOUT", "300"))
 
 
 def shard_bounds(batch, ranks):
@@ -64,20 +75,27 @@ class SharedMemoryGroup:
 
     def all_gather(self, vector):
         table = np.frombuffer(self.buffer.get_obj(), dtype=np.float64).reshape(self.ranks, -1)
-        self.barrier.wait()  # everyone has read the previous round
+        # A timeout (or a rank that failed and aborted the barrier) raises
+        # threading.BrokenBarrierError in every waiting rank instead of a hang.
+        self.barrier.wait(PEER_TIMEOUT)  # everyone has read the previous round
         table[self.rank, :vector.size] = vector
-        self.barrier.wait()  # everyone has written this round
+        self.barrier.wait(PEER_TIMEOUT)  # everyone has written this round
         return [table[k, :vector.size].copy() for k in range(self.ranks)]
 
 
 class GlooGroup:
     """torch.distributed's all_gather on the gloo backend (CPU, TCP on loopback)."""
 
-    def __init__(self, rank, ranks, port):
+    def __init__(self, rank, ranks, store_path):
+        import datetime
+
         import torch.distributed as dist
 
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=ranks)
+        # A file store for the rendezvous: no port chosen in advance that
+        # another process could take before rank 0 binds it.
+        dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
+                                world_size=ranks,
+                                timeout=datetime.timedelta(seconds=PEER_TIMEOUT))
         self.dist = dist
 
     def all_gather(self, vector):
@@ -114,44 +132,77 @@ def sync_batch_norm_step(group, x, dy, gamma, beta, running_mean, running_var):
 
 
 def rank_main(rank, ranks, batch, backend, transport, results):
-    x, dy, gamma, beta = problem(batch)
-    a, b = shard_bounds(batch, ranks)[rank:rank + 2]
-    if backend == "gloo":
-        group = GlooGroup(rank, ranks, transport)
-    else:
-        group = SharedMemoryGroup(rank, ranks, *transport)
-    running_mean, running_var = np.zeros(N_CHANNELS), np.ones(N_CHANNELS)
-    y, dx, dgamma, dbeta = sync_batch_norm_step(group, x[a:b], dy[a:b], gamma, beta,
-                                                running_mean, running_var)
-    if backend == "gloo":
-        group.close()
+    try:
+        x, dy, gamma, beta = problem(batch)
+        a, b = shard_bounds(batch, ranks)[rank:rank + 2]
+        if backend == "gloo":
+            group = GlooGroup(rank, ranks, transport)
+        else:
+            group = SharedMemoryGroup(rank, ranks, *transport)
+        running_mean, running_var = np.zeros(N_CHANNELS), np.ones(N_CHANNELS)
+        y, dx, dgamma, dbeta = sync_batch_norm_step(group, x[a:b], dy[a:b], gamma, beta,
+                                                    running_mean, running_var)
+        if backend == "gloo":
+            group.close()
+    except BaseException:
+        if backend != "gloo":
+            transport[1].abort()  # the other ranks stop waiting for this one
+        results.put((rank, "failed", traceback.format_exc()))
+        raise
     results.put((rank, y, dx, dgamma, dbeta, running_mean, running_var))
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def gather_results(processes, results, deadline):
+    """Every rank's message, stopping at the first failure or a rank that died."""
+    outputs = {}
+    while len(outputs) < len(processes):
+        try:
+            item = results.get(timeout=1.0)
+        except queue.Empty:
+            dead = [rank for rank, process in enumerate(processes)
+                    if rank not in outputs and process.exitcode is not None]
+            if dead:  # exited without a message (killed, or a crash in C)
+                time.sleep(1.0)  # its message may still be in the pipe
+                if results.empty():
+                    raise RuntimeError(f"rank {dead[0]} exited with "
+                                       f"{processes[dead[0]].exitcode} before reporting")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ranks {sorted(set(range(len(processes))) - set(outputs))} "
+                                   f"did not report within {PEER_TIMEOUT:.0f} s")
+            continue
+        if isinstance(item[1], str):  # (rank, "failed", traceback)
+            raise RuntimeError(f"rank {item[0]} failed:\n{item[2]}")
+        outputs[item[0]] = item[1:]
+    return outputs
 
 
 def run(ranks, batch=23, backend="shm"):
     """Run the ranks; return the largest differences from the single-process results."""
     context = multiprocessing.get_context("spawn")
-    if backend == "gloo":
-        transport = free_port()
-    else:
-        transport = (context.Array("d", ranks * (2 * N_CHANNELS + 1)), context.Barrier(ranks))
-    results = context.Queue()
-    processes = [context.Process(target=rank_main,
-                                 args=(rank, ranks, batch, backend, transport, results))
-                 for rank in range(ranks)]
-    for process in processes:
-        process.start()
-    outputs = dict((item[0], item[1:]) for item in (results.get(timeout=120) for _ in processes))
-    for process in processes:
-        process.join(timeout=60)
-        if process.exitcode != 0:
-            raise RuntimeError(f"a rank exited with {process.exitcode}")
+    with tempfile.TemporaryDirectory() as scratch:
+        if backend == "gloo":
+            transport = os.path.join(scratch, "store")
+        else:
+            transport = (context.Array("d", ranks * (2 * N_CHANNELS + 1)),
+                         context.Barrier(ranks))
+        results = context.Queue()
+        # daemon: a rank left hanging never keeps the parent from exiting
+        processes = [context.Process(target=rank_main, daemon=True,
+                                     args=(rank, ranks, batch, backend, transport, results))
+                     for rank in range(ranks)]
+        for process in processes:
+            process.start()
+        try:
+            outputs = gather_results(processes, results, time.monotonic() + 2 * PEER_TIMEOUT)
+            for process in processes:
+                process.join(PEER_TIMEOUT)
+                if process.exitcode != 0:
+                    raise RuntimeError(f"a rank exited with {process.exitcode}")
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+                    process.join(5)
 
     x, dy, gamma, beta = problem(batch)
     running_mean, running_var = np.zeros(N_CHANNELS), np.ones(N_CHANNELS)

@@ -1,14 +1,66 @@
-"""The one comparator of kernels against the float64 reference, and its tolerances."""
+"""The one comparator of kernels against the float64 reference, its tolerances,
+and the sizes of the terms a result sums (the scale of the tolerance)."""
 import importlib
 import os
 
 import numpy as np
 import pytest
 
+from cnorm import reference
+
 # Relative tolerance per dtype: float32 results carry a few float32 roundings
 # (and the float32 fast paths sum short windows in float), float64 ones a few
-# float64 roundings; the ISA levels differ by FMA contraction.
-RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-11}
+# float64 roundings; the ISA levels differ by FMA contraction. The half types
+# are computed in float32 and rounded once at the store: two of their ulps.
+RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-11,
+        np.dtype(np.float16): 2.0 ** -9}
+try:
+    import ml_dtypes
+except ImportError:  # pragma: no cover - optional
+    BFLOAT16 = None
+else:
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+    RTOL[BFLOAT16] = 2.0 ** -6
+
+
+def finfo(dtype):
+    """np.finfo, also for ml_dtypes' bfloat16."""
+    dtype = np.dtype(dtype)
+    return ml_dtypes.finfo(dtype) if dtype == BFLOAT16 else np.finfo(dtype)
+
+
+def lrn_backward_scale(dy, x, before, after, a, k, beta):
+    """Size of the two terms of the LRN gradient, which may cancel."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    d = reference._divisor(x, before, after, a, k)
+    y = x * d ** -beta
+    cross = reference._window_sum(np.abs(dy * y / d), after, before)
+    return np.abs(dy * d ** -beta) + np.abs(2 * a * beta * x) * cross
+
+
+def batch_norm_y_scale(x, mean, invstd, gamma, beta):
+    """Size of the terms of y = x*A + B (A = gamma*invstd, B = beta - mean*A), the
+    form the kernels compute: where x is close to the mean, x*A and mean*A cancel,
+    and a float32 result carries an error relative to them."""
+    return np.abs(gamma * invstd) * (np.abs(np.asarray(x, np.float64)) + np.abs(mean)) \
+        + np.abs(beta)
+
+
+def batch_norm_backward_scales(dy, x, mean, invstd, gamma, training):
+    """Sizes of the terms of dx, dgamma and dbeta (channels last)."""
+    n = np.shape(x)[-1]
+    g = np.asarray(dy, dtype=np.float64).reshape(-1, n)
+    xr = np.asarray(x, dtype=np.float64).reshape(-1, n)
+    m = g.shape[0]
+    xhat = (xr - mean) * invstd
+    dbeta_terms = np.abs(g).sum(axis=0)
+    dgamma_terms = np.abs(g * xhat).sum(axis=0)
+    dx_terms = np.abs(g)
+    if training:
+        dx_terms = dx_terms + dbeta_terms / m + np.abs(xhat) * dgamma_terms / m
+    dx_scale = (np.abs(gamma * invstd) * dx_terms).reshape(np.shape(x))
+    return dx_scale, dgamma_terms, dbeta_terms
 
 
 def assert_close(actual, expected, *, scale=None, rtol_factor=1.0, err_msg=""):

@@ -12,7 +12,7 @@ from cnorm import _dispatch
 from cnorm import reference as ref
 from cnorm._dispatch import kernels
 
-from helpers import assert_close, numerical_gradient
+from helpers import assert_close, batch_norm_backward_scales, numerical_gradient
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "data"
 
@@ -45,18 +45,6 @@ def make_case(rng, shape, dtype, offset=0.0):
 def training_y_scale(x, gamma, beta, mean, invstd):
     return np.abs(gamma * (np.asarray(x, np.float64) - mean) * invstd) + np.abs(beta)
 
-
-def backward_scales(dy, x, mean, invstd, gamma, training):
-    g, xr = rows(dy), rows(x)
-    m = g.shape[0]
-    xhat = (xr - mean) * invstd
-    dbeta_terms = np.abs(g).sum(axis=0)
-    dgamma_terms = np.abs(g * xhat).sum(axis=0)
-    dx_terms = np.abs(g)
-    if training:
-        dx_terms = dx_terms + dbeta_terms / m + np.abs(xhat) * dgamma_terms / m
-    dx_scale = (np.abs(gamma * invstd) * dx_terms).reshape(np.shape(x))
-    return dx_scale, dgamma_terms, dbeta_terms
 
 
 # ---------------------------------------------------------------------------
@@ -99,7 +87,7 @@ def test_against_reference(shape, dtype, seed, offset, n_threads):
                                                       training=training, n_threads=n_threads)
         dx_ref, dgamma_ref, dbeta_ref = ref.batch_norm_backward(dy, x, mean, invstd, gamma,
                                                                 training=training)
-        dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, mean, invstd, gamma,
+        dx_scale, dgamma_scale, dbeta_scale = batch_norm_backward_scales(dy, x, mean, invstd, gamma,
                                                               training)
         assert dx.dtype == dtype and dgamma.dtype == dbeta.dtype == np.float64
         assert_close(dx, dx_ref, scale=dx_scale)
@@ -119,7 +107,7 @@ def test_against_reference_large(shape, dtype, n_threads, rng):
     dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma,
                                                   n_threads=n_threads)
     dx_ref, dgamma_ref, dbeta_ref = ref.batch_norm_backward(dy, x, mean, invstd, gamma)
-    dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, mean, invstd, gamma, True)
+    dx_scale, dgamma_scale, dbeta_scale = batch_norm_backward_scales(dy, x, mean, invstd, gamma, True)
     assert_close(dx, dx_ref, scale=dx_scale)
     assert_close(dgamma, dgamma_ref, scale=dgamma_scale * 1e-3)
     assert_close(dbeta, dbeta_ref, scale=dbeta_scale * 1e-3)
@@ -160,7 +148,7 @@ def check_golden_training_backward(d, mean, invstd, name):
     """cnorm's training backward with its own saved statistics against a golden file;
     returns the scales of dx, dgamma and dbeta for further comparisons."""
     dx, dgamma, dbeta = cnorm.batch_norm_backward(d["dy"], d["x"], mean, invstd, d["gamma"])
-    dx_scale, dgamma_scale, dbeta_scale = backward_scales(d["dy"], d["x"], mean, invstd,
+    dx_scale, dgamma_scale, dbeta_scale = batch_norm_backward_scales(d["dy"], d["x"], mean, invstd,
                                                           d["gamma"], True)
     golden_close(dx, d["dx"], name, scale=dx_scale)
     golden_close(dgamma, d["dgamma"], name, scale=dgamma_scale, bigmean_atol=1e-2)
@@ -226,7 +214,7 @@ def test_golden_inference(name):
     invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
     dx, dgamma, dbeta = cnorm.batch_norm_backward(d["dy"], d["x"], running_mean, invstd,
                                                   d["gamma"], training=False)
-    dx_scale, dgamma_scale, dbeta_scale = backward_scales(d["dy"], d["x"], running_mean,
+    dx_scale, dgamma_scale, dbeta_scale = batch_norm_backward_scales(d["dy"], d["x"], running_mean,
                                                           invstd, d["gamma"], False)
     golden_close(dx, d["dx"], name, scale=dx_scale)
     golden_close(dgamma, d["dgamma"], name, scale=dgamma_scale)
@@ -394,7 +382,7 @@ def test_stable_backward_for_large_means(dtype, rng):
     _, mean, invstd = cnorm.batch_norm_training(x, gamma, beta)
     dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma)
     dx_ref, dgamma_ref, dbeta_ref = ref.batch_norm_backward(dy, x, mean, invstd, gamma)
-    dx_scale, dgamma_scale, _ = backward_scales(dy, x, mean, invstd, gamma, True)
+    dx_scale, dgamma_scale, _ = batch_norm_backward_scales(dy, x, mean, invstd, gamma, True)
     assert_close(dx, dx_ref, scale=dx_scale)
     assert_close(dgamma, dgamma_ref, scale=dgamma_scale * 1e-3)
 
@@ -496,7 +484,7 @@ def test_reductions_by_channel_groups(n_channels, offset, n_threads):
     dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma,
                                                   n_threads=n_threads)
     dx_ref, dgamma_ref, dbeta_ref = ref.batch_norm_backward(dy, x, mean, invstd, gamma)
-    dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, mean, invstd, gamma, True)
+    dx_scale, dgamma_scale, dbeta_scale = batch_norm_backward_scales(dy, x, mean, invstd, gamma, True)
     assert_close(dx, dx_ref, scale=dx_scale)
     np.testing.assert_allclose(dgamma, dgamma_ref, rtol=0, atol=1e-12 * dgamma_scale.max())
     np.testing.assert_allclose(dbeta, dbeta_ref, rtol=0, atol=1e-12 * dbeta_scale.max())
@@ -541,10 +529,10 @@ def test_narrow_rows_across_row_ends(n_channels, offset):
     assert_close(y, y_ref, scale=training_y_scale(x, gamma, beta, mean_ref, invstd_ref))
     _, mean, invstd = cnorm.batch_norm_training(x, gamma, beta)
     dx_ref, _, _ = ref.batch_norm_backward(dy, x, mean, invstd, gamma)
-    assert_close(dx, dx_ref, scale=backward_scales(dy, x, mean, invstd, gamma, True)[0])
+    assert_close(dx, dx_ref, scale=batch_norm_backward_scales(dy, x, mean, invstd, gamma, True)[0])
     frozen_ref, _, _ = ref.batch_norm_backward(dy, x, mean, invstd, gamma, training=False)
     assert_close(frozen, frozen_ref,
-                 scale=backward_scales(dy, x, mean, invstd, gamma, False)[0])
+                 scale=batch_norm_backward_scales(dy, x, mean, invstd, gamma, False)[0])
     for n_threads in (2, 3):
         for got, want in zip(passes(n_threads), (y, dx, frozen)):
             np.testing.assert_array_equal(got, want)
@@ -597,7 +585,7 @@ def test_streamed_outputs_of_large_tensors(n_channels, offset):
     for training, got in ((True, dx), (False, frozen)):
         dx_ref, dgamma_ref, dbeta_ref = ref.batch_norm_backward(dy, x, mean, invstd, gamma,
                                                                 training=training)
-        dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, mean, invstd, gamma,
+        dx_scale, dgamma_scale, dbeta_scale = batch_norm_backward_scales(dy, x, mean, invstd, gamma,
                                                               training)
         assert_close(got, dx_ref, scale=dx_scale)
         if training:

@@ -190,6 +190,77 @@ def test_recalibrate(unbiased, ddof, rng):
     assert_close(running_var, rows.var(axis=0, ddof=ddof))
 
 
+@pytest.mark.parametrize("running_var_unbiased, ddof", [(True, 1), (False, 0)])
+def test_recalibrate_layer(running_var_unbiased, ddof, rng):
+    # recalibrate(x, layer): the layer's axis (NCHW here) and convention, through
+    # its setters, so its cached inference coefficients follow.
+    x = data(rng, np.float32, 50.0, shape=(9, 5, 4, 3))
+    layer = cnorm.BatchNorm(5, axis=1, running_var_unbiased=running_var_unbiased)
+    before = layer(x[:2])  # caches coefficients from the initial statistics
+    result = cnorm_dask.recalibrate(da.from_array(x, chunks=(4, 5, 2, 3)), layer)
+    rows = np.moveaxis(x, 1, -1).reshape(-1, 5).astype(np.float64)
+    assert result.count == rows.shape[0]
+    assert_close(layer.running_mean, rows.mean(axis=0))
+    assert_close(layer.running_var, rows.var(axis=0, ddof=ddof))
+    after = layer(x[:2])
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, cnorm.batch_norm_inference(
+        x[:2], layer.running_mean, layer.running_var, layer.gamma, layer.beta, layer.eps,
+        axis=1))
+
+
+def test_recalibrate_iterable_of_batches(rng):
+    # Batches of different sizes, read one at a time (a generator), give the
+    # statistics of their concatenation; bit-identical to merging by hand.
+    x = data(rng, np.float64, 1e3, shape=(23, 6))
+    sizes = [5, 1, 9, 8]
+    batches = np.split(x, np.cumsum(sizes)[:-1])
+    running_mean, running_var = np.zeros(6), np.ones(6, np.float32)
+    result = cnorm_dask.recalibrate((b for b in batches), running_mean, running_var,
+                                    unbiased=False)
+    merged = cnorm.Moments.merge_all(cnorm.moments(b) for b in batches)
+    np.testing.assert_array_equal(result.to_array(), merged.to_array())
+    assert_close(running_mean, x.mean(axis=0))
+    assert_close(running_var, x.var(axis=0))
+    layer = cnorm.BatchNorm(6, axis=-1)
+    cnorm_dask.recalibrate(iter(batches), layer)
+    assert_close(layer.running_var, x.var(axis=0, ddof=1))
+
+
+def _layer():
+    return cnorm.BatchNorm(4)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: cnorm_dask.recalibrate(good(), _layer(), np.ones(4)), TypeError, "running_var"),
+    (lambda: cnorm_dask.recalibrate(good(), np.zeros(4)), TypeError, "running_var"),
+    (lambda: cnorm_dask.recalibrate(good(), cnorm.BatchNorm(4, track_running_stats=False)),
+     ValueError, "track_running_stats"),
+    (lambda: cnorm_dask.recalibrate(good(), cnorm.BatchNorm(5)), ValueError, "num_features"),
+    (lambda: cnorm_dask.recalibrate(np.ones((8, 4)), _layer()), TypeError, r"pass \[x\]"),
+    (lambda: cnorm_dask.recalibrate([], _layer()), ValueError, "no batch"),
+    (lambda: cnorm_dask.recalibrate([np.ones((2, 4)), np.ones((2, 3))], _layer()), ValueError,
+     r"x\[1\]"),
+    (lambda: cnorm_dask.recalibrate([np.ones((2, 4), np.int64)], _layer()), TypeError,
+     r"x\[0\]"),
+    (lambda: cnorm_dask.recalibrate([np.ones((1, 4))], _layer()), ValueError,
+     "more than 1 value"),
+    (lambda: cnorm_dask.recalibrate(good(), _layer(), unbiased="yes"), TypeError, "unbiased"),
+])
+def test_recalibrate_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_recalibrate_layer_unchanged_on_error():
+    layer = _layer()
+    state = layer.state_dict()
+    with pytest.raises(ValueError):
+        cnorm_dask.recalibrate([np.ones((3, 4)), np.ones((3, 5))], layer)
+    for key, value in layer.state_dict().items():
+        np.testing.assert_array_equal(value, state[key])
+
+
 def test_tasks_thread_counts(monkeypatch):
     import threading
 

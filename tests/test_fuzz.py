@@ -1,9 +1,11 @@
 """A fuzzer over every public entry point: hostile arguments of every kind.
 
-One table, ENTRIES, lists the public callables with the role of each argument;
+One table, ENTRIES, lists the public functions with the role of each argument;
 a new entry point is one row. For each example hypothesis draws a valid call
-(dtype, shape up to 6-D with zero-size axes, C = 1 and wide C, values with
-NaN, inf, -0.0, huge and subnormal ones) and then, usually, replaces one
+(float32, float64, float16 or bfloat16 data, shape up to 6-D with zero-size
+axes, C = 1 and wide C, values with NaN, inf, -0.0, huge and subnormal ones,
+the channels on any axis: a permuted view or a contiguous NCHW-style copy,
+axis= positive or negative) and then, usually, replaces one
 argument by a hostile one: another dtype (integers, bool, complex, object,
 datetime, structured, strings, float16, longdouble), another memory layout
 (Fortran order, negative and zero strides, broadcast, read-only,
@@ -19,6 +21,11 @@ reference returns, within a tolerance relative to the size of the terms.
 Never another exception, a crash (the sanitizer run of .ci/run turns memory
 errors and undefined behaviour into crashes), or a wrong answer.
 
+The layer objects (cnorm.BatchNorm, cnorm.LocalResponseNorm: constructor
+arguments, state assignment, calls, backward) and cnorm.Moments / cnorm.moments
+(constructor, merge, merge_all, from_array) have a test each at the end, with
+the same property.
+
 Examples per test: CNORM_FUZZ_EXAMPLES (default 60) for the long sanitizer
 run; the normal suite keeps the profile's modest count.
 """
@@ -33,6 +40,8 @@ from hypothesis import strategies as st
 
 import cnorm
 from cnorm import reference
+from helpers import (BFLOAT16, RTOL, batch_norm_backward_scales, batch_norm_y_scale, finfo,
+                     lrn_backward_scale)
 
 EXAMPLES = int(os.environ.get("CNORM_FUZZ_EXAMPLES", "0")) or None
 FUZZ_SETTINGS = settings(
@@ -43,9 +52,8 @@ FUZZ_SETTINGS = settings(
 )
 
 FLOATS = (np.float32, np.float64)
-# Tolerance relative to the size of the summed terms (see the scale functions):
-# loose enough for every ISA's rounding, tight enough that a wrong answer shows.
-RTOL = {np.dtype(np.float16): 2e-2, np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-9}
+# The storage types of the data: the per-channel vectors stay float32/float64.
+DATA_DTYPES = (np.float32, np.float64, np.float16) + ((BFLOAT16.type,) if BFLOAT16 else ())
 
 OTHER_DTYPES = [
     np.int8, np.int32, np.int64, np.uint8, np.uint64, np.bool_, np.complex64,
@@ -88,7 +96,11 @@ def _read_only(values, dtype):
 
 
 def _byte_swapped(values, dtype):
-    return values.astype(np.dtype(dtype).newbyteorder())
+    try:
+        swapped = np.dtype(dtype).newbyteorder()
+    except (TypeError, ValueError):  # bfloat16 has no byte order: the unswapped array
+        swapped = np.dtype(dtype)
+    return values.astype(swapped)
 
 
 def _broadcast(values, dtype):
@@ -128,7 +140,7 @@ def _values(draw, shape, positive=False, call=None):
                                   min_size=size, max_size=size)), np.float64)
     if size and draw(st.integers(0, 4)) == 0:
         specials = SPECIALS
-        if call is not None and call.batch_norm and call.dtype == np.float32:
+        if call is not None and call.batch_norm and call.narrow:
             specials = BN_FLOAT32_SPECIALS
         base[draw(st.integers(0, size - 1))] = draw(st.sampled_from(specials))
     if positive:
@@ -200,7 +212,7 @@ def _channel_values(draw, call, positive):
     values = _values(draw, (call.n_channels,))
     if positive:
         values = np.abs(values)
-    if call.dtype == np.float32:
+    if call.narrow:
         # Beyond float32's range (widened to float64) or inside the range
         # where no float32 product overflows (see BN_FLOAT32_SPECIALS).
         values = np.where((np.abs(values) > 1e6) & (np.abs(values) < 1e39),
@@ -357,6 +369,20 @@ class Threads(Role):
         return draw(st.sampled_from([0, -1, -(2 ** 63), 1.5, True, "2", np.float64(2.0)]))
 
 
+class Axis(Role):
+    """axis: valid, any axis, positive or negative, with x, dy and out moved there
+    (a permuted view, or a C-contiguous copy: NCHW); hostile: out of range, a
+    float, a bool, a string, None, a list."""
+
+    def valid(self, draw, call):
+        return "move"  # resolved once the arrays exist (_move_channels)
+
+    def hostile(self, draw, call):
+        ndim = len(call.shape)
+        return draw(st.sampled_from([ndim, -ndim - 1, 10 ** 30, 1.0, True, np.bool_(False),
+                                     None, "1", np.float64(0.0), [0]]))
+
+
 class Out(Role):
     """out: None, a fresh array, x or dy itself, or hostile: wrong dtype/shape,
     read-only, broadcast, non-contiguous, misaligned, partly overlapping an input."""
@@ -398,6 +424,9 @@ class Call:
     def __init__(self, dtype, shape, batch_norm=False):
         self.batch_norm = batch_norm
         self.dtype = dtype
+        # float32 and the half types: computed with float32 products
+        self.narrow = np.dtype(dtype).itemsize <= 4
+        self.position = None  # where _move_channels put the channel axis
         self.shape = shape
         self.n_channels = shape[-1] if shape else 0
         self.data = {}        # role -> float64 values the argument holds
@@ -438,19 +467,12 @@ def _local_response_norm_reference(kw):
                                      float(kw["beta"])), None)]
 
 
-def _lrn_backward_scale(dy, x, before, after, a, k, beta):
-    d = reference._divisor(x, before, after, a, k)
-    y = x * d ** -beta
-    cross = reference._window_sum(np.abs(dy * y / d), after, before)
-    return np.abs(dy * d ** -beta) + np.abs(2 * a * beta * x) * cross
-
-
 def _lrn_backward_reference(kw):
     x, dy = _f64(kw["x"]), _f64(kw["dy"])
     r, a, k, beta = kw["depth_radius"], float(kw["alpha"]), float(kw["bias"]), float(kw["beta"])
     with np.errstate(all="ignore"):
         return [(reference.lrn_canonical_backward(dy, x, r, r, a, k, beta),
-                 _lrn_backward_scale(dy, x, r, r, a, k, beta))]
+                 lrn_backward_scale(dy, x, r, r, a, k, beta))]
 
 
 def _local_response_norm_backward_reference(kw):
@@ -459,7 +481,7 @@ def _local_response_norm_backward_reference(kw):
     k, beta = float(kw["k"]), float(kw["beta"])
     with np.errstate(all="ignore"):
         return [(reference.lrn_canonical_backward(dy, x, before, after, a, k, beta),
-                 _lrn_backward_scale(dy, x, before, after, a, k, beta))]
+                 lrn_backward_scale(dy, x, before, after, a, k, beta))]
 
 
 def _channels(value, n, default):
@@ -474,8 +496,7 @@ def _inference_reference(kw):
     eps = float(kw["eps"])
     y = reference.batch_norm_inference(x, mean, var, gamma, beta, eps)
     invstd = 1 / np.sqrt(var + eps)
-    scale = np.abs(gamma * invstd) * (np.abs(x) + np.abs(mean)) + np.abs(beta)
-    return [(y, scale)]
+    return [(y, batch_norm_y_scale(x, mean, invstd, gamma, beta))]
 
 
 def _training_reference(kw):
@@ -495,7 +516,7 @@ def _training_reference(kw):
         running_var_unbiased=bool(kw.get("running_var_unbiased", True)))
     rows = x.reshape(-1, n)
     spread = np.abs(rows - mean).max(axis=0) if rows.size else np.zeros(n)
-    outputs = [(y, np.abs(gamma * (x - mean) * invstd) + np.abs(beta)),
+    outputs = [(y, batch_norm_y_scale(x, mean, invstd, gamma, beta)),
                (mean, np.abs(rows).mean(axis=0)),
                (invstd, invstd + 0.5 * invstd ** 3 * spread ** 2)]
     if running_mean is not None:
@@ -514,16 +535,8 @@ def _backward_reference(kw):
     training = bool(kw.get("training", True))
     dx, dgamma, dbeta = reference.batch_norm_backward(g, x, mean, invstd, gamma,
                                                       training=training)
-    rows, grows = x.reshape(-1, n), g.reshape(-1, n)
-    m = rows.shape[0]
-    xhat = (rows - mean) * invstd
-    dbeta_terms = np.abs(grows).sum(axis=0)
-    dgamma_terms = np.abs(grows * xhat).sum(axis=0)
-    dx_terms = np.abs(grows)
-    if training:
-        dx_terms = dx_terms + dbeta_terms / m + np.abs(xhat) * dgamma_terms / m
-    return [(dx, (np.abs(gamma * invstd) * dx_terms).reshape(x.shape)),
-            (dgamma, dgamma_terms), (dbeta, dbeta_terms)]
+    scales = batch_norm_backward_scales(g, x, mean, invstd, gamma, training)
+    return list(zip((dx, dgamma, dbeta), scales))
 
 
 class Entry:
@@ -543,7 +556,7 @@ _LRN = {"x": Tensor(), "depth_radius": Huge(0, 7), "bias": Real(1e-3, 10.0),
         "alpha": Real(0.0, 2.0), "beta": Real(0.1, 1.5)}
 _SIZE = {"x": Tensor(), "size": Huge(1, 9), "alpha": Real(0.0, 2.0), "beta": Real(0.1, 1.5),
          "k": Real(1e-3, 10.0), "convention": Choice("torch", "onnx")}
-_COMMON = {"out": Out(), "n_threads": Threads()}
+_COMMON = {"out": Out(), "n_threads": Threads(), "axis": Axis()}
 
 ENTRIES = [
     Entry("lrn", cnorm.lrn, _lrn_reference, {**_LRN, **_COMMON}),
@@ -583,7 +596,7 @@ SHAPES = st.one_of(
 
 @st.composite
 def calls(draw, entry):
-    dtype = draw(st.sampled_from(FLOATS))
+    dtype = draw(st.sampled_from(DATA_DTYPES))
     shape = draw(SHAPES)
     while len(shape) < entry.min_ndim:
         shape = (2,) + shape
@@ -603,7 +616,33 @@ def calls(draw, entry):
             "running_mean", "running_var"):
         kwargs["running_mean"] = kwargs["running_var"] = None  # neither, as is allowed
     _resolve_aliases(draw, entry, call, kwargs)
+    _move_channels(draw, call, kwargs)
     return call, hostile, kwargs
+
+
+def _move_channels(draw, call, kwargs):
+    """A valid axis: the channel axis of x, dy and out moved to a drawn position
+    (the same object moved once, so aliasing holds), as a view or a copy."""
+    if not (isinstance(kwargs.get("axis"), str) and kwargs["axis"] == "move"):
+        return
+    ndim = len(call.shape)
+    data = [kwargs[name] for name in ("x", "dy") if name in kwargs]
+    if not all(isinstance(value, np.ndarray) and value.shape == call.shape for value in data):
+        kwargs["axis"] = -1  # a hostile x or dy: the channels stay last
+        return
+    position = draw(st.integers(0, ndim - 1))
+    copy = draw(st.booleans())
+    moved = {}
+    for name in ("x", "dy", "out"):
+        value = kwargs.get(name)
+        if not isinstance(value, np.ndarray) or value.shape != call.shape:
+            continue
+        if id(value) not in moved:
+            view = np.moveaxis(value, -1, position)
+            moved[id(value)] = np.ascontiguousarray(view) if copy else view
+        kwargs[name] = moved[id(value)]
+    call.position = position
+    kwargs["axis"] = draw(st.sampled_from([position, position - ndim, np.int64(position)]))
 
 
 def _resolve_aliases(draw, entry, call, kwargs):
@@ -660,7 +699,7 @@ def _agree(actual, expected, scale, err_msg):
     assert actual.shape == np.shape(expected), (actual.shape, np.shape(expected), err_msg)
     a = actual.astype(np.float64)
     expected = np.asarray(expected, np.float64)
-    info = np.finfo(actual.dtype)
+    info = finfo(actual.dtype)
     with np.errstate(all="ignore"):
         bound = np.abs(expected) if scale is None else np.broadcast_to(
             np.abs(scale), expected.shape) + np.abs(expected)
@@ -691,7 +730,7 @@ def _finite_channels(kwargs):
 def check_call(entry, call, hostile, kwargs):
     snapshot = _arrays(kwargs)
     before = {name: np.array(value, dtype=np.float64) for name, (value, _) in snapshot.items()
-              if value.dtype.kind == "f"}
+              if value.dtype.kind == "f" or value.dtype == BFLOAT16}
     try:
         with np.errstate(all="ignore"):
             result = entry.function(**kwargs)
@@ -710,10 +749,17 @@ def check_call(entry, call, hostile, kwargs):
     for name, value in kwargs.items():
         if isinstance(value, list):
             inputs[name] = np.array(value, dtype=np.float64)
+    if call.position is not None:  # the reference takes the channels last
+        for name in ("x", "dy"):
+            if name in inputs:
+                inputs[name] = np.moveaxis(inputs[name], call.position, -1)
     with np.errstate(all="ignore"):
         expected = entry.reference(inputs)
     results = list(result) if isinstance(result, tuple) else [result]
     results += [kwargs[name] for name in entry.outputs if kwargs.get(name) is not None]
+    if call.position is not None:
+        results = [np.moveaxis(r, call.position, -1) if np.ndim(r) == len(call.shape) > 1
+                   else r for r in results]
     assert len(results) == len(expected), (entry.name, len(results), len(expected))
     if entry.name == "batch_norm_training":
         _mask_non_finite_statistics(inputs, results, expected)
@@ -750,3 +796,198 @@ def _mask_non_finite_statistics(inputs, results, expected):
 def test_hostile_arguments(entry, data):
     call, hostile, kwargs = data.draw(calls(entry))
     event(f"{check_call(entry, call, hostile, kwargs)} ({'hostile' if hostile else 'valid'})")
+
+
+# ---------------------------------------------------------------------------
+# The layer objects and Moments: constructor arguments, state assignment,
+# calls and backward, merges. The same property: a TypeError/ValueError naming
+# the argument with nothing changed, or the reference's answer.
+
+def _expect_named_error(call, names, *snapshots):
+    """Run `call`; on TypeError/ValueError check the message names one of `names`
+    and every snapshot (array, saved copy) is unchanged; return the result or
+    the string "error"."""
+    try:
+        with np.errstate(all="ignore"):
+            return call()
+    except (TypeError, ValueError) as exc:
+        assert any(name in str(exc) for name in names), (names, str(exc))
+        for snapshot in snapshots:
+            _unchanged(snapshot)
+        return "error"
+
+
+_BN_CONSTRUCTOR = {"eps": Real(1e-6, 1.0, positive=True), "momentum": Real(0.0, 1.0),
+                   "affine": Flag(), "track_running_stats": Flag(),
+                   "running_var_unbiased": Flag()}
+_LAYER_AXIS = st.sampled_from([-1, 1])
+
+
+def _state(layer):
+    return {name: (value, value.copy()) for name, value in layer.state_dict().items()}
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_hostile_batch_norm_layer(data):
+    draw = data.draw
+    dtype = draw(st.sampled_from(FLOATS))
+    shape = (draw(st.integers(2, 5)), draw(st.integers(1, 6)), draw(st.integers(1, 3)))
+    axis = draw(_LAYER_AXIS)
+    n_channels = shape[axis]
+    call = Call(dtype, (shape[0] * shape[2 if axis == 1 else 1], n_channels), batch_norm=True)
+    hostile = draw(st.sampled_from([None, None, "num_features", "axis", "dtype",
+                                    *_BN_CONSTRUCTOR]))
+    kwargs = {name: (role.hostile if name == hostile else role.valid)(draw, call)
+              for name, role in _BN_CONSTRUCTOR.items()}
+    if hostile != "momentum" and draw(st.integers(0, 3)) == 0:
+        kwargs["momentum"] = None  # the cumulative average
+    kwargs["axis"] = draw(st.sampled_from([1.0, "1", None, 3, -4])) if hostile == "axis" else axis
+    kwargs["dtype"] = draw(st.sampled_from([np.int64, "x", np.complex64, None])) \
+        if hostile == "dtype" else dtype
+    features = draw(st.sampled_from([0, -1, 1.5, True, None, "3"])) \
+        if hostile == "num_features" else n_channels
+    layer = _expect_named_error(lambda: cnorm.BatchNorm(features, **kwargs),
+                                [hostile or "", "num_features"])
+    if hostile is not None:
+        return
+    assert not isinstance(layer, str)
+    # State assignment: a valid vector, or a hostile one that must change nothing.
+    for name, role in (("gamma", Channels()), ("beta", Channels()),
+                       ("running_mean", Channels()), ("running_var", Channels(positive=True))):
+        if draw(st.booleans()):
+            value = (role.hostile if draw(st.booleans()) else role.valid)(draw, call)
+            if isinstance(value, np.ndarray) and name in call.alias_out:
+                continue
+            _expect_named_error(lambda: setattr(layer, name, value), [name], _state(layer))
+    x = _values(draw, shape, call=call).astype(dtype)
+    training = bool(draw(st.booleans()))
+    state = {name: np.array(value, np.float64) for name, value in layer.state_dict().items()}
+    ones, zeros = np.ones(n_channels), np.zeros(n_channels)
+    gamma, beta = state.get("weight", ones), state.get("bias", zeros)
+    y = _expect_named_error(lambda: layer(x, training=training), ["x"])
+    if isinstance(y, str):
+        return
+    rows = np.moveaxis(x.astype(np.float64), axis, -1)
+    batch = training or not layer.track_running_stats
+    if batch:
+        want, mean, invstd = reference.batch_norm_training(rows, gamma, beta, layer.eps)
+    else:
+        mean, var = state["running_mean"], state["running_var"]
+        want = reference.batch_norm_inference(rows, mean, var, gamma, beta, layer.eps)
+        invstd = 1 / np.sqrt(var + layer.eps)
+    scale = batch_norm_y_scale(rows, mean, invstd, gamma, beta)
+    if np.isfinite(rows).all() and np.isfinite(want).all():
+        _agree(np.moveaxis(y, axis, -1), want, scale, "BatchNorm call")
+    dy = _values(draw, shape).astype(dtype)
+    grads = _expect_named_error(lambda: layer.backward(dy), ["dy"])
+    if isinstance(grads, str) or not (np.isfinite(rows).all() and np.isfinite(dy).all()
+                                       and np.isfinite(mean).all() and np.isfinite(invstd).all()):
+        return
+    g = np.moveaxis(dy.astype(np.float64), axis, -1)
+    expected = reference.batch_norm_backward(g, rows, mean, invstd, gamma, training=batch)
+    scales = batch_norm_backward_scales(g, rows, mean, invstd, gamma, batch)
+    for index, (actual, want, scale) in enumerate(zip(grads, expected, scales)):
+        if actual is None:  # dgamma, dbeta of a layer that is not affine
+            continue
+        actual = np.moveaxis(actual, axis, -1) if np.ndim(actual) == 3 else actual
+        _agree(actual, want, scale, f"BatchNorm backward output {index}")
+
+
+_LRN_CONSTRUCTOR = {"size": Huge(1, 9), "alpha": Real(0.0, 2.0), "beta": Real(0.1, 1.5),
+                    "k": Real(1e-3, 10.0), "convention": Choice("torch", "onnx")}
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_hostile_local_response_norm_layer(data):
+    draw = data.draw
+    dtype = draw(st.sampled_from(DATA_DTYPES))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 3)))
+    axis = draw(_LAYER_AXIS)
+    call = Call(dtype, shape)
+    hostile = draw(st.sampled_from([None, None, "axis", *_LRN_CONSTRUCTOR]))
+    kwargs = {name: (role.hostile if name == hostile else role.valid)(draw, call)
+              for name, role in _LRN_CONSTRUCTOR.items()}
+    kwargs["axis"] = draw(st.sampled_from([1.0, "1", None])) if hostile == "axis" else axis
+    layer = _expect_named_error(lambda: cnorm.LocalResponseNorm(**kwargs), [hostile or ""])
+    if hostile is not None:
+        return
+    x = _values(draw, shape).astype(dtype)
+    y = _expect_named_error(lambda: layer(x), ["x"])
+    if isinstance(y, str):
+        return
+    kw = dict(kwargs, x=np.moveaxis(np.asarray(x, np.float64), axis, -1))
+    (want, _), = _local_response_norm_reference(kw)
+    _agree(np.moveaxis(y, axis, -1), want, None, "LocalResponseNorm call")
+    dy = _values(draw, shape).astype(dtype)
+    dx = _expect_named_error(lambda: layer.backward(dy), ["dy"])
+    if isinstance(dx, str):
+        return
+    kw["dy"] = np.moveaxis(np.asarray(dy, np.float64), axis, -1)
+    (want, scale), = _local_response_norm_backward_reference(kw)
+    _agree(np.moveaxis(dx, axis, -1), want, scale, "LocalResponseNorm backward")
+
+
+_MOMENTS_HOSTILE = {
+    "count": [-1, 1.5, True, None, "3", 10 ** 30, np.nan],
+    "mean": [None, "x", [[1.0]], np.ones(2, np.complex128), np.ones((2, 2))],
+    "m2": [None, -np.ones(3), np.ones(7), "x", np.ones(3, np.int8) * -1],
+}
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_hostile_moments(data):
+    draw = data.draw
+    n_channels = draw(st.integers(1, 5))
+    parts = [_values(draw, (draw(st.integers(0, 4)), n_channels))
+             for _ in range(draw(st.integers(1, 4)))]
+    dtype = draw(st.sampled_from(DATA_DTYPES))
+    parts = [part.astype(dtype) for part in parts]
+    # moments / merge / merge_all against the statistics of the concatenation
+    pieces = [_expect_named_error(lambda p=p: cnorm.moments(p), ["x"]) for p in parts]
+    assert not any(isinstance(p, str) for p in pieces)
+    total = cnorm.Moments.merge_all(pieces)
+    pairwise = pieces[0]
+    for piece in pieces[1:]:
+        pairwise = pairwise.merge(piece)
+    np.testing.assert_array_equal(pairwise.to_array(), total.to_array())
+    rows = np.concatenate([p.astype(np.float64) for p in parts])
+    assert total.count == rows.shape[0]
+    if rows.shape[0] and np.isfinite(rows).all() and (np.abs(rows) < 1e150).all():
+        _agree(total.mean, rows.mean(axis=0), np.abs(rows).mean(axis=0), "Moments mean")
+        spread = np.abs(rows - rows.mean(axis=0)).max(axis=0)
+        _agree(total.var(), rows.var(axis=0), spread ** 2, "Moments var")
+    # to_array / from_array round trip; the constructor; hostile values
+    array = total.to_array()
+    np.testing.assert_array_equal(cnorm.Moments.from_array(array).to_array(), array)
+    kind = draw(st.sampled_from(["constructor", "from_array", "merge", "merge_all"]))
+    if kind == "constructor":
+        args = {"count": total.count, "mean": total.mean.copy(), "m2": total.m2.copy()}
+        hostile = draw(st.sampled_from(sorted(_MOMENTS_HOSTILE)))
+        args[hostile] = draw(st.sampled_from(_MOMENTS_HOSTILE[hostile]))
+        snapshot = _arrays(args)
+        result = _expect_named_error(lambda: cnorm.Moments(**args),
+                                     [hostile, "mean", "m2", "count"], snapshot)
+        if not isinstance(result, str):  # e.g. a list mean of the right shape
+            np.testing.assert_array_equal(result.mean, np.asarray(args["mean"], np.float64))
+    elif kind == "from_array":
+        bad = draw(st.sampled_from([array[:-1], array[None], -array, "x", None,
+                                    np.append(array, 1.0), array.astype(np.complex128)]))
+        snapshot = _arrays({"a": bad}) if isinstance(bad, np.ndarray) else {}
+        result = _expect_named_error(lambda: cnorm.Moments.from_array(bad),
+                                     ["array", "count", "m2", "mean"], snapshot)
+        if not isinstance(result, str):
+            assert result.n_channels == (np.size(bad) - 1) // 2
+    elif kind == "merge":
+        other = draw(st.sampled_from([None, array, "x", cnorm.Moments.empty(n_channels + 1)]))
+        result = _expect_named_error(lambda: total.merge(other), ["other", "channel", "Moments"])
+        assert isinstance(result, str)
+    else:
+        items = draw(st.sampled_from([[], [total, array], [total, None],
+                                      [total, cnorm.Moments.empty(n_channels + 1)]]))
+        result = _expect_named_error(lambda: cnorm.Moments.merge_all(items),
+                                     ["moments", "channel", "Moments"])
+        assert isinstance(result, str)
+    np.testing.assert_array_equal(total.to_array(), array)  # never modified

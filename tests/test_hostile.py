@@ -123,6 +123,48 @@ def test_lrn_float32_backward_products_beyond_float32():
     np.testing.assert_allclose(dx, expected, rtol=1e-5)
 
 
+def test_byte_swapped_bfloat16_is_read_as_its_values():
+    # Found by the fuzzer once it drew bfloat16: a byte-swapped bfloat16 keeps
+    # the dtype name "bfloat16" and was read as native bytes, a silent wrong
+    # answer ([1, 2, 3] became [1, 6.5e-27, 1.5e31]). It is swapped first now,
+    # as byte-swapped float32/float64 are.
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    native = np.array([1.0, 2.0, 3.0, -0.5]).astype(ml_dtypes.bfloat16).reshape(2, 2)
+    swapped = native.astype(native.dtype.newbyteorder())
+    saved = swapped.tobytes()
+    for function in (lambda x: cnorm.lrn(x, 1), lambda x: cnorm.lrn(x, 1, axis=0),
+                     lambda x: cnorm.batch_norm_inference(x, np.zeros(2), np.ones(2)),
+                     lambda x: cnorm.batch_norm_training(x)[0],
+                     lambda x: cnorm.moments(x).to_array()):
+        np.testing.assert_array_equal(np.asarray(function(swapped), np.float64),
+                                      np.asarray(function(native), np.float64))
+    assert swapped.tobytes() == saved
+
+
+@pytest.mark.parametrize("size", [2 ** 63, 10 ** 30, 10 ** 400])
+def test_local_response_norm_layer_takes_a_huge_size(size):
+    # Found by the fuzzer once it covered the layers: the function clips a
+    # window wider than C, the layer gave a bare OverflowError (size past
+    # Py_ssize_t, or alpha / size past float). Now it does what the function does.
+    x = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    layer = cnorm.LocalResponseNorm(size, alpha=1.0)
+    np.testing.assert_array_equal(layer(x), cnorm.local_response_norm(x, size, alpha=1.0))
+    np.testing.assert_array_equal(layer.backward(x),
+                                  cnorm.local_response_norm_backward(x, x, size, alpha=1.0))
+    assert layer.size == size
+
+
+@pytest.mark.parametrize("name", ["gamma", "beta", "running_mean", "running_var"])
+def test_batch_norm_layer_state_ragged_list_names_the_attribute(name):
+    # Found by the fuzzer: NumPy's own ValueError, which did not name the state.
+    layer = cnorm.BatchNorm(2)
+    state = layer.state_dict()
+    with pytest.raises(ValueError, match=name):
+        setattr(layer, name, [[1.0], [1.0, 2.0]])
+    for key, value in layer.state_dict().items():
+        np.testing.assert_array_equal(value, state[key])
+
+
 @pytest.mark.skipif(not BUILD_INFO.get("debug_directives"), reason="needs CNORM_CYTHON_DEBUG=1")
 def test_debug_build_kernels_check_their_arguments():
     from cnorm import _batchnorm, _lrn

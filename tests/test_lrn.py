@@ -10,22 +10,12 @@ from hypothesis.extra import numpy as hnp
 
 import cnorm
 from cnorm import _dispatch, _lrn, reference
-from helpers import assert_close, numerical_gradient
+from helpers import assert_close, lrn_backward_scale, numerical_gradient
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "data")
 # Elements per chunk row count: shapes below straddle chunk edges and reach the
 # parallel path (more than 32768 elements).
 PARALLEL_SHAPE = (3, 17, 23, 96)
-
-
-def backward_scale(dy, x, before, after, a, k, beta):
-    """Size of the two terms of the LRN gradient, which may cancel."""
-    x = x.astype(np.float64)
-    dy = dy.astype(np.float64)
-    d = reference._divisor(x, before, after, a, k)
-    y = x * d ** -beta
-    cross = reference._window_sum(np.abs(dy * y / d), after, before)
-    return np.abs(dy * d ** -beta) + np.abs(2 * a * beta * x) * cross
 
 
 def tf_window(depth_radius, n_channels):
@@ -41,7 +31,7 @@ def check_lrn(x, depth_radius, bias, alpha, beta, n_threads=None, dy=None):
         dy = np.random.default_rng(1).standard_normal(x.shape).astype(x.dtype)
     dx = cnorm.lrn_backward(dy, x, depth_radius, bias, alpha, beta, n_threads=n_threads)
     expected = reference.lrn_backward(dy, x, depth_radius, bias, alpha, beta)
-    scale = backward_scale(dy, x, depth_radius, depth_radius, alpha, bias, beta)
+    scale = lrn_backward_scale(dy, x, depth_radius, depth_radius, alpha, bias, beta)
     assert_close(dx, expected, scale=scale, err_msg="backward")
 
 
@@ -138,7 +128,7 @@ def test_size_based_against_reference(dtype, convention, size):
     assert_close(y, reference.local_response_norm(x, size, **params))
     dx = cnorm.local_response_norm_backward(dy, x, size, **params)
     before, after = reference.lrn_window(size, convention)
-    scale = backward_scale(dy, x, before, after, 1.0, 0.3, 0.75)
+    scale = lrn_backward_scale(dy, x, before, after, 1.0, 0.3, 0.75)
     assert_close(dx, reference.local_response_norm_backward(dy, x, size, **params), scale=scale)
 
 
@@ -305,7 +295,7 @@ def test_tensorflow_golden(path):
     g = _load(path)
     args = (int(g["depth_radius"]), float(g["bias"]), float(g["alpha"]), float(g["beta"]))
     assert_close(cnorm.lrn(g["x"], *args), g["y"])
-    scale = backward_scale(g["dy"], g["x"], args[0], args[0], args[2], args[1], args[3])
+    scale = lrn_backward_scale(g["dy"], g["x"], args[0], args[0], args[2], args[1], args[3])
     assert_close(cnorm.lrn_backward(g["dy"], g["x"], *args), g["dx"], scale=scale)
 
 
@@ -319,7 +309,7 @@ def test_torch_and_onnx_golden(path):
     assert_close(cnorm.local_response_norm(g["x"], size, **params), g["y"])
     if "dx" in g:
         before, after = reference.lrn_window(size, convention)
-        scale = backward_scale(g["dy"], g["x"], before, after, params["alpha"] / size,
+        scale = lrn_backward_scale(g["dy"], g["x"], before, after, params["alpha"] / size,
                                params["k"], params["beta"])
         assert_close(cnorm.local_response_norm_backward(g["dy"], g["x"], size, **params),
                      g["dx"], scale=scale)
