@@ -1891,7 +1891,10 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
             return
         for c in range(n_channels):
             dy_scale[c] = invstd[c] if gamma == NULL else gamma[c] * invstd[c]
-            x_scale[c] = -dy_scale[c] * invstd[c] * dgamma[c] / m
+            # invstd * dgamma first: with invstd near 1e200 and data equal to
+            # the mean, dy_scale * invstd overflowed and inf * 0 gave dx NaN
+            # where the reference gives 0 (found by the fuzzer).
+            x_scale[c] = -dy_scale[c] * (invstd[c] * dgamma[c] / m)
             shift[c] = -dy_scale[c] * dbeta[c] / m
         if training:
             # Right after _reduce read the tiles first to last: reverse.

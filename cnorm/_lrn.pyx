@@ -576,7 +576,10 @@ cdef double _float_square_limit(double a, double k, double beta,
         return 0.0
     if a == 0:
         return 1e300
-    return (bound - k) / (a * width)
+    # At most 1e300: with a tiny a (5e-324, say) the quotient overflowed to inf,
+    # and x = inf (x**2 <= inf) took the float path, whose polynomial power of
+    # D = inf gave -2**64 (y = -1.8e19 for an expected 0; NaN at beta 0.75).
+    return min((bound - k) / (a * width), 1e300)
 
 
 def float_dy_limit(double a, double k, double beta, Py_ssize_t width):

@@ -219,7 +219,7 @@ def moments(x, *, axis=-1):
     from cnorm.moments import Moments
 
     x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1)
-    rows = x.reshape(-1, x.shape[-1])
+    rows = x.reshape(int(np.prod(x.shape[:-1])), x.shape[-1])  # C = 0 too
     if rows.shape[0] == 0:
         return Moments.empty(rows.shape[1])
     mean = rows.mean(axis=0)

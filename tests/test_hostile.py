@@ -195,3 +195,48 @@ def test_sanitizers_are_live():
                "_lrn.run(x, None, np.empty((4, 3)), 1, 1, 1.0, 1.0, 0.5, 1, 0, 4, 3, 1)\n")
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
     assert result.returncode != 0 and "runtime error" in result.stderr, result.stderr[-2000:]
+@pytest.mark.parametrize("beta", [1.5, 0.75, 0.6])
+@pytest.mark.parametrize("alpha", [5e-324, 1e-300])
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_lrn_float32_tiny_alpha_with_inf_data(alpha, beta, axis):
+    # Found by the fuzzer: with alpha this small the float path's square limit
+    # overflowed to inf, so x = inf took the float path, whose power of D = inf
+    # gave -2**64: y = -1.8e19 where the reference gives 0 (NaN at beta 0.75).
+    x = np.zeros((100, 3), np.float32) if axis == 0 else np.zeros((3, 100), np.float32)
+    index = (0, 0)
+    x[index] = np.inf
+    x[(-1, -1)] = 1.0
+    from cnorm import _lrn
+    assert 0 < _lrn.float_square_limit(alpha, 1.0, beta, 201) <= 1e300
+    for dy in (None, np.ones_like(x)):
+        if dy is None:
+            y = cnorm.lrn(x, depth_radius=10 ** 30, alpha=alpha, beta=beta, axis=axis)
+            expected = reference.lrn(x, depth_radius=10 ** 30, alpha=alpha, beta=beta, axis=axis)
+        else:
+            y = cnorm.lrn_backward(dy, x, depth_radius=10 ** 30, alpha=alpha, beta=beta,
+                                   axis=axis)
+            with np.errstate(all="ignore"):
+                expected = reference.lrn_backward(dy, x, depth_radius=10 ** 30, alpha=alpha,
+                                                  beta=beta, axis=axis)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+        finite = np.isfinite(expected)
+        np.testing.assert_allclose(y[finite], expected[finite], rtol=1e-5, atol=1e-30)
+
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batch_norm_backward_huge_invstd_at_the_mean(dtype):
+    # Found by the fuzzer: invstd 1e200 over data equal to the mean gave dx NaN
+    # (invstd * invstd overflowed, times dgamma = 0); the reference gives 0.
+    x = np.zeros((2, 1, 2), dtype)
+    dy = np.zeros_like(x)
+    dy[:, :, 1] = [[1.0], [-3.0]]
+    mean, invstd = np.zeros(2), np.array([1e200, 2.0])
+    for training in (True, False):
+        dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, training=training)
+        expected = reference.batch_norm_backward(dy, x, mean, invstd, training=training)
+        np.testing.assert_allclose(dx, expected[0], rtol=1e-6, atol=0)
+        np.testing.assert_allclose(dgamma, expected[1], rtol=1e-12, atol=0)
+        np.testing.assert_allclose(dbeta, expected[2], rtol=1e-12, atol=0)
+
+
