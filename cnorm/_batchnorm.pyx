@@ -1476,11 +1476,14 @@ cdef inline void _shifted_moments(double shift, double total, double squares, do
                                   double* mean, double* m2) noexcept nogil:
     # Mean and M2 of ``count`` values from their shifted sums S1 = ``total``
     # and S2 = ``squares`` (deviations from ``shift``, a value of the
-    # channel): mean = shift + S1/n, M2 = S2 - S1**2/n. A rounding below 0 is
-    # clipped; a NaN (non-finite data, or squares that overflowed: inf - inf)
-    # is kept, so non-finite data give non-finite statistics (max(0.0, NaN)
-    # was 0: invstd 1/sqrt(eps) and a finite running variance).
-    cdef double moment = squares - total * total / count
+    # channel): mean = shift + S1/n, M2 = S2 - S1*(S1/n). A rounding below 0
+    # is clipped; a NaN (non-finite data: S1 is then inf or NaN, and inf - inf
+    # NaN) is kept, so non-finite data give non-finite statistics (max(0.0,
+    # NaN) was 0: invstd 1/sqrt(eps) and a finite running variance). S1*(S1/n)
+    # <= S2, so it overflows only when S2 does: finite data whose M2 is past
+    # the double range give M2 = inf (invstd 0), as the reference does, not
+    # inf - inf = NaN (S1**2 overflowed first), nor a huge S1**2 clipped to 0.
+    cdef double moment = squares - total * (total / count)
     m2[0] = 0.0 if moment < 0.0 else moment
     mean[0] = shift + total / count
 

@@ -28,6 +28,29 @@ def test_overflowing_squares_give_non_finite_variance():
     assert not np.isfinite(invstd[0]) or invstd[0] == 0
 
 
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_finite_data_past_the_double_range_of_m2(axis):
+    # Found by the fuzzer (CI): one 1e200 among zeros. S1**2 overflowed, and
+    # S2 - S1**2/n was inf - inf = NaN; M2 is inf, invstd 0, y = beta, as in
+    # the reference (and the layer's running variance becomes inf).
+    x = np.zeros((2, 4, 4))
+    x[0, 0, 0] = 1e200
+    channels = x.shape[axis]
+    moments = cnorm.moments(x, axis=axis)
+    assert moments.m2[0] == np.inf and (moments.m2[1:] == 0).all()
+    beta = np.arange(channels, dtype=np.float64)
+    running_var = np.ones(channels)
+    y, mean, invstd = cnorm.batch_norm_training(x, beta=beta, running_mean=np.zeros(channels),
+                                                running_var=running_var, axis=axis)
+    want, _, want_invstd = reference.batch_norm_training(np.moveaxis(x, axis, -1), None, beta)
+    np.testing.assert_array_equal(invstd, want_invstd)
+    np.testing.assert_array_equal(np.moveaxis(y, axis, -1), want)
+    assert running_var[0] == np.inf
+    layer = cnorm.BatchNorm(channels, axis=axis, dtype=np.float64)
+    layer.beta = beta
+    np.testing.assert_array_equal(layer(x, training=True), y)
+
+
 @pytest.mark.parametrize("n_threads", [2 ** 31, 2 ** 64, 10 ** 9])
 def test_huge_n_threads_is_capped(n_threads):
     x = np.ones((3, 4))
