@@ -1,0 +1,389 @@
+"""cnorm inside a PyTorch model: drop-in modules with autograd, and `convert`.
+
+Imported on its own (``import cnorm.torch``); ``import cnorm`` never imports
+torch. Needs torch (and ml_dtypes for bfloat16 tensors): ``pip install
+"cnorm[torch]"``.
+
+- `BatchNorm1d`, `BatchNorm2d`, `BatchNorm3d` and `LocalResponseNorm` are
+  subclasses of torch's modules of the same names. Their constructor
+  arguments, parameters, buffers, ``state_dict`` keys, ``train()``/``eval()``
+  and input checks are torch's own, inherited: only ``forward`` differs, and
+  it runs cnorm's kernels. A checkpoint of either loads into the other.
+- `convert` turns every ``torch.nn.BatchNorm1d/2d/3d`` and
+  ``torch.nn.LocalResponseNorm`` of a model into these modules; `restore`
+  undoes it.
+
+The forward and the backward run on NumPy views of the tensors (no copy): an
+NCHW-contiguous tensor is read with its channels on axis 1, a
+``channels_last`` one in its own memory order, and the output has the
+input's layout. Any other strides are copied once, inside cnorm. float32,
+float64, float16 and bfloat16 CPU tensors are computed in their own storage
+type (half data in float32 arithmetic, rounded once), the statistics in
+float64. Gradients flow to the input, the weight and the bias; dgamma and
+dbeta come back in the parameter's dtype. The running statistics are updated
+in place in the module's buffers, as torch does, with torch's momentum
+(``momentum=None``: the cumulative average over ``num_batches_tracked``) and
+its unbiased running variance.
+
+Threads: each call passes ``torch.get_num_threads()`` to cnorm, so cnorm
+follows ``torch.set_num_threads``; cnorm and torch share one OpenMP runtime
+(see the threads guide). Results are the same bits for any thread count.
+
+Not supported: CUDA and other devices (a ValueError), double backward (the
+backward is ``once_differentiable``), ``torch.jit.script`` (use the eager
+model, or ``restore`` before scripting).
+"""
+import copy
+
+import numpy as np
+
+try:
+    import torch
+    from torch.autograd.function import once_differentiable
+except ImportError as error:  # pragma: no cover - the message is the point
+    raise ImportError('cnorm.torch needs torch: pip install "cnorm[torch]"') from error
+
+import cnorm
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LocalResponseNorm", "convert",
+           "restore"]
+
+# ---------------------------------------------------------------------------
+# Tensors as NumPy views and back
+
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
+_DTYPE_NAMES = "float32, float64, float16 or bfloat16"
+
+
+def _bfloat16():
+    try:
+        import ml_dtypes
+    except ImportError as error:
+        raise TypeError(
+            'bfloat16 tensors need ml_dtypes (cnorm reads them as ml_dtypes.bfloat16 '
+            'arrays): pip install "cnorm[torch]"'
+        ) from error
+    return ml_dtypes.bfloat16
+
+
+def _array(tensor, name):
+    """A NumPy view of a CPU floating tensor, detached (no copy)."""
+    if tensor.device.type != "cpu":
+        raise ValueError(f"{name} must be a CPU tensor, got one on device {tensor.device}")
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(_bfloat16())
+    if tensor.dtype not in _NUMPY_FLOATS:
+        raise TypeError(f"{name} must be a {_DTYPE_NAMES} tensor, got {tensor.dtype}")
+    return tensor.numpy()
+
+
+def _tensor(array):
+    """The tensor over a NumPy result (no copy; the layout is the array's)."""
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _vector(tensor, name):
+    """A per-channel parameter or statistic as cnorm reads it: a float32 or
+    float64 tensor as a view, a half one widened to float64 (C values)."""
+    if tensor is None:
+        return None
+    if tensor.dtype in (torch.float32, torch.float64):
+        return _array(tensor, name)
+    return _array(tensor.detach().double(), name)
+
+
+def _grad(array, like):
+    """A per-channel gradient (float64 from cnorm) in `like`'s dtype."""
+    return torch.from_numpy(array).to(like.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Batch norm
+
+def _check_batch(x):
+    if x.numel() // x.shape[1] <= 1:
+        # torch's own check (torch.nn.functional.batch_norm), same message
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {x.size()}"
+        )
+
+
+def _update(buffers, update):
+    """Run `update(running_mean, running_var)` on NumPy views of the buffers:
+    the buffers themselves when float32/float64, else float64 copies that are
+    written back (one rounding into the buffer's dtype)."""
+    arrays = [_array(b, name) if b.dtype in (torch.float32, torch.float64)
+              else b.detach().double().numpy()
+              for b, name in zip(buffers, ("running_mean", "running_var"))]
+    result = update(*arrays)
+    for buffer, array in zip(buffers, arrays):
+        if buffer.dtype not in (torch.float32, torch.float64):
+            buffer.copy_(torch.from_numpy(array))
+    return result
+
+
+def _batch_norm(x, weight, bias, running_mean, running_var, batch_stats, momentum, eps):
+    """y, and the (mean, invstd, training) its backward needs."""
+    xa = _array(x, "input")
+    gamma, beta = _vector(weight, "weight"), _vector(bias, "bias")
+    n_threads = torch.get_num_threads()
+    if batch_stats:
+        _check_batch(x)
+
+        def train(running_mean=None, running_var=None):
+            return cnorm.batch_norm_training(
+                xa, gamma, beta, eps, running_mean=running_mean, running_var=running_var,
+                momentum=momentum, axis=1, n_threads=n_threads)
+
+        if running_mean is None:
+            y, mean, invstd = train()
+        else:
+            y, mean, invstd = _update((running_mean, running_var), train)
+        return _tensor(y), (mean, invstd, True)
+    mean = _vector(running_mean, "running_mean")
+    var = _vector(running_var, "running_var")
+    y = cnorm.batch_norm_inference(xa, mean, var, gamma, beta, eps, axis=1,
+                                   n_threads=n_threads)
+    # Frozen statistics for the backward, copied: a later update of the
+    # buffers must not change this call's gradient.
+    mean = np.array(mean, np.float64)
+    invstd = 1.0 / np.sqrt(np.array(var, np.float64) + eps)
+    return _tensor(y), (mean, invstd, False)
+
+
+class _BatchNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, batch_stats, momentum, eps):
+        y, ctx.stats = _batch_norm(x, weight, bias, running_mean, running_var, batch_stats,
+                                   momentum, eps)
+        ctx.save_for_backward(x, weight, bias)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, bias = ctx.saved_tensors
+        mean, invstd, training = ctx.stats
+        dx, dgamma, dbeta = cnorm.batch_norm_backward(
+            _array(dy, "grad_output"), _array(x, "input"), mean, invstd,
+            _vector(weight, "weight"), training=training, axis=1,
+            n_threads=torch.get_num_threads())
+        needs = ctx.needs_input_grad
+        return (_tensor(dx) if needs[0] else None,
+                _grad(dgamma, weight) if needs[1] else None,
+                _grad(dbeta, bias) if needs[2] else None,
+                None, None, None, None, None)
+
+
+def _needs_graph(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _CnormBatchNorm:
+    """The forward of torch's ``_BatchNorm`` (momentum, num_batches_tracked,
+    which statistics are used and updated), with cnorm's kernels."""
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked)
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        use_buffers = not self.training or self.track_running_stats
+        args = (input, self.weight, self.bias,
+                self.running_mean if use_buffers else None,
+                self.running_var if use_buffers else None,
+                batch_stats, momentum, self.eps)
+        if _needs_graph(input, self.weight, self.bias):
+            return _BatchNormFunction.apply(*args)
+        return _batch_norm(*args)[0]
+
+
+class BatchNorm1d(_CnormBatchNorm, torch.nn.BatchNorm1d):
+    """``torch.nn.BatchNorm1d`` on cnorm's kernels: same arguments and state.
+
+    Input ``(N, C)`` or ``(N, C, L)``. See the module docstring.
+
+    Examples
+    --------
+    >>> import torch, cnorm.torch
+    >>> bn = cnorm.torch.BatchNorm1d(4)
+    >>> bn(torch.randn(8, 4)).shape
+    torch.Size([8, 4])
+    """
+
+
+class BatchNorm2d(_CnormBatchNorm, torch.nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` on cnorm's kernels: same arguments and state.
+
+    Input ``(N, C, H, W)``, NCHW-contiguous or ``channels_last``, both
+    without a copy. See the module docstring.
+
+    Examples
+    --------
+    >>> import torch, cnorm.torch
+    >>> bn = cnorm.torch.BatchNorm2d(16).eval()
+    >>> x = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    >>> y = bn(x)
+    >>> y.is_contiguous(memory_format=torch.channels_last)
+    True
+    """
+
+
+class BatchNorm3d(_CnormBatchNorm, torch.nn.BatchNorm3d):
+    """``torch.nn.BatchNorm3d`` on cnorm's kernels: same arguments and state.
+
+    Input ``(N, C, D, H, W)``, contiguous or ``channels_last_3d``. See the
+    module docstring.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Local response norm
+
+def _lrn(x, size, alpha, beta, k):
+    return _tensor(cnorm.local_response_norm(_array(x, "input"), size, alpha, beta, k,
+                                             axis=1, n_threads=torch.get_num_threads()))
+
+
+class _LocalResponseNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        ctx.params = (size, alpha, beta, k)
+        ctx.save_for_backward(x)
+        return _lrn(x, size, alpha, beta, k)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        dx = cnorm.local_response_norm_backward(
+            _array(dy, "grad_output"), _array(x, "input"), *ctx.params, axis=1,
+            n_threads=torch.get_num_threads())
+        return _tensor(dx), None, None, None, None
+
+
+class LocalResponseNorm(torch.nn.LocalResponseNorm):
+    """``torch.nn.LocalResponseNorm`` on cnorm's kernels: same arguments.
+
+    Input ``(N, C, *)`` with at least 3 dimensions, channels on axis 1;
+    PyTorch's window for even sizes and its ``alpha / size`` (cnorm's
+    ``convention="torch"``). The backward is the gradient PyTorch's autograd
+    computes for its own LRN.
+
+    Examples
+    --------
+    >>> import torch, cnorm.torch
+    >>> lrn = cnorm.torch.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    >>> lrn(torch.ones(1, 8, 4, 4)).shape
+    torch.Size([1, 8, 4, 4])
+    """
+
+    def forward(self, input):
+        if input.dim() < 3:  # torch's check and message
+            raise ValueError(
+                f"Expected 3D or higher dimensionality input (got {input.dim()} dimensions)")
+        if input.numel() == 0:
+            return input
+        args = (input, self.size, self.alpha, self.beta, self.k)
+        if _needs_graph(input):
+            return _LocalResponseNormFunction.apply(*args)
+        return _lrn(*args)
+
+
+# ---------------------------------------------------------------------------
+# Whole models
+
+_CNORM_OF = {torch.nn.BatchNorm1d: BatchNorm1d, torch.nn.BatchNorm2d: BatchNorm2d,
+             torch.nn.BatchNorm3d: BatchNorm3d, torch.nn.LocalResponseNorm: LocalResponseNorm}
+_TORCH_OF = {cnorm_class: torch_class for torch_class, cnorm_class in _CNORM_OF.items()}
+
+
+def _swap_classes(model, classes, inplace):
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be True or False, got {type(inplace).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    for module in model.modules():
+        new_class = classes.get(type(module))
+        if new_class is not None:
+            # The cnorm classes add no state to torch's: changing the class
+            # keeps every parameter, buffer, hook and attribute as it is.
+            module.__class__ = new_class
+    return model
+
+
+def convert(model, *, inplace=False):
+    """Run a model's LRN and batch-norm layers on cnorm.
+
+    Every module of `model` (itself included) whose type is exactly
+    ``torch.nn.BatchNorm1d``, ``BatchNorm2d``, ``BatchNorm3d`` or
+    ``LocalResponseNorm`` becomes the cnorm module of the same name, with
+    its parameters, buffers, hooks and training mode unchanged (the same
+    tensors: an optimizer built on the model keeps working with
+    ``inplace=True``). Subclasses, ``SyncBatchNorm`` and other modules are
+    left alone.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inplace : bool, default False
+        Change `model` itself; by default a deep copy is converted and `model`
+        is not modified.
+
+    Returns
+    -------
+    torch.nn.Module
+        The converted model (`model` itself when ``inplace=True``). Its
+        ``state_dict`` has the original's keys, and it pickles and loads as
+        the original does.
+
+    See Also
+    --------
+    restore : the inverse.
+
+    Examples
+    --------
+    >>> import torch, cnorm.torch
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+    ...                             torch.nn.ReLU(), torch.nn.LocalResponseNorm(5))
+    >>> fast = cnorm.torch.convert(model)
+    >>> type(fast[1]).__module__, type(model[1]).__module__
+    ('cnorm.torch', 'torch.nn.modules.batchnorm')
+    >>> x = torch.randn(2, 3, 16, 16)
+    >>> torch.allclose(fast(x), model(x), rtol=1e-4, atol=1e-5)
+    True
+    """
+    return _swap_classes(model, _CNORM_OF, inplace)
+
+
+def restore(model, *, inplace=False):
+    """Undo `convert`: cnorm's modules in `model` become torch's again.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inplace : bool, default False
+        Change `model` itself; by default a deep copy is restored.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model with torch's own ``BatchNorm1d/2d/3d`` and
+        ``LocalResponseNorm`` modules, parameters and state unchanged.
+
+    Examples
+    --------
+    >>> import torch, cnorm.torch
+    >>> model = cnorm.torch.convert(torch.nn.Sequential(torch.nn.BatchNorm1d(4)))
+    >>> type(cnorm.torch.restore(model)[0]) is torch.nn.BatchNorm1d
+    True
+    """
+    return _swap_classes(model, _TORCH_OF, inplace)
