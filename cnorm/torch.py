@@ -104,7 +104,7 @@ def _grad(array, like):
 # Batch norm
 
 def _check_batch(x):
-    if x.numel() // x.shape[1] <= 1:
+    if x.numel() == x.shape[1]:
         # torch's own check (torch.nn.functional.batch_norm), same message
         raise ValueError(
             f"Expected more than 1 value per channel when training, got input size {x.size()}"
@@ -126,8 +126,11 @@ def _update(buffers, update):
 
 
 def _batch_norm(x, weight, bias, running_mean, running_var, batch_stats, momentum, eps):
-    """y, and the (mean, invstd, training) its backward needs."""
+    """y, and the (mean, invstd, training) its backward needs (None: x is
+    empty, as are y and dx; the statistics are left alone, as torch does)."""
     xa = _array(x, "input")
+    if x.numel() == 0:
+        return torch.empty_like(x), None
     gamma, beta = _vector(weight, "weight"), _vector(bias, "bias")
     n_threads = torch.get_num_threads()
     if batch_stats:
@@ -166,13 +169,18 @@ class _BatchNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
-        mean, invstd, training = ctx.stats
-        dx, dgamma, dbeta = cnorm.batch_norm_backward(
-            _array(dy, "grad_output"), _array(x, "input"), mean, invstd,
-            _vector(weight, "weight"), training=training, axis=1,
-            n_threads=torch.get_num_threads())
+        if ctx.stats is None:  # empty x
+            dx, dgamma = torch.zeros_like(x), np.zeros(x.shape[1])
+            dbeta = dgamma
+        else:
+            mean, invstd, training = ctx.stats
+            dx, dgamma, dbeta = cnorm.batch_norm_backward(
+                _array(dy, "grad_output"), _array(x, "input"), mean, invstd,
+                _vector(weight, "weight"), training=training, axis=1,
+                n_threads=torch.get_num_threads())
+            dx = _tensor(dx)
         needs = ctx.needs_input_grad
-        return (_tensor(dx) if needs[0] else None,
+        return (dx if needs[0] else None,
                 _grad(dgamma, weight) if needs[1] else None,
                 _grad(dbeta, bias) if needs[2] else None,
                 None, None, None, None, None)
