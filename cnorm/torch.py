@@ -195,6 +195,7 @@ class _CnormBatchNorm:
     which statistics are used and updated), with cnorm's kernels."""
 
     def forward(self, input):
+        """Normalize `input` (channels on axis 1): torch's ``forward``, on cnorm."""
         self._check_input_dim(input)
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -293,6 +294,7 @@ class LocalResponseNorm(torch.nn.LocalResponseNorm):
     """
 
     def forward(self, input):
+        """Normalize `input` (channels on axis 1): torch's ``forward``, on cnorm."""
         if input.dim() < 3:  # torch's check and message
             raise ValueError(
                 f"Expected 3D or higher dimensionality input (got {input.dim()} dimensions)")

@@ -51,6 +51,7 @@ PUBLIC = {
     "cnorm": list(cnorm.__all__),
     "cnorm.reference": None,  # its __all__
     "cnorm.dask": None,
+    "cnorm.torch": None,
 }
 
 

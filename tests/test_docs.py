@@ -43,8 +43,10 @@ NEEDS = {
 
 
 @pytest.mark.parametrize("module", ["cnorm.lrn", "cnorm.batchnorm", "cnorm.layers",
-                                    "cnorm.moments", "cnorm._config"])
+                                    "cnorm.moments", "cnorm._config", "cnorm.torch"])
 def test_docstring_examples(module):
+    if module == "cnorm.torch":
+        need("torch")
     result = doctest.testmod(importlib.import_module(module), optionflags=OPTIONS)
     assert result.attempted > 0 and result.failed == 0, result
 
