@@ -125,13 +125,17 @@ def _update(buffers, update):
     return result
 
 
-def _batch_norm(x, weight, bias, running_mean, running_var, batch_stats, momentum, eps):
+def _batch_norm(x, vectors, buffers, batch_stats, momentum, eps, for_backward):
     """y, and the (mean, invstd, training) its backward needs (None: x is
-    empty, as are y and dx; the statistics are left alone, as torch does)."""
+    empty, as are y and dx; the statistics are left alone, as torch does).
+
+    `vectors`: gamma, beta, running mean and variance as cnorm reads them (or
+    None); `buffers`: the running statistics' tensors, updated in place when
+    `batch_stats` (or None: no update)."""
     xa = _array(x, "input")
     if x.numel() == 0:
         return torch.empty_like(x), None
-    gamma, beta = _vector(weight, "weight"), _vector(bias, "bias")
+    gamma, beta, mean, var = vectors
     n_threads = torch.get_num_threads()
     if batch_stats:
         _check_batch(x)
@@ -141,15 +145,17 @@ def _batch_norm(x, weight, bias, running_mean, running_var, batch_stats, momentu
                 xa, gamma, beta, eps, running_mean=running_mean, running_var=running_var,
                 momentum=momentum, axis=1, n_threads=n_threads)
 
-        if running_mean is None:
+        if buffers is None:
             y, mean, invstd = train()
+        elif buffers[0].dtype in (torch.float32, torch.float64):
+            y, mean, invstd = train(mean, var)  # views of the buffers
         else:
-            y, mean, invstd = _update((running_mean, running_var), train)
+            y, mean, invstd = _update(buffers, train)
         return _tensor(y), (mean, invstd, True)
-    mean = _vector(running_mean, "running_mean")
-    var = _vector(running_var, "running_var")
     y = cnorm.batch_norm_inference(xa, mean, var, gamma, beta, eps, axis=1,
                                    n_threads=n_threads)
+    if not for_backward:
+        return _tensor(y), None
     # Frozen statistics for the backward, copied: a later update of the
     # buffers must not change this call's gradient.
     mean = np.array(mean, np.float64)
@@ -159,9 +165,9 @@ def _batch_norm(x, weight, bias, running_mean, running_var, batch_stats, momentu
 
 class _BatchNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, batch_stats, momentum, eps):
-        y, ctx.stats = _batch_norm(x, weight, bias, running_mean, running_var, batch_stats,
-                                   momentum, eps)
+    def forward(ctx, x, weight, bias, vectors, buffers, batch_stats, momentum, eps):
+        y, ctx.stats = _batch_norm(x, vectors, buffers, batch_stats, momentum, eps, True)
+        ctx.gamma = vectors[0]
         ctx.save_for_backward(x, weight, bias)
         return y
 
@@ -175,9 +181,8 @@ class _BatchNormFunction(torch.autograd.Function):
         else:
             mean, invstd, training = ctx.stats
             dx, dgamma, dbeta = cnorm.batch_norm_backward(
-                _array(dy, "grad_output"), _array(x, "input"), mean, invstd,
-                _vector(weight, "weight"), training=training, axis=1,
-                n_threads=torch.get_num_threads())
+                _array(dy, "grad_output"), _array(x, "input"), mean, invstd, ctx.gamma,
+                training=training, axis=1, n_threads=torch.get_num_threads())
             dx = _tensor(dx)
         needs = ctx.needs_input_grad
         return (dx if needs[0] else None,
@@ -190,6 +195,10 @@ def _needs_graph(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+_VECTORS = ("weight", "bias", "running_mean", "running_var")
+_CACHE = "_cnorm_vector_cache"
+
+
 class _CnormBatchNorm:
     """The forward of torch's ``_BatchNorm`` (momentum, num_batches_tracked,
     which statistics are used and updated), with cnorm's kernels."""
@@ -197,20 +206,47 @@ class _CnormBatchNorm:
     def forward(self, input):
         """Normalize `input` (channels on axis 1): torch's ``forward``, on cnorm."""
         self._check_input_dim(input)
+        # (the dicts nn.Module.__getattr__ reads, read directly: a microsecond each)
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        running_mean, running_var = self._buffers["running_mean"], self._buffers["running_var"]
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average
                 momentum = 1.0 / float(self.num_batches_tracked)
-        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        use_buffers = not self.training or self.track_running_stats
-        args = (input, self.weight, self.bias,
-                self.running_mean if use_buffers else None,
-                self.running_var if use_buffers else None,
-                batch_stats, momentum, self.eps)
-        if _needs_graph(input, self.weight, self.bias):
-            return _BatchNormFunction.apply(*args)
-        return _batch_norm(*args)[0]
+        batch_stats = self.training or (running_mean is None and running_var is None)
+        vectors = self._cnorm_vectors(weight, bias, running_mean, running_var)
+        buffers = (running_mean, running_var)
+        if self.training and not self.track_running_stats or running_mean is None:
+            vectors, buffers = vectors[:2] + (None, None), None  # not used, not updated
+        elif not batch_stats:
+            buffers = None
+        args = (vectors, buffers, batch_stats, momentum, self.eps)
+        if torch.is_grad_enabled() and (input.requires_grad or weight is not None and (
+                weight.requires_grad or bias.requires_grad)):
+            return _BatchNormFunction.apply(input, weight, bias, *args)
+        return _batch_norm(input, *args, False)[0]
+
+    def _cnorm_vectors(self, *tensors):
+        """weight, bias, running_mean, running_var as cnorm reads them. float32
+        and float64 ones are views of the tensors (in-place changes are seen),
+        kept while the module holds the same tensors over the same memory
+        (about 1 us a call instead of 9); half ones are widened every call."""
+        key = [None if t is None else (id(t), t.data_ptr(), t.dtype) for t in tensors]
+        cached = self.__dict__.get(_CACHE)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        vectors = tuple(_vector(t, name) for t, name in zip(tensors, _VECTORS))
+        if all(t is None or t.dtype in (torch.float32, torch.float64) for t in tensors):
+            # (the views hold their tensors: an id in the key is not reused)
+            self.__dict__[_CACHE] = (key, vectors)
+        return vectors
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state.pop(_CACHE, None)
+        return state
 
 
 class BatchNorm1d(_CnormBatchNorm, torch.nn.BatchNorm1d):
@@ -327,6 +363,7 @@ def _swap_classes(model, classes, inplace):
             # The cnorm classes add no state to torch's: changing the class
             # keeps every parameter, buffer, hook and attribute as it is.
             module.__class__ = new_class
+            module.__dict__.pop(_CACHE, None)
     return model
 
 

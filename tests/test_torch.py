@@ -397,3 +397,25 @@ def test_follows_torch_threads_with_the_same_bits(monkeypatch):
 def test_import_cnorm_does_not_import_torch():
     code = "import sys, cnorm; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_parameter_changes_are_seen():
+    # The module keeps NumPy views of its parameters and buffers between calls:
+    # in-place changes, .data, new tensors and dtype changes must all be seen.
+    torch_module, cnorm_module = _pair(ct.BatchNorm2d, 4)
+    x = torch.randn(3, 4, 2, 2)
+    changes = [
+        lambda m: m.weight.data.mul_(2),
+        lambda m: setattr(m.bias, "data", torch.full((4,), 3.0)),
+        lambda m: setattr(m, "weight", torch.nn.Parameter(torch.linspace(-1, 1, 4))),
+        lambda m: m.running_var.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0])),
+        lambda m: m.register_buffer("running_mean", torch.ones(4)),
+        lambda m: m.double(),
+    ]
+    for change in changes:
+        for module in (torch_module.eval(), cnorm_module.eval()):
+            module(x.to(module.weight.dtype))
+            change(module)
+        with torch.no_grad():
+            x_now = x.to(torch_module.weight.dtype)
+            _close(cnorm_module(x_now), torch_module(x_now), 1e-5, "after a change")
