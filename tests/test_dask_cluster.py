@@ -101,6 +101,12 @@ def test_recalibrate_on_the_cluster(client, rng):
     rows = x.reshape(-1, 6).astype(np.float64)
     assert_close(running_mean, rows.mean(axis=0), scale=5)
     assert_close(running_var, rows.var(axis=0, ddof=1))
+    # the layer form: its axis (NCHW here), its statistics set through its setters
+    layer = cnorm.BatchNorm(6, axis=1)
+    nchw = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    cnorm_dask.recalibrate(da.from_array(nchw, chunks=(16, 6, 4, 4)), layer)
+    assert_close(layer.running_mean, rows.mean(axis=0), scale=5)
+    assert_close(layer.running_var, rows.var(axis=0, ddof=1))
 
 
 def test_bad_input_before_any_task(client):

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 # Modules a page's examples import, beyond cnorm and NumPy.
 NEEDS = {
-    "README.md": ["torch"],
+    "README.md": ["torch", "dask"],
     "index.md": ["torch"],
     "quickstart/pytorch.md": ["torch"],
     "quickstart/keras.md": ["keras"],
