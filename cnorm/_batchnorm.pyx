@@ -92,7 +92,8 @@ Chunking and threads
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport fabs, isfinite, sqrt
+from libc.float cimport FLT_MAX, FLT_MIN
+from libc.math cimport INFINITY, fabs, isfinite, sqrt
 from libc.stdlib cimport calloc, free, malloc
 
 from cnorm._buffers cimport DEBUG_CHECKS, Buffers, check_sizes
@@ -1567,20 +1568,32 @@ def batch_stats(x, mean, var, int n_threads, int storage, Py_ssize_t outer,
     n_channels, inner); mean and var: writable float64 arrays of shape (C,).
     Bit-identical for every n_threads. The caller has validated everything:
     x not empty, n_threads >= 1.
+
+    Returns whether x is not float64 and a mean or variance is finite,
+    nonzero and outside float32's normal range: then the normalizing pass
+    must run in float64 (cnorm.batchnorm._widen), which this saves the
+    caller a scan of its own to find out.
     """
     cdef Buffers b = Buffers()
     cdef const void* xp = b.get(x, False)
     cdef double* mean_p = <double*> b.get(mean, True)
     cdef double* var_p = <double*> b.get(var, True)
+    cdef Py_ssize_t c
+    cdef double magnitude
     if DEBUG_CHECKS:
         b.check(1, storage, outer, n_channels, inner, -1, -1, n_threads)
     cdef Grid g = _grid(storage, outer, n_channels, inner)
     if outer * n_channels * inner == 0:
-        return
+        return False
     if storage == CN_FLOAT64:
         _reduce(<const double*> NULL, <const double*> xp, NULL, mean_p, var_p, &g, n_threads)
-    else:
-        _reduce(<const float*> NULL, <const float*> xp, NULL, mean_p, var_p, &g, n_threads)
+        return False
+    _reduce(<const float*> NULL, <const float*> xp, NULL, mean_p, var_p, &g, n_threads)
+    for c in range(2 * n_channels):
+        magnitude = fabs(mean_p[c] if c < n_channels else var_p[c - n_channels])
+        if magnitude != 0 and (magnitude < FLT_MIN or FLT_MAX < magnitude < INFINITY):
+            return True
+    return False
 
 
 cdef void _chunk_sums(const floating* dy, const floating* x, const double* center,

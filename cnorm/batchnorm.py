@@ -499,14 +499,15 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     if moments is None:
         mean = np.empty(n_channels)
         var_biased = np.empty(n_channels)
-        _bn.batch_stats(x.buffer(), mean, var_biased, n_threads, *view)
+        unsafe = _bn.batch_stats(x.buffer(), mean, var_biased, n_threads, *view) or unsafe
     else:
         mean = moments.mean.copy()
         var_biased = moments.var()
+        unsafe = unsafe or _vectors(x, mean, var_biased)
     invstd = np.empty(n_channels)
     if x.array.size == 0:  # the kernel's own arithmetic (IEEE division and square root)
         invstd[...] = 1.0 / np.sqrt(var_biased + eps)
-    elif _widen(x, unsafe or _vectors(x, mean, var_biased), eps):
+    elif _widen(x, unsafe, eps):
         wide = _widened(x)
         _bn.normalize(wide, wide, mean, var_biased, gamma, beta, eps, invstd, True, n_threads,
                       0, x.outer, n_channels, x.inner, None, relu)
