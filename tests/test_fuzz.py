@@ -104,9 +104,23 @@ def _byte_swapped(values, dtype):
 
 
 def _broadcast(values, dtype):
-    # Zero strides: only where every row is the same, so use the first row.
-    return np.broadcast_to(values.astype(dtype).reshape(-1, values.shape[-1])[:1],
-                           values.shape) if values.size and values.ndim else values.astype(dtype)
+    # Zero strides on every axis but the channels': every row is the first row
+    # (a vector: every element the first).
+    if not (values.size and values.ndim):
+        return values.astype(dtype)
+    rows = values.astype(dtype).reshape(-1, values.shape[-1])
+    return np.broadcast_to(rows[:1] if values.ndim > 1 else rows[0, :1], values.shape)
+
+
+def _broadcast_channels(values, dtype):
+    # A zero stride along the channel axis (every channel the first one's
+    # value), and along the rows too for 2-D and wider.
+    if not (values.size and values.ndim):
+        return values.astype(dtype)
+    first = values.astype(dtype)[..., :1]
+    if values.ndim > 1:
+        first = np.broadcast_to(first.reshape(-1, 1)[:1], values.shape[:-1] + (1,))
+    return np.broadcast_to(first, values.shape)
 
 
 LAYOUTS = {
@@ -116,6 +130,8 @@ LAYOUTS = {
     "negative strides": _negative_strides,
     "strided": _strided,
     "read-only": _read_only,
+    "broadcast": _broadcast,
+    "broadcast channels": _broadcast_channels,
     "byte-swapped": _byte_swapped,
     "list": lambda values, dtype: values.astype(dtype).tolist(),
 }
