@@ -70,7 +70,12 @@ def _global_sums(sums, count, n_channels, training):
     sum_dy = _per_channel(sums[0], "sums[0] (sum_dy)", n_channels)
     sum_dy_xhat = _per_channel(sums[1], "sums[1] (sum_dy_xhat)", n_channels)
     count = check.integer(count, "count", minimum=1)
+    if count > _MAX_COUNT:  # the kernel's Py_ssize_t: no batch holds more values
+        raise ValueError(f"count must be <= 2**63 - 1 (values per channel), got {count}")
     return sum_dy, sum_dy_xhat, count
+
+
+_MAX_COUNT = 2 ** 63 - 1
 
 
 _FLOAT64 = np.dtype(np.float64)
@@ -588,7 +593,7 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
         ``count``, and with ``training=True`` only. x may then be empty.
     count : int, optional
         Values per channel of the whole batch (``moments.count`` of the
-        forward), >= 1.
+        forward), >= 1 and <= 2**63 - 1.
     axis : int, default -1
         The channel axis: statistics are per index along it (NCHW data from
         PyTorch is ``axis=1``, read in place with no copy).

@@ -263,3 +263,15 @@ def test_batch_norm_backward_huge_invstd_at_the_mean(dtype):
         np.testing.assert_allclose(dbeta, expected[2], rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("count", [2 ** 63, 10 ** 30])
+def test_batch_norm_backward_count_beyond_ssize_t_is_a_value_error(count):
+    # Found by the fuzzer: sums= with count >= 2**63 passed the check and gave
+    # a bare OverflowError where the kernel takes it as Py_ssize_t.
+    x = np.arange(8.0).reshape(4, 2)
+    dy = np.ones_like(x)
+    mean, invstd = np.zeros(2), np.ones(2)
+    sums = (np.ones(2), np.ones(2))
+    with pytest.raises(ValueError, match="count"):
+        cnorm.batch_norm_backward(dy, x, mean, invstd, sums=sums, count=count)
+    dx, _, _ = cnorm.batch_norm_backward(dy, x, mean, invstd, sums=sums, count=2 ** 63 - 1)
+    np.testing.assert_allclose(dx, dy, rtol=1e-15)
