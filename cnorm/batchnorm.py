@@ -649,10 +649,14 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
             _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, training, dgamma,
                          dbeta, n_threads, 0, x.outer, n_channels, x.inner, False, 0, relu,
                          beta)
-            return _store_widened(dx, x, wide), dgamma, dbeta
-        _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma,
-                     training, dgamma, dbeta, n_threads, *view, False, 0, relu, beta)
-        return _layout.finish(dx, written), dgamma, dbeta
+            _store_widened(dx, x, wide)
+        else:
+            _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma,
+                         training, dgamma, dbeta, n_threads, *view, False, 0, relu, beta)
+            _layout.finish(dx, written)
+        if relu and not training and not np.isfinite(dgamma).all():
+            _frozen_relu_at_non_finite_x(dx, x, dy, mean, invstd, gamma, beta, dgamma)
+        return dx, dgamma, dbeta
     sum_dy, sum_dy_xhat, count = given
     dgamma = sum_dy_xhat.copy()  # read by the kernel, returned to the caller
     dbeta = sum_dy.copy()
@@ -661,6 +665,35 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
     _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma, True,
                  dgamma, dbeta, n_threads, *view, True, count)
     return _layout.finish(dx, written), dgamma, dbeta
+
+
+def _frozen_relu_at_non_finite_x(dx, x, dy, mean, invstd, gamma, beta, dgamma):
+    """Redo dx where x is NaN or infinite, in the frozen-statistics ReLU backward.
+
+    The kernel computes that dx as ``masked_dy * gamma*invstd + 0*x`` (one
+    elementwise form for every backward), and 0*x is NaN there; the answer is
+    ``gamma*invstd*dy`` where ``gamma*xhat + beta > 0`` and 0 elsewhere (NaN
+    fails the test: 0). A non-finite x makes its channel's dgamma (a sum of
+    ``masked_dy * xhat``) non-finite, so only such channels are visited, and
+    calls on finite data pay nothing. Found by the fuzzer."""
+    channels = ~np.isfinite(dgamma)
+    shape = (x.outer, x.channels, x.inner)
+    memory = (dx if x.order is None else dx.transpose(x.order)).reshape(shape)
+    data = x.memory.reshape(shape)[:, channels].astype(np.float64)
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return
+    grad = (dy if x.order is None else dy.transpose(x.order)).reshape(shape)[
+        :, channels].astype(np.float64)
+    scale = invstd[channels] if gamma is None else gamma[channels] * invstd[channels]
+    shift = 0.0 if beta is None else beta[channels]
+    with np.errstate(all="ignore"):
+        passed = (data - mean[channels][:, None]) * scale[:, None] + np.reshape(
+            shift, (-1, 1)) > 0
+        values = np.where(passed, grad * scale[:, None], 0.0)
+    part = memory[:, channels]
+    part[bad] = values[bad]
+    memory[:, channels] = part
 
 
 def batch_norm_backward_sums(dy, x, mean, invstd, *, axis=-1, n_threads=None):

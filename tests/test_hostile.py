@@ -275,3 +275,31 @@ def test_batch_norm_backward_count_beyond_ssize_t_is_a_value_error(count):
         cnorm.batch_norm_backward(dy, x, mean, invstd, sums=sums, count=count)
     dx, _, _ = cnorm.batch_norm_backward(dy, x, mean, invstd, sums=sums, count=2 ** 63 - 1)
     np.testing.assert_allclose(dx, dy, rtol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_frozen_relu_backward_at_non_finite_x(dtype, axis):
+    # Found by the fuzzer: the ReLU backward with frozen statistics gave dx NaN
+    # where x is NaN (the mask is 0: dx 0) or infinite (dy*gamma*invstd or 0),
+    # from 0*x in the kernel's elementwise form; the reference gives finite values.
+    x = np.zeros((3, 2, 4), dtype)
+    x[0, 0, 0] = np.nan
+    x[1, 1, 1] = np.inf
+    x[2, 1, 0] = -np.inf
+    dy = np.arange(1.0, 25.0).reshape(x.shape).astype(dtype)
+    channels = x.shape[axis]
+    mean, invstd = np.zeros(channels), np.full(channels, 2.0)
+    gamma, beta = np.linspace(0.5, 1.5, channels), np.ones(channels)
+    out = np.empty_like(x)
+    dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma, beta=beta,
+                                                  activation="relu", training=False,
+                                                  axis=axis, out=out)
+    with np.errstate(invalid="ignore"):
+        expected = reference.batch_norm_backward(dy, x, mean, invstd, gamma, beta=beta,
+                                                 activation="relu", training=False,
+                                                 axis=axis)
+    assert dx is out and np.isfinite(dx).all()
+    np.testing.assert_allclose(dx, expected[0], rtol=1e-3 if dtype == np.float16 else 1e-6)
+    np.testing.assert_array_equal(np.isfinite(dgamma), np.isfinite(expected[1]))
+    np.testing.assert_allclose(dbeta, expected[2], rtol=1e-12)
