@@ -672,8 +672,8 @@ def _frozen_relu_at_non_finite_x(dx, x, dy, mean, invstd, gamma, beta, dgamma):
 
     The kernel computes that dx as ``masked_dy * gamma*invstd + 0*x`` (one
     elementwise form for every backward), and 0*x is NaN there; the answer is
-    ``gamma*invstd*dy`` where ``gamma*xhat + beta > 0`` and 0 elsewhere (NaN
-    fails the test: 0). A non-finite x makes its channel's dgamma (a sum of
+    ``gamma*invstd*masked_dy``, ``masked_dy`` being dy where ``gamma*xhat + beta
+    > 0`` and 0 elsewhere (NaN fails the test: 0). A non-finite x makes its channel's dgamma (a sum of
     ``masked_dy * xhat``) non-finite, so only such channels are visited, and
     calls on finite data pay nothing. Found by the fuzzer."""
     channels = ~np.isfinite(dgamma)
@@ -690,7 +690,7 @@ def _frozen_relu_at_non_finite_x(dx, x, dy, mean, invstd, gamma, beta, dgamma):
     with np.errstate(all="ignore"):
         passed = (data - mean[channels][:, None]) * scale[:, None] + np.reshape(
             shift, (-1, 1)) > 0
-        values = np.where(passed, grad * scale[:, None], 0.0)
+        values = np.where(passed, grad, 0.0) * scale[:, None]  # masked dy, as the kernel
     part = memory[:, channels]
     part[bad] = values[bad]
     memory[:, channels] = part

@@ -303,3 +303,12 @@ def test_frozen_relu_backward_at_non_finite_x(dtype, axis):
     np.testing.assert_allclose(dx, expected[0], rtol=1e-3 if dtype == np.float16 else 1e-6)
     np.testing.assert_array_equal(np.isfinite(dgamma), np.isfinite(expected[1]))
     np.testing.assert_allclose(dbeta, expected[2], rtol=1e-12)
+
+
+def test_frozen_relu_backward_at_non_finite_x_with_nan_invstd():
+    # The masked dy times gamma*invstd, as elsewhere: NaN invstd gives NaN.
+    x = np.array([[np.nan, 0.0], [0.0, 0.0]], np.float32)
+    dx, _, _ = cnorm.batch_norm_backward(np.ones_like(x), x, np.zeros(2),
+                                         np.array([np.nan, 1.0]), activation="relu",
+                                         training=False)
+    assert np.isnan(dx[:, 0]).all() and (dx[:, 1] == 0).all()
