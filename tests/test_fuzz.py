@@ -154,8 +154,9 @@ SPECIALS = [np.nan, np.inf, -np.inf, -0.0, 1e30, -1e30, 1e-40, 1e200, 3e38]
 # float32 batch norm computes products of data and coefficients in float32:
 # where they exceed float32's range while the float64 answer does not (|dy| near
 # 3e38 with gamma*invstd > 1, say), the result is inf or NaN. A known limit
-# (docs/guide/precision.md, "Non-finite values"), so its values stay where no such product overflows;
-# per-channel values beyond float32's range are drawn (they are widened).
+# (docs/guide/precision.md, "Non-finite values"), so its values stay where no
+# such product overflows; per-channel values beyond float32's range are drawn
+# (they are widened).
 BN_FLOAT32_SPECIALS = [np.nan, np.inf, -np.inf, -0.0, 1e6, -1e6, 1e-40]
 
 
@@ -543,8 +544,8 @@ class Out(Role):
         if kind == "input":
             return "input"  # resolved once the inputs exist
         values = np.zeros(call.shape)
-        return LAYOUTS["misaligned" if kind == "misaligned" else "contiguous"](values,
-                                                                              call.dtype)
+        layout = "misaligned" if kind == "misaligned" else "contiguous"
+        return LAYOUTS[layout](values, call.dtype)
 
     def hostile(self, draw, call):
         kind = draw(st.sampled_from(["dtype", "shape", "read-only", "broadcast", "fortran",
@@ -599,8 +600,9 @@ def _lrn_reference(kw):
 
 
 def _window(size, convention):
-    return reference.lrn_window(size, convention) if size < 2 ** 62 else (size // 2,
-                                                                         (size - 1) // 2)
+    if size < 2 ** 62:
+        return reference.lrn_window(size, convention)
+    return size // 2, (size - 1) // 2
 
 
 def _size_args(kw):
@@ -1150,8 +1152,9 @@ def test_hostile_batch_norm_layer(data):
         _agree(np.moveaxis(y, axis, -1), want, scale, "BatchNorm call")
     dy = _values(draw, shape).astype(dtype)
     grads = _expect_named_error(lambda: layer.backward(dy), ["dy"])
-    if isinstance(grads, str) or not (np.isfinite(rows).all() and np.isfinite(dy).all()
-                                       and np.isfinite(mean).all() and np.isfinite(invstd).all()):
+    finite = (np.isfinite(rows).all() and np.isfinite(dy).all() and np.isfinite(mean).all()
+              and np.isfinite(invstd).all())
+    if isinstance(grads, str) or not finite:
         return
     g = np.moveaxis(dy.astype(np.float64), axis, -1)
     expected = reference.batch_norm_backward(g, rows, mean, invstd, gamma, training=batch)
