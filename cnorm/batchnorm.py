@@ -673,11 +673,13 @@ def _frozen_relu_at_non_finite_x(dx, x, dy, mean, invstd, gamma, beta, dgamma):
     The kernel computes that dx as ``masked_dy * gamma*invstd + 0*x`` (one
     elementwise form for every backward), and 0*x is NaN there; the answer is
     ``gamma*invstd*masked_dy``, ``masked_dy`` being dy where ``gamma*xhat + beta
-    > 0`` and 0 elsewhere (NaN fails the test: 0). A non-finite x makes its channel's dgamma (a sum of
-    ``masked_dy * xhat``) non-finite, so only such channels are visited, and
-    calls on finite data pay nothing. Found by the fuzzer."""
+    > 0`` and 0 elsewhere (NaN fails the test: 0). A non-finite x makes its
+    channel's dgamma (a sum of ``masked_dy * xhat``) non-finite, so only such
+    channels are visited, and calls on finite data pay nothing. Found by the
+    fuzzer."""
     channels = ~np.isfinite(dgamma)
     shape = (x.outer, x.channels, x.inner)
+    # A view: dx is C-contiguous in x's memory order (see _output).
     memory = (dx if x.order is None else dx.transpose(x.order)).reshape(shape)
     data = x.memory.reshape(shape)[:, channels].astype(np.float64)
     bad = ~np.isfinite(data)
