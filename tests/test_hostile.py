@@ -312,3 +312,21 @@ def test_frozen_relu_backward_at_non_finite_x_with_nan_invstd():
                                          np.array([np.nan, 1.0]), activation="relu",
                                          training=False)
     assert np.isnan(dx[:, 0]).all() and (dx[:, 1] == 0).all()
+
+
+@pytest.mark.parametrize("function, args", [("lrn", (1,)), ("local_response_norm", (3,))])
+def test_dask_lrn_split_channels_unknown_chunk_sizes_is_a_value_error(function, args):
+    # Found by the fuzzer: a channel axis split over chunks with
+    # allow_rechunk=True and unknown chunk sizes along another axis (x[mask])
+    # gave a bare AssertionError from dask's map_overlap.
+    from helpers import need
+
+    da = need("dask.array")
+    cnorm_dask = need("cnorm.dask")
+    values = np.arange(12.0).reshape(4, 3)
+    x = da.from_array(values, chunks=(2, 1))
+    kept = x[x[:, 0] > -1]  # every row, sizes unknown
+    with pytest.raises(ValueError, match="unknown chunk sizes along axis 0"):
+        getattr(cnorm_dask, function)(kept, *args, allow_rechunk=True)
+    y = getattr(cnorm_dask, function)(kept.rechunk({1: -1}), *args).compute()
+    np.testing.assert_array_equal(y, getattr(cnorm, function)(values, *args))
