@@ -51,7 +51,7 @@ from hypothesis import strategies as st
 import cnorm
 from cnorm import reference
 from helpers import (BFLOAT16, RTOL, batch_norm_backward_scales, batch_norm_y_scale, finfo,
-                     lrn_backward_scale)
+                     lrn_backward_scale, need)
 
 EXAMPLES = int(os.environ.get("CNORM_FUZZ_EXAMPLES", "0")) or None
 FUZZ_SETTINGS = settings(
@@ -1263,3 +1263,143 @@ def test_hostile_moments(data):
                                      ["moments", "channel", "Moments"])
         assert isinstance(result, str)
     np.testing.assert_array_equal(total.to_array(), array)  # never modified
+
+
+# ---------------------------------------------------------------------------
+# cnorm.dask: hostile arguments to its five functions. Few examples (each
+# builds and computes a graph): CNORM_FUZZ_EXAMPLES // 10, at least 20.
+
+DASK_SETTINGS = settings(FUZZ_SETTINGS, max_examples=max(20, (EXAMPLES or 0) // 10))
+_DASK_FUNCTIONS = ("moments", "batch_norm_inference", "lrn", "local_response_norm",
+                   "recalibrate")
+# What each function takes besides x and axis: name -> role.
+_DASK_ARGS = {
+    "moments": {},
+    "batch_norm_inference": {"running_mean": Channels(), "running_var": Channels(positive=True),
+                             "gamma": Channels(optional=True),
+                             "beta": Channels(optional=True),
+                             "eps": Real(1e-6, 1.0, positive=True)},
+    "lrn": {**{name: role for name, role in _LRN.items() if name != "x"},
+            "allow_rechunk": Flag()},
+    "local_response_norm": {**{name: role for name, role in _SIZE.items() if name != "x"},
+                            "allow_rechunk": Flag()},
+    "recalibrate": {"running_mean": Running(), "running_var": Running(var=True),
+                    "unbiased": Flag()},
+}
+
+
+def _dask_hostile_x(draw, function, x, axis):
+    """x as a NumPy array or list (for recalibrate: a list of NumPy batches,
+    which it takes), 1-D with unknown chunk sizes, with unknown sizes along the
+    first axis (hostile only where that is the channel axis, or for LRN with
+    allow_rechunk=True and the channels split), or, for LRN, with the channel
+    axis split over chunks (allow_rechunk=False)."""
+    kinds = ["numpy", "list", "flat unknown", "rows unknown"]
+    kind = draw(st.sampled_from(kinds + (["split"] if "lrn" in function or
+                                         "local" in function else [])))
+    if kind == "numpy":
+        return x.compute()
+    if kind == "list":
+        values = x.compute()
+        if function != "recalibrate":
+            return values.tolist()
+        batch_axis = 1 if axis % x.ndim == 0 else 0
+        return np.array_split(values, draw(st.integers(1, 3)), axis=batch_axis)
+    if kind == "flat unknown":
+        return x[x > 0]
+    if kind == "split":
+        return x.rechunk({axis: 1})
+    return x[x[(slice(None),) + (0,) * (x.ndim - 1)] > -1]  # every row, sizes unknown
+
+
+def _dask_expect(function, x, computed, kwargs, result):
+    """The dask result against the NumPy cnorm function on the computed array."""
+    numpy_kwargs = {name: value for name, value in kwargs.items() if name != "allow_rechunk"}
+    if function == "moments":
+        expected = cnorm.moments(computed, **numpy_kwargs)
+        actual = result.compute(scheduler="sync")
+        assert actual.count == expected.count
+        spread = np.sqrt(np.abs(expected.var())) if expected.count else 0.0
+        _agree(actual.mean, expected.mean, spread + np.abs(expected.mean), "dask moments mean")
+        _agree(actual.m2, expected.m2, None, "dask moments m2")
+        return
+    if function == "recalibrate":
+        expected = cnorm.moments(computed, axis=kwargs["axis"])
+        unbiased = kwargs.get("unbiased", True)
+        assert result.count == expected.count
+        _agree(kwargs["running_mean"], expected.mean, np.sqrt(np.abs(expected.var()))
+               + np.abs(expected.mean), "dask recalibrate running_mean")
+        _agree(kwargs["running_var"], expected.var(ddof=1 if unbiased else 0), None,
+               "dask recalibrate running_var")
+        return
+    assert isinstance(result, type(x)), type(result)
+    actual = result.compute(scheduler="sync")
+    expected = getattr(cnorm, function)(computed, **numpy_kwargs)
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    scale = None
+    if function == "batch_norm_inference":
+        rows = np.moveaxis(computed.astype(np.float64), kwargs["axis"], -1)
+        n = rows.shape[-1]
+        mean, var = _f64(kwargs["running_mean"]), _f64(kwargs["running_var"])
+        gamma, beta = _channels(kwargs["gamma"], n, 1.0), _channels(kwargs["beta"], n, 0.0)
+        with np.errstate(all="ignore"):
+            invstd = 1 / np.sqrt(var + float(kwargs["eps"]))
+            scale = np.moveaxis(batch_norm_y_scale(rows, mean, invstd, gamma, beta), -1,
+                                kwargs["axis"])
+    _agree(actual, expected.astype(np.float64), scale, f"dask {function}")
+
+
+def test_hostile_dask():
+    need("dask.array")
+    need("cnorm.dask")
+    _hostile_dask()
+
+
+@DASK_SETTINGS
+@given(data=st.data())
+def _hostile_dask(data):
+    import dask.array as da
+
+    import cnorm.dask as cnorm_dask
+    draw = data.draw
+    function = draw(st.sampled_from(_DASK_FUNCTIONS))
+    dtype = draw(st.sampled_from(DATA_DTYPES))
+    shape = tuple(draw(st.integers(1, 5)) for _ in range(draw(st.integers(2, 3))))
+    shape = (max(shape[0], 2),) + shape[1:]  # more than one value per channel
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    call = Call(dtype, shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+                + (shape[axis],), batch_norm=function == "batch_norm_inference")
+    values = _values(draw, shape, call=call)
+    roles = _DASK_ARGS[function]
+    hostile = draw(st.sampled_from([None, None, "x", "axis", *roles]))
+    kwargs = {}
+    for name, role in roles.items():
+        kwargs[name] = (role.hostile if name == hostile else role.valid)(draw, call)
+    if hostile == "x" and "allow_rechunk" in kwargs:
+        kwargs["allow_rechunk"] = False  # a split channel axis is an error
+    if hostile == "unbiased" and kwargs["unbiased"] is None:
+        kwargs["unbiased"] = 1  # None is recalibrate's default (True), not hostile
+    kwargs["axis"] = Axis().hostile(draw, call) if hostile == "axis" else axis
+    if kwargs["axis"] is None and function == "recalibrate":
+        kwargs["axis"] = 1.0  # None is recalibrate's default (-1), not hostile
+    chunks = [draw(st.integers(1, n)) for n in shape]
+    if kwargs.get("allow_rechunk") is False and hostile != "allow_rechunk":
+        chunks[axis] = shape[axis]  # LRN: the channels in one chunk, else an error
+    x = da.from_array(values.astype(dtype), chunks=tuple(chunks))
+    argument = _dask_hostile_x(draw, function, x, axis) if hostile == "x" else x
+    snapshot = _arrays(kwargs)
+    try:
+        with np.errstate(all="ignore"):
+            result = getattr(cnorm_dask, function)(argument, **kwargs)
+    except (TypeError, ValueError) as exc:
+        names = {None: list(roles) + ["x", "axis"], "x": ["x", "axis"]}.get(
+            hostile, [hostile, *getattr(roles.get(hostile), "partners", ())])
+        assert any(name in str(exc) for name in names), (function, names, str(exc))
+        _unchanged(snapshot)
+        event(f"dask {function}: error ({'hostile' if hostile else 'valid'})")
+        return
+    event(f"dask {function}: ok ({'hostile' if hostile else 'valid'})")
+    computed = (argument if isinstance(argument, da.Array) else x).compute(scheduler="sync")
+    kwargs = dict(kwargs)
+    with np.errstate(all="ignore"):
+        _dask_expect(function, argument, computed, kwargs, result)
