@@ -884,7 +884,8 @@ def _resolve_aliases(draw, entry, call, kwargs):
     if isinstance(residual, str):  # x itself, or out itself (made if there is none)
         if residual == "x":  # a copy where out is x (residual must not share out's memory)
             x = kwargs["x"]
-            kwargs["residual"] = x if kwargs.get("out") is not x else np.array(x)
+            copy = isinstance(x, np.ndarray) and kwargs.get("out") is x
+            kwargs["residual"] = np.array(x) if copy else x
         else:
             out = kwargs.get("out")
             if not isinstance(out, np.ndarray):
