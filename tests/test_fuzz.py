@@ -513,9 +513,9 @@ class Sums(Role):
 
 
 class Count(Role):
-    """count: with sums, an integer >= 1 (x's rows for its own sums, or far
-    beyond them); None without sums. Hostile: below 1, a float, a bool, a
-    string, None with sums, or given without sums."""
+    """count: with sums, an integer in [1, 2**63 - 1] (x's rows for its own
+    sums, or far beyond them); None without sums. Hostile: below 1, 2**63 and
+    beyond, a float, a bool, a string, None with sums, or given without sums."""
     partners = ("sums",)
 
     def valid(self, draw, call):
@@ -523,11 +523,12 @@ class Count(Role):
             return None
         own = getattr(call, "count", None)
         value = own if own is not None and draw(st.booleans()) else draw(st.sampled_from(
-            [1, 2, 7, 1000, 2 ** 31 + 1, 2 ** 62, 2 ** 63, 10 ** 30]))
-        return draw(st.sampled_from([value, np.int64(value) if value < 2 ** 63 else value]))
+            [1, 2, 7, 1000, 2 ** 31 + 1, 2 ** 62, 2 ** 63 - 1]))
+        return draw(st.sampled_from([value, np.int64(value), np.uint64(value)]))
 
     def hostile(self, draw, call):
-        return draw(st.sampled_from([0, -1, -(2 ** 64), 1.5, True, np.bool_(True), "3",
+        return draw(st.sampled_from([0, -1, -(2 ** 64), 2 ** 63, np.uint64(2 ** 63), 10 ** 30,
+                                     1.5, True, np.bool_(True), "3",
                                      np.float64(3.0), np.array([3]),
                                      None if call.kwargs.get("sums") is not None else 5]))
 
