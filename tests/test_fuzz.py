@@ -495,7 +495,7 @@ class Sums(Role):
                         *(np.array(kwargs[name], np.float64) for name in
                           ("dy", "x", "mean", "invstd")))
                 call.count = int(np.prod(call.shape[:-1]))
-            except (TypeError, ValueError, KeyError):
+            except (TypeError, ValueError, KeyError, IndexError):  # a hostile x, dy, ...
                 pair = None
         if pair is None:
             pair = (_channel_values(draw, call, False), _channel_values(draw, call, False))
@@ -1367,8 +1367,10 @@ def _hostile_dask(data):
     function = draw(st.sampled_from(_DASK_FUNCTIONS))
     dtype = draw(st.sampled_from(DATA_DTYPES))
     shape = tuple(draw(st.integers(1, 5)) for _ in range(draw(st.integers(2, 3))))
-    shape = (max(shape[0], 2),) + shape[1:]  # more than one value per channel
     axis = draw(st.integers(-len(shape), len(shape) - 1))
+    if np.prod(shape) // shape[axis] < 2:  # more than one value per channel
+        first = 1 if axis % len(shape) == 0 else 0
+        shape = shape[:first] + (2,) + shape[first + 1:]
     call = Call(dtype, shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
                 + (shape[axis],), batch_norm=function == "batch_norm_inference")
     values = _values(draw, shape, call=call)
