@@ -644,6 +644,9 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
     if given is None:
         dgamma = np.empty(n_channels)
         dbeta = np.empty(n_channels)
+        frozen_relu = relu and not training
+        if frozen_relu:  # the inputs _frozen_relu_at_non_finite_x may read after the kernel
+            inputs = _frozen_relu_inputs(x, dy, dx if out is not None else None)
         if _widen(x, unsafe):
             wide = _widened(x)
             _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, training, dgamma,
@@ -654,8 +657,8 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
             _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma,
                          training, dgamma, dbeta, n_threads, *view, False, 0, relu, beta)
             _layout.finish(dx, written)
-        if relu and not training and not np.isfinite(dgamma).all():
-            _frozen_relu_at_non_finite_x(dx, x, dy, mean, invstd, gamma, beta, dgamma)
+        if frozen_relu and not np.isfinite(dgamma).all():
+            _frozen_relu_at_non_finite_x(dx, x, *inputs, mean, invstd, gamma, beta, dgamma)
         return dx, dgamma, dbeta
     sum_dy, sum_dy_xhat, count = given
     dgamma = sum_dy_xhat.copy()  # read by the kernel, returned to the caller
@@ -667,7 +670,19 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
     return _layout.finish(dx, written), dgamma, dbeta
 
 
-def _frozen_relu_at_non_finite_x(dx, x, dy, mean, invstd, gamma, beta, dgamma):
+def _frozen_relu_inputs(x, dy, out):
+    """x's and dy's data in x's memory order, as the frozen ReLU backward read
+    them: copied if `out` (the output given, or None) shares memory with one
+    (dx written over x or dy), so that the fix-up can still read them."""
+    data = x.memory
+    grad = dy if x.order is None else dy.transpose(x.order)
+    if out is not None:
+        data = data.copy() if np.may_share_memory(out, data) else data
+        grad = grad.copy() if np.may_share_memory(out, grad) else grad
+    return data, grad
+
+
+def _frozen_relu_at_non_finite_x(dx, x, data, grad, mean, invstd, gamma, beta, dgamma):
     """Redo dx where x is NaN or infinite, in the frozen-statistics ReLU backward.
 
     The kernel computes that dx as ``masked_dy * gamma*invstd + 0*x`` (one
@@ -676,17 +691,17 @@ def _frozen_relu_at_non_finite_x(dx, x, dy, mean, invstd, gamma, beta, dgamma):
     > 0`` and 0 elsewhere (NaN fails the test: 0). A non-finite x makes its
     channel's dgamma (a sum of ``masked_dy * xhat``) non-finite, so only such
     channels are visited, and calls on finite data pay nothing. Found by the
-    fuzzer."""
+    fuzzer. `data` and `grad` are x and dy as the kernel read them (see
+    _frozen_relu_inputs)."""
     channels = ~np.isfinite(dgamma)
     shape = (x.outer, x.channels, x.inner)
     # A view: dx is C-contiguous in x's memory order (see _output).
     memory = (dx if x.order is None else dx.transpose(x.order)).reshape(shape)
-    data = x.memory.reshape(shape)[:, channels].astype(np.float64)
+    data = data.reshape(shape)[:, channels].astype(np.float64)
     bad = ~np.isfinite(data)
     if not bad.any():
         return
-    grad = (dy if x.order is None else dy.transpose(x.order)).reshape(shape)[
-        :, channels].astype(np.float64)
+    grad = grad.reshape(shape)[:, channels].astype(np.float64)
     scale = invstd[channels] if gamma is None else gamma[channels] * invstd[channels]
     shift = 0.0 if beta is None else beta[channels]
     with np.errstate(all="ignore"):

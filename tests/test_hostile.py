@@ -330,3 +330,24 @@ def test_dask_lrn_split_channels_unknown_chunk_sizes_is_a_value_error(function, 
         getattr(cnorm_dask, function)(kept, *args, allow_rechunk=True)
     y = getattr(cnorm_dask, function)(kept.rechunk({1: -1}), *args).compute()
     np.testing.assert_array_equal(y, getattr(cnorm, function)(values, *args))
+
+
+@pytest.mark.parametrize("written_over", ["x", "dy"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_frozen_relu_backward_at_non_finite_x_written_over_its_input(written_over, dtype):
+    # Found by the fuzzer: with out=x (or out=dy) the fix-up for non-finite x
+    # read x (dy) after dx had been written over it, and took the mask of dx's
+    # NaN: dx 0 where the reference gives NaN (dy NaN through an open mask) or
+    # dy*gamma*invstd (x = inf).
+    x = np.array([[0.0, np.inf], [1.0, 2.0], [np.nan, 1.0]], dtype)
+    dy = np.array([[np.nan, 3.0], [1.0, 2.0], [5.0, 7.0]], dtype)
+    mean, invstd, beta = np.zeros(2), np.array([0.0, 2.0]), np.ones(2)
+    with np.errstate(invalid="ignore"):
+        expected = reference.batch_norm_backward(dy, x, mean, invstd, beta=beta,
+                                                 activation="relu", training=False)
+    x_in, dy_in = x.copy(), dy.copy()
+    out = x_in if written_over == "x" else dy_in
+    dx, _, _ = cnorm.batch_norm_backward(dy_in, x_in, mean, invstd, beta=beta,
+                                         activation="relu", training=False, out=out)
+    assert dx is out
+    np.testing.assert_allclose(dx, expected[0], rtol=1e-6)
