@@ -665,9 +665,29 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
     dbeta = sum_dy.copy()
     if x.array.size == 0:
         return dx, dgamma, dbeta
+    if _widen(x, unsafe or _sums_unsafe(x, sum_dy, sum_dy_xhat, count, invstd, gamma)):
+        wide = _widened(x)
+        _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, True, dgamma, dbeta,
+                     n_threads, 0, x.outer, n_channels, x.inner, True, count)
+        return _store_widened(dx, x, wide), dgamma, dbeta
     _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma, True,
                  dgamma, dbeta, n_threads, *view, True, count)
     return _layout.finish(dx, written), dgamma, dbeta
+
+
+def _sums_unsafe(x, sum_dy, sum_dy_xhat, count, invstd, gamma):
+    """Whether the coefficients of dx from given sums (``gamma*invstd *
+    invstd*sum_dy_xhat/count`` of x, ``gamma*invstd * sum_dy/count``), or the
+    sums themselves, are outside float32's normal range (see `_widen`): in a
+    float32 pass they would round to inf and give inf or NaN (inf * 0 at the
+    mean) where the float64 answer is finite. Found by the fuzzer."""
+    if x.storage == 0:
+        return False
+    scale = invstd if gamma is None else gamma * invstd
+    with np.errstate(all="ignore"):
+        x_scale = scale * (invstd * (sum_dy_xhat / count))
+        shift = scale * (sum_dy / count)
+    return bool(_vectors(x, sum_dy, sum_dy_xhat, x_scale, shift))
 
 
 def _frozen_relu_inputs(x, dy, out):

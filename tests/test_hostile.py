@@ -351,3 +351,24 @@ def test_frozen_relu_backward_at_non_finite_x_written_over_its_input(written_ove
                                          activation="relu", training=False, out=out)
     assert dx is out
     np.testing.assert_allclose(dx, expected[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_batch_norm_backward_sums_beyond_float32(dtype):
+    # Found by the fuzzer: with sums= the float32 pass took the coefficients
+    # rounded to float32 (sum_dy_xhat 1e200 gave x_scale -inf) and gave dx NaN
+    # at the mean, where the float64 answer is finite; nor were per-channel
+    # values beyond float32 (gamma, invstd) widened on that path.
+    x = np.array([[0.0], [1.0], [2.0], [3.0]], dtype)
+    dy = np.array([[1.0], [2.0], [3.0], [4.0]], dtype)
+    for mean, invstd, gamma, sums in [
+            ([0.0], [1.0], None, ([0.0], [1e200])),
+            ([0.0], [1e-30], [1e30], ([1e-40], [1e-30])),
+            ([0.0], [1e20], [1e-20], ([0.0], [1e-19]))]:
+        args = (np.array(mean), np.array(invstd), None if gamma is None else np.array(gamma))
+        sums = tuple(np.array(s) for s in sums)
+        dx, _, _ = cnorm.batch_norm_backward(dy, x, *args, sums=sums, count=4)
+        wide, _, _ = cnorm.batch_norm_backward(dy.astype(np.float64), x.astype(np.float64),
+                                               *args, sums=sums, count=4)
+        with np.errstate(over="ignore"):
+            np.testing.assert_array_equal(dx, wide.astype(dtype))
