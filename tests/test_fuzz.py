@@ -457,7 +457,8 @@ class MomentsArg(Role):
             return None
         n = call.n_channels
         x = call.kwargs.get("x")
-        if kind == "batch" and isinstance(x, np.ndarray) and x.shape == call.shape:
+        if kind == "batch" and isinstance(x, np.ndarray) and x.shape == call.shape \
+                and x.dtype == call.dtype:  # not a hostile x of another dtype
             shard = _values(draw, (draw(st.integers(0, 4)), n), call=call)
             rows = np.concatenate([np.array(x, np.float64).reshape(-1, n), shard])
             return reference.moments(rows)
