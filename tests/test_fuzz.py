@@ -727,7 +727,24 @@ def _backward_reference(kw):
         xhat = (x - mean) * invstd
         g = np.where(gamma * xhat + _channels(kw.get("beta"), n, 0.0) > 0, g, 0.0)
     scales = batch_norm_backward_scales(g, x, mean, invstd, gamma, training)
+    dx = _zero_scale_channels(dx, x, g, mean, invstd, gamma)
     return list(zip((dx, dgamma, dbeta), scales))
+
+
+def _zero_scale_channels(dx, x, g, mean, invstd, gamma, *sums):
+    """dx of a channel whose gamma*invstd is exactly 0, with finite inputs, is 0
+    times a finite real: exactly 0. The float64 formula may overflow in its
+    bracket (xhat*dgamma of 1e200 data) and give 0*inf = NaN there; the exact
+    value is expected."""
+    n = x.shape[-1]
+    with np.errstate(all="ignore"):
+        finite = (np.isfinite(x).reshape(-1, n).all(axis=0)
+                  & np.isfinite(g).reshape(-1, n).all(axis=0)
+                  & np.isfinite(mean) & np.isfinite(invstd) & np.isfinite(gamma))
+        for value in sums:
+            finite &= np.isfinite(value)
+        zero = finite & (gamma * invstd == 0)
+    return np.where(zero & np.isnan(dx), 0.0, dx)
 
 
 def _backward_sums_given_reference(kw, g, x, mean, invstd, gamma):
@@ -742,6 +759,7 @@ def _backward_sums_given_reference(kw, g, x, mean, invstd, gamma):
     dx = frozen - coefficient * (sum_dy / count + xhat * (sum_dy_xhat / count))
     scale = np.abs(coefficient) * (np.abs(g) + np.abs(sum_dy) / count
                                    + np.abs(xhat) * (np.abs(sum_dy_xhat) / count))
+    dx = _zero_scale_channels(dx, x, g, mean, invstd, gamma, sum_dy, sum_dy_xhat)
     return [(dx, scale), (sum_dy_xhat, None), (sum_dy, None)]
 
 
