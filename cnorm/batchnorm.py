@@ -70,7 +70,12 @@ def _global_sums(sums, count, n_channels, training):
     sum_dy = _per_channel(sums[0], "sums[0] (sum_dy)", n_channels)
     sum_dy_xhat = _per_channel(sums[1], "sums[1] (sum_dy_xhat)", n_channels)
     count = check.integer(count, "count", minimum=1)
+    if count > _MAX_COUNT:  # the kernel's Py_ssize_t: no batch holds more values
+        raise ValueError(f"count must be <= 2**63 - 1 (values per channel), got {count}")
     return sum_dy, sum_dy_xhat, count
+
+
+_MAX_COUNT = 2 ** 63 - 1
 
 
 _FLOAT64 = np.dtype(np.float64)
@@ -591,7 +596,7 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
         ``count``, and with ``training=True`` only. x may then be empty.
     count : int, optional
         Values per channel of the whole batch (``moments.count`` of the
-        forward), >= 1.
+        forward), >= 1 and <= 2**63 - 1.
     axis : int, default -1
         The channel axis: statistics are per index along it (NCHW data from
         PyTorch is ``axis=1``, read in place with no copy).
@@ -642,23 +647,94 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
     if given is None:
         dgamma = np.empty(n_channels)
         dbeta = np.empty(n_channels)
+        frozen_relu = relu and not training
+        if frozen_relu:  # the inputs _frozen_relu_at_non_finite_x may read after the kernel
+            inputs = _frozen_relu_inputs(x, dy, dx if out is not None else None)
         if _widen(x, unsafe):
             wide = _widened(x)
             _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, training, dgamma,
                          dbeta, n_threads, 0, x.outer, n_channels, x.inner, False, 0, relu,
                          beta)
-            return _store_widened(dx, x, wide), dgamma, dbeta
-        _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma,
-                     training, dgamma, dbeta, n_threads, *view, False, 0, relu, beta)
-        return (dx if written is dx else _layout.finish(dx, written)), dgamma, dbeta
+            _store_widened(dx, x, wide)
+        else:
+            _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma,
+                         training, dgamma, dbeta, n_threads, *view, False, 0, relu, beta)
+            if written is not dx:
+                _layout.finish(dx, written)
+        if frozen_relu and not np.isfinite(dgamma).all():
+            _frozen_relu_at_non_finite_x(dx, x, *inputs, mean, invstd, gamma, beta, dgamma)
+        return dx, dgamma, dbeta
     sum_dy, sum_dy_xhat, count = given
     dgamma = sum_dy_xhat.copy()  # read by the kernel, returned to the caller
     dbeta = sum_dy.copy()
     if x.array.size == 0:
         return dx, dgamma, dbeta
+    if _widen(x, unsafe or _sums_unsafe(x, sum_dy, sum_dy_xhat, count, invstd, gamma)):
+        wide = _widened(x)
+        _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, True, dgamma, dbeta,
+                     n_threads, 0, x.outer, n_channels, x.inner, True, count)
+        return _store_widened(dx, x, wide), dgamma, dbeta
     _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma, True,
                  dgamma, dbeta, n_threads, *view, True, count)
     return (dx if written is dx else _layout.finish(dx, written)), dgamma, dbeta
+
+
+def _sums_unsafe(x, sum_dy, sum_dy_xhat, count, invstd, gamma):
+    """Whether the coefficients of dx from given sums (``gamma*invstd *
+    invstd*sum_dy_xhat/count`` of x, ``gamma*invstd * sum_dy/count``), or the
+    sums themselves, are outside float32's normal range (see `_widen`): in a
+    float32 pass they would round to inf and give inf or NaN (inf * 0 at the
+    mean) where the float64 answer is finite. Found by the fuzzer."""
+    if x.storage == 0:
+        return False
+    scale = invstd if gamma is None else gamma * invstd
+    with np.errstate(all="ignore"):
+        x_scale = scale * (invstd * (sum_dy_xhat / count))
+        shift = scale * (sum_dy / count)
+    return bool(_vectors(x, sum_dy, sum_dy_xhat, x_scale, shift))
+
+
+def _frozen_relu_inputs(x, dy, out):
+    """x's and dy's data in x's memory order, as the frozen ReLU backward read
+    them: copied if `out` (the output given, or None) shares memory with one
+    (dx written over x or dy), so that the fix-up can still read them."""
+    data = x.memory
+    grad = dy if x.order is None else dy.transpose(x.order)
+    if out is not None:
+        data = data.copy() if np.may_share_memory(out, data) else data
+        grad = grad.copy() if np.may_share_memory(out, grad) else grad
+    return data, grad
+
+
+def _frozen_relu_at_non_finite_x(dx, x, data, grad, mean, invstd, gamma, beta, dgamma):
+    """Redo dx where x is NaN or infinite, in the frozen-statistics ReLU backward.
+
+    The kernel computes that dx as ``masked_dy * gamma*invstd + 0*x`` (one
+    elementwise form for every backward), and 0*x is NaN there; the answer is
+    ``gamma*invstd*masked_dy``, ``masked_dy`` being dy where ``gamma*xhat + beta
+    > 0`` and 0 elsewhere (NaN fails the test: 0). A non-finite x makes its
+    channel's dgamma (a sum of ``masked_dy * xhat``) non-finite, so only such
+    channels are visited, and calls on finite data pay nothing. Found by the
+    fuzzer. `data` and `grad` are x and dy as the kernel read them (see
+    _frozen_relu_inputs)."""
+    channels = ~np.isfinite(dgamma)
+    shape = (x.outer, x.channels, x.inner)
+    # A view: dx is C-contiguous in x's memory order (see _output).
+    memory = (dx if x.order is None else dx.transpose(x.order)).reshape(shape)
+    data = data.reshape(shape)[:, channels].astype(np.float64)
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return
+    grad = grad.reshape(shape)[:, channels].astype(np.float64)
+    scale = invstd[channels] if gamma is None else gamma[channels] * invstd[channels]
+    shift = 0.0 if beta is None else beta[channels]
+    with np.errstate(all="ignore"):
+        passed = (data - mean[channels][:, None]) * scale[:, None] + np.reshape(
+            shift, (-1, 1)) > 0
+        values = np.where(passed, grad, 0.0) * scale[:, None]  # masked dy, as the kernel
+    part = memory[:, channels]
+    part[bad] = values[bad]
+    memory[:, channels] = part
 
 
 def batch_norm_backward_sums(dy, x, mean, invstd, *, axis=-1, n_threads=None):

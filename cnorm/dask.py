@@ -355,6 +355,14 @@ def _window_map(x, axis, function, parameters, depth, allow_rechunk, n_threads):
             f"chunk (x.rechunk({{{axis}: -1}})), or pass allow_rechunk=True to exchange "
             f"{depth} channels with the neighbouring chunks (map_overlap)"
         )
+    unknown = [i for i in range(x.ndim) if any(math.isnan(n) for n in x.chunks[i])]
+    if unknown:  # map_overlap needs every chunk size (else a bare AssertionError in dask)
+        raise ValueError(
+            f"x has unknown chunk sizes along axis {unknown[0]}, and allow_rechunk=True "
+            f"exchanges channels between chunks with map_overlap, which needs them: call "
+            f"x.compute_chunk_sizes() first, or rechunk the channel axis into one chunk "
+            f"(x.rechunk({{{axis}: -1}}))"
+        )
     depth = min(depth, x.shape[axis] - 1)
     depths = {i: (depth if i == axis else 0) for i in range(x.ndim)}
     y = x.map_overlap(run, depth=depths, boundary="none", trim=True, dtype=x.dtype,
@@ -382,7 +390,8 @@ def lrn(x, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5, *, axis=-1, allow_rech
         The channel axis.
     allow_rechunk : bool, default False
         Whether a channel axis in several chunks is exchanged between them
-        (overlaps of the window's depth) instead of an error.
+        (overlaps of the window's depth) instead of an error; every chunk size
+        of x must then be known.
     n_threads : int, optional
         Threads of each task's cnorm call; None: see the module docstring.
 

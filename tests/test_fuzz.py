@@ -14,6 +14,16 @@ input itself, partly overlapping one, a broadcast view), an aliased running
 statistic, or a parameter that is NaN, inf, -0.0, huge, a bool, a NumPy
 scalar, a 0-d array, a Fraction, a Decimal, None or a string.
 
+The batch-norm entries draw their keywords too: the fused epilogues
+(``activation="relu"``, ``residual=`` of batch_norm_inference; ``activation=``
+of batch_norm_training and, with ``beta=``, of batch_norm_backward), the
+synchronized forms (``moments=`` of batch_norm_training: the Moments of x
+merged with another shard's, or arbitrary ones; ``sums=``/``count=`` of
+batch_norm_backward: x's own sums or arbitrary ones, counts past 2**31), and
+batch_norm_backward_sums is an entry of its own. Where the reference has no
+such keyword the expected result is composed from it (inference with the
+moments' statistics; the frozen dx minus the sums' terms).
+
 The property: the call either raises TypeError or ValueError whose message
 names the replaced argument (or the argument it must match), with every
 array argument byte-for-byte unchanged; or it returns what the float64
@@ -41,7 +51,7 @@ from hypothesis import strategies as st
 import cnorm
 from cnorm import reference
 from helpers import (BFLOAT16, RTOL, batch_norm_backward_scales, batch_norm_y_scale, finfo,
-                     lrn_backward_scale)
+                     lrn_backward_scale, need)
 
 EXAMPLES = int(os.environ.get("CNORM_FUZZ_EXAMPLES", "0")) or None
 FUZZ_SETTINGS = settings(
@@ -104,9 +114,23 @@ def _byte_swapped(values, dtype):
 
 
 def _broadcast(values, dtype):
-    # Zero strides: only where every row is the same, so use the first row.
-    return np.broadcast_to(values.astype(dtype).reshape(-1, values.shape[-1])[:1],
-                           values.shape) if values.size and values.ndim else values.astype(dtype)
+    # Zero strides on every axis but the channels': every row is the first row
+    # (a vector: every element the first).
+    if not (values.size and values.ndim):
+        return values.astype(dtype)
+    rows = values.astype(dtype).reshape(-1, values.shape[-1])
+    return np.broadcast_to(rows[:1] if values.ndim > 1 else rows[0, :1], values.shape)
+
+
+def _broadcast_channels(values, dtype):
+    # A zero stride along the channel axis (every channel the first one's
+    # value), and along the rows too for 2-D and wider.
+    if not (values.size and values.ndim):
+        return values.astype(dtype)
+    first = values.astype(dtype)[..., :1]
+    if values.ndim > 1:
+        first = np.broadcast_to(first.reshape(-1, 1)[:1], values.shape[:-1] + (1,))
+    return np.broadcast_to(first, values.shape)
 
 
 LAYOUTS = {
@@ -116,6 +140,8 @@ LAYOUTS = {
     "negative strides": _negative_strides,
     "strided": _strided,
     "read-only": _read_only,
+    "broadcast": _broadcast,
+    "broadcast channels": _broadcast_channels,
     "byte-swapped": _byte_swapped,
     "list": lambda values, dtype: values.astype(dtype).tolist(),
 }
@@ -128,8 +154,9 @@ SPECIALS = [np.nan, np.inf, -np.inf, -0.0, 1e30, -1e30, 1e-40, 1e200, 3e38]
 # float32 batch norm computes products of data and coefficients in float32:
 # where they exceed float32's range while the float64 answer does not (|dy| near
 # 3e38 with gamma*invstd > 1, say), the result is inf or NaN. A known limit
-# (docs/guide/precision.md, "Non-finite values"), so its values stay where no such product overflows;
-# per-channel values beyond float32's range are drawn (they are widened).
+# (docs/guide/precision.md, "Non-finite values"), so its values stay where no
+# such product overflows; per-channel values beyond float32's range are drawn
+# (they are widened).
 BN_FLOAT32_SPECIALS = [np.nan, np.inf, -np.inf, -0.0, 1e6, -1e6, 1e-40]
 
 
@@ -383,6 +410,130 @@ class Axis(Role):
                                      None, "1", np.float64(0.0), [0]]))
 
 
+class Activation(Choice):
+    """activation: None or "relu" (a str subclass too); hostile: another name,
+    another case, bytes, a tuple, a 0-d array, a number."""
+
+    def __init__(self):
+        super().__init__(None, "relu", np.str_("relu"))
+
+    def hostile(self, draw, call):
+        return draw(st.sampled_from(["sigmoid", "Relu", "", "relu ", 0, True, b"relu",
+                                     ("relu",), np.array("relu")]))
+
+
+class Residual(Like):
+    """residual: None, or x's shape and dtype in any memory layout, or x itself;
+    hostile: another dtype or shape, ragged, not an array, or sharing memory with out."""
+    partners = ("x", "out")
+
+    def valid(self, draw, call):
+        kind = draw(st.sampled_from(["none", "layout", "layout", "x"]))
+        if kind == "none":
+            return None
+        if kind == "x":
+            return "x"  # x itself, resolved once x exists (_resolve_aliases)
+        values = _values(draw, call.shape, call=call)
+        call.data[self] = values
+        layout = draw(st.sampled_from(["contiguous", "fortran", "negative strides", "strided",
+                                       "read-only", "broadcast", "misaligned"]))
+        return LAYOUTS[layout](values, call.dtype)
+
+    def hostile(self, draw, call):
+        if draw(st.integers(0, 3)) == 0:
+            return "into out"  # out itself, resolved once out exists
+        return super().hostile(draw, call)
+
+
+class MomentsArg(Role):
+    """moments: None, or the Moments of x's values merged with another shard's (a
+    synchronized batch), or arbitrary ones; hostile: not a Moments (its array, a
+    tuple), another channel count, a count of 0 or 1."""
+    partners = ("x",)
+
+    def valid(self, draw, call):
+        kind = draw(st.sampled_from(["none", "batch", "arbitrary"]))
+        if kind == "none":
+            return None
+        n = call.n_channels
+        x = call.kwargs.get("x")
+        if kind == "batch" and isinstance(x, np.ndarray) and x.shape == call.shape \
+                and x.dtype == call.dtype:  # not a hostile x of another dtype
+            shard = _values(draw, (draw(st.integers(0, 4)), n), call=call)
+            rows = np.concatenate([np.array(x, np.float64).reshape(-1, n), shard])
+            return reference.moments(rows)
+        mean = _channel_values(draw, call, False)
+        m2 = np.abs(_channel_values(draw, call, True))
+        return cnorm.Moments(draw(st.sampled_from([2, 3, 1000, 2 ** 40])), mean,
+                             np.where(np.isnan(m2), 1.0, m2))
+
+    def hostile(self, draw, call):
+        n = call.n_channels
+        good = cnorm.Moments(4, np.zeros(n), np.ones(n))
+        return draw(st.sampled_from([
+            good.to_array(), (4, np.zeros(n), np.ones(n)), {"count": 4}, "moments", 1.0,
+            cnorm.Moments.empty(n), cnorm.Moments(1, np.zeros(n), np.zeros(n)),
+            cnorm.Moments(4, np.zeros(n + 1), np.ones(n + 1)), cnorm.Moments.empty(0)]))
+
+
+class Sums(Role):
+    """sums: None, or (sum_dy, sum_dy_xhat) with training=True and no activation:
+    x's own sums (with count = its rows) or arbitrary per-channel values, as
+    tuples or lists of float32/float64 arrays or lists; hostile: not a pair, a
+    2-D array, wrong shapes or dtypes, None inside."""
+    partners = ("count",)
+
+    def valid(self, draw, call):
+        kwargs = call.kwargs
+        if kwargs.get("training") is not True and kwargs.get("training") is not np.True_ \
+                or kwargs.get("activation") is not None or draw(st.booleans()):
+            return None
+        pair = None
+        if draw(st.booleans()):
+            try:
+                with np.errstate(all="ignore"):
+                    pair = reference.batch_norm_backward_sums(
+                        *(np.array(kwargs[name], np.float64) for name in
+                          ("dy", "x", "mean", "invstd")))
+                call.count = int(np.prod(call.shape[:-1]))
+            except (TypeError, ValueError, KeyError, IndexError):  # a hostile x, dy, ...
+                pair = None
+        if pair is None:
+            pair = (_channel_values(draw, call, False), _channel_values(draw, call, False))
+        kinds = [draw(st.sampled_from([np.float64, np.float32, list])) for _ in pair]
+        pair = [p.tolist() if kind is list else p.astype(kind) for p, kind in zip(pair, kinds)]
+        return draw(st.sampled_from([tuple, list]))(pair)
+
+    def hostile(self, draw, call):
+        n = call.n_channels
+        return draw(st.sampled_from([
+            (np.ones(n),), (np.ones(n),) * 3, np.ones((2, n)), {"a": 1}, "sums",
+            (np.ones(n + 1), np.ones(n)), (np.ones(n), np.ones((1, n))),
+            (np.ones(n, np.int32), np.ones(n)), (None, np.ones(n)), (np.ones(n), "x"),
+            ([[1.0], [1.0, 2.0]], np.ones(n)), (np.ones(n, np.complex128), np.ones(n))]))
+
+
+class Count(Role):
+    """count: with sums, an integer in [1, 2**63 - 1] (x's rows for its own
+    sums, or far beyond them); None without sums. Hostile: below 1, 2**63 and
+    beyond, a float, a bool, a string, None with sums, or given without sums."""
+    partners = ("sums",)
+
+    def valid(self, draw, call):
+        if call.kwargs.get("sums") is None:
+            return None
+        own = getattr(call, "count", None)
+        value = own if own is not None and draw(st.booleans()) else draw(st.sampled_from(
+            [1, 2, 7, 1000, 2 ** 31 + 1, 2 ** 62, 2 ** 63 - 1]))
+        return draw(st.sampled_from([value, np.int64(value), np.uint64(value)]))
+
+    def hostile(self, draw, call):
+        return draw(st.sampled_from([0, -1, -(2 ** 64), 2 ** 63, np.uint64(2 ** 63), 10 ** 30,
+                                     1.5, True, np.bool_(True), "3",
+                                     np.float64(3.0), np.array([3]),
+                                     None if call.kwargs.get("sums") is not None else 5]))
+
+
 class Out(Role):
     """out: None, a fresh array, x or dy itself, or hostile: wrong dtype/shape,
     read-only, broadcast, non-contiguous, misaligned, partly overlapping an input."""
@@ -395,8 +546,8 @@ class Out(Role):
         if kind == "input":
             return "input"  # resolved once the inputs exist
         values = np.zeros(call.shape)
-        return LAYOUTS["misaligned" if kind == "misaligned" else "contiguous"](values,
-                                                                              call.dtype)
+        layout = "misaligned" if kind == "misaligned" else "contiguous"
+        return LAYOUTS[layout](values, call.dtype)
 
     def hostile(self, draw, call):
         kind = draw(st.sampled_from(["dtype", "shape", "read-only", "broadcast", "fortran",
@@ -431,6 +582,8 @@ class Call:
         self.n_channels = shape[-1] if shape else 0
         self.data = {}        # role -> float64 values the argument holds
         self.alias_out = {}   # role -> aliasing to set up once x and out exist
+        self.kwargs = {}      # the arguments drawn so far (a role may depend on earlier ones)
+        self.count = None     # count of x's own sums (Sums, Count)
 
 
 # ---------------------------------------------------------------------------
@@ -449,8 +602,9 @@ def _lrn_reference(kw):
 
 
 def _window(size, convention):
-    return reference.lrn_window(size, convention) if size < 2 ** 62 else (size // 2,
-                                                                         (size - 1) // 2)
+    if size < 2 ** 62:
+        return reference.lrn_window(size, convention)
+    return size // 2, (size - 1) // 2
 
 
 def _size_args(kw):
@@ -494,12 +648,17 @@ def _inference_reference(kw):
     gamma, beta = _channels(kw["gamma"], n, 1.0), _channels(kw["beta"], n, 0.0)
     mean, var = _f64(kw["running_mean"]), _f64(kw["running_var"])
     eps = float(kw["eps"])
-    y = reference.batch_norm_inference(x, mean, var, gamma, beta, eps)
+    residual = _f64(kw.get("residual"))
+    y = reference.batch_norm_inference(x, mean, var, gamma, beta, eps,
+                                       activation=kw.get("activation"), residual=residual)
     invstd = 1 / np.sqrt(var + eps)
-    return [(y, batch_norm_y_scale(x, mean, invstd, gamma, beta))]
+    scale = batch_norm_y_scale(x, mean, invstd, gamma, beta)
+    return [(y, scale if residual is None else scale + np.abs(residual))]
 
 
 def _training_reference(kw):
+    if kw.get("moments") is not None:
+        return _training_moments_reference(kw)
     x = _f64(kw["x"])
     n = x.shape[-1]
     gamma, beta = _channels(kw["gamma"], n, 1.0), _channels(kw["beta"], n, 0.0)
@@ -513,7 +672,8 @@ def _training_reference(kw):
     y, mean, invstd = reference.batch_norm_training(
         x, gamma, beta, eps, running_mean=running_mean, running_var=running_var,
         momentum=float(kw.get("momentum", 0.1)),
-        running_var_unbiased=bool(kw.get("running_var_unbiased", True)))
+        running_var_unbiased=bool(kw.get("running_var_unbiased", True)),
+        activation=kw.get("activation"))
     rows = x.reshape(-1, n)
     spread = np.abs(rows - mean).max(axis=0) if rows.size else np.zeros(n)
     outputs = [(y, batch_norm_y_scale(x, mean, invstd, gamma, beta)),
@@ -527,16 +687,89 @@ def _training_reference(kw):
     return outputs
 
 
+def _training_moments_reference(kw):
+    """batch_norm_training(x, moments=...), composed: x normalized as inference
+    with the moments' mean and biased variance; the running statistics take
+    those, m being moments.count."""
+    x = _f64(kw["x"])
+    n = x.shape[-1]
+    gamma, beta = _channels(kw["gamma"], n, 1.0), _channels(kw["beta"], n, 0.0)
+    eps = float(kw["eps"])
+    moments = kw["moments"]
+    mean, var, m = moments.mean.copy(), moments.var(), moments.count
+    y = reference.batch_norm_inference(x, mean, var, gamma, beta, eps,
+                                       activation=kw.get("activation"))
+    invstd = 1.0 / np.sqrt(var + eps)
+    outputs = [(y, batch_norm_y_scale(x, mean, invstd, gamma, beta)), (mean, None),
+               (invstd, invstd)]
+    if kw.get("running_mean") is not None:
+        momentum = float(kw.get("momentum", 0.1))
+        stat = var * m / (m - 1) if bool(kw.get("running_var_unbiased", True)) else var
+        for old, new in ((_f64(kw["running_mean"]), mean), (_f64(kw["running_var"]), stat)):
+            value = new if momentum == 1.0 else (1 - momentum) * old + momentum * new
+            outputs.append((value, np.abs(old) + np.abs(new)))
+    return outputs
+
+
 def _backward_reference(kw):
     x, g = _f64(kw["x"]), _f64(kw["dy"])
     n = x.shape[-1]
     mean, invstd = _f64(kw["mean"]), _f64(kw["invstd"])
     gamma = _channels(kw["gamma"], n, 1.0)
     training = bool(kw.get("training", True))
-    dx, dgamma, dbeta = reference.batch_norm_backward(g, x, mean, invstd, gamma,
-                                                      training=training)
+    if kw.get("sums") is not None:
+        return _backward_sums_given_reference(kw, g, x, mean, invstd, gamma)
+    activation = kw.get("activation")
+    dx, dgamma, dbeta = reference.batch_norm_backward(
+        g, x, mean, invstd, gamma, beta=_f64(kw.get("beta")), activation=activation,
+        training=training)
+    if activation is not None:  # the terms of the masked gradient
+        xhat = (x - mean) * invstd
+        g = np.where(gamma * xhat + _channels(kw.get("beta"), n, 0.0) > 0, g, 0.0)
     scales = batch_norm_backward_scales(g, x, mean, invstd, gamma, training)
+    dx = _zero_scale_channels(dx, x, g, mean, invstd, gamma)
     return list(zip((dx, dgamma, dbeta), scales))
+
+
+def _zero_scale_channels(dx, x, g, mean, invstd, gamma, *sums):
+    """dx of a channel whose gamma*invstd is exactly 0, with finite inputs, is 0
+    times a finite real: exactly 0. The float64 formula may overflow in its
+    bracket (xhat*dgamma of 1e200 data) and give 0*inf = NaN there; the exact
+    value is expected."""
+    n = x.shape[-1]
+    with np.errstate(all="ignore"):
+        finite = (np.isfinite(x).reshape(-1, n).all(axis=0)
+                  & np.isfinite(g).reshape(-1, n).all(axis=0)
+                  & np.isfinite(mean) & np.isfinite(invstd) & np.isfinite(gamma))
+        for value in sums:
+            finite &= np.isfinite(value)
+        zero = finite & (gamma * invstd == 0)
+    return np.where(zero & np.isnan(dx), 0.0, dx)
+
+
+def _backward_sums_given_reference(kw, g, x, mean, invstd, gamma):
+    """batch_norm_backward(..., sums=(sum_dy, sum_dy_xhat), count=m), composed:
+    the frozen-statistics dx of the reference minus the sums' terms
+    (dx = gamma*invstd*(g - sum_dy/m - xhat*sum_dy_xhat/m)); dgamma, dbeta the sums."""
+    sum_dy, sum_dy_xhat = (_f64(value) for value in kw["sums"])
+    count = float(kw["count"])
+    frozen = reference.batch_norm_backward(g, x, mean, invstd, gamma, training=False)[0]
+    xhat = (x - mean) * invstd
+    coefficient = gamma * invstd
+    dx = frozen - coefficient * (sum_dy / count + xhat * (sum_dy_xhat / count))
+    scale = np.abs(coefficient) * (np.abs(g) + np.abs(sum_dy) / count
+                                   + np.abs(xhat) * (np.abs(sum_dy_xhat) / count))
+    dx = _zero_scale_channels(dx, x, g, mean, invstd, gamma, sum_dy, sum_dy_xhat)
+    return [(dx, scale), (sum_dy_xhat, None), (sum_dy, None)]
+
+
+def _backward_sums_reference(kw):
+    x, g = _f64(kw["x"]), _f64(kw["dy"])
+    mean, invstd = _f64(kw["mean"]), _f64(kw["invstd"])
+    sum_dy, sum_dy_xhat = reference.batch_norm_backward_sums(g, x, mean, invstd)
+    _, dgamma_scale, dbeta_scale = batch_norm_backward_scales(
+        g, x, mean, invstd, np.ones(x.shape[-1]), True)
+    return [(sum_dy, dbeta_scale), (sum_dy_xhat, dgamma_scale)]
 
 
 class Entry:
@@ -569,17 +802,24 @@ ENTRIES = [
     Entry("batch_norm_inference", cnorm.batch_norm_inference, _inference_reference,
           {"x": Tensor(), "running_mean": Channels(), "running_var": Channels(positive=True),
            "gamma": Channels(optional=True), "beta": Channels(optional=True),
-           "eps": Real(1e-6, 1.0, positive=True), **_COMMON}, min_ndim=2),
+           "eps": Real(1e-6, 1.0, positive=True), "activation": Activation(),
+           "residual": Residual(), **_COMMON}, min_ndim=2),
     Entry("batch_norm_training", cnorm.batch_norm_training, _training_reference,
           {"x": Tensor(), "gamma": Channels(optional=True), "beta": Channels(optional=True),
            "eps": Real(1e-6, 1.0, positive=True), "running_mean": Running(),
            "running_var": Running(var=True), "momentum": Real(0.0, 1.0),
-           "running_var_unbiased": Flag(), **_COMMON},
+           "running_var_unbiased": Flag(), "moments": MomentsArg(),
+           "activation": Activation(), **_COMMON},
           min_ndim=2, outputs=("running_mean", "running_var")),
     Entry("batch_norm_backward", cnorm.batch_norm_backward, _backward_reference,
           {"dy": Like(), "x": Tensor(), "mean": Channels(),
            "invstd": Channels(positive=True), "gamma": Channels(optional=True),
-           "training": Flag(), **_COMMON}, min_ndim=2),
+           "beta": Channels(optional=True), "activation": Activation(), "training": Flag(),
+           "sums": Sums(), "count": Count(), **_COMMON}, min_ndim=2),
+    Entry("batch_norm_backward_sums", cnorm.batch_norm_backward_sums,
+          _backward_sums_reference,
+          {"dy": Like(), "x": Tensor(), "mean": Channels(), "invstd": Channels(positive=True),
+           "n_threads": Threads(), "axis": Axis()}, min_ndim=2),
 ]
 
 
@@ -606,7 +846,7 @@ def calls(draw, entry):
             shape = (2,) + shape
     call = Call(dtype, shape, batch_norm=entry.min_ndim == 2)
     hostile = draw(st.one_of(st.none(), st.sampled_from(sorted(entry.args))))  # about half
-    kwargs = {}
+    kwargs = call.kwargs
     for name, role in entry.args.items():
         if name == hostile:
             kwargs[name] = role.hostile(draw, call)
@@ -633,7 +873,7 @@ def _move_channels(draw, call, kwargs):
     position = draw(st.integers(0, ndim - 1))
     copy = draw(st.booleans())
     moved = {}
-    for name in ("x", "dy", "out"):
+    for name in ("x", "dy", "out", "residual"):
         value = kwargs.get(name)
         if not isinstance(value, np.ndarray) or value.shape != call.shape:
             continue
@@ -660,8 +900,21 @@ def _resolve_aliases(draw, entry, call, kwargs):
             kwargs["out"] = flat[1:].reshape(source.shape)
         else:
             kwargs["out"] = None
+    residual = kwargs.get("residual")
+    if isinstance(residual, str):  # x itself, or out itself (made if there is none)
+        if residual == "x":  # a copy where out is x (residual must not share out's memory)
+            x = kwargs["x"]
+            copy = isinstance(x, np.ndarray) and kwargs.get("out") is x
+            kwargs["residual"] = np.array(x) if copy else x
+        else:
+            out = kwargs.get("out")
+            if not isinstance(out, np.ndarray):
+                out = kwargs["out"] = np.zeros(call.shape, call.dtype)
+            kwargs["residual"] = out
     for role, kind in call.alias_out.items():
         name = [n for n, r in entry.args.items() if r is role][0]
+        if "out" not in entry.args:
+            kind = "into x"  # no out: a view into x (only read)
         target = kwargs.get("x") if kind == "into x" else kwargs.get("out")
         if not isinstance(target, np.ndarray) or target.dtype != call.dtype or \
                 target.size < call.n_channels or not target.flags.writeable:
@@ -676,9 +929,20 @@ def _resolve_aliases(draw, entry, call, kwargs):
 
 
 def _arrays(kwargs):
-    """Every array among the arguments, with a copy of its bytes."""
-    return {name: (value, np.array(value, copy=True))
-            for name, value in kwargs.items() if isinstance(value, np.ndarray)}
+    """Every array among the arguments (in a tuple or list too, and a Moments'
+    vectors), with a copy of its bytes."""
+    arrays = {}
+    for name, value in kwargs.items():
+        if isinstance(value, np.ndarray):
+            arrays[name] = (value, np.array(value, copy=True))
+        elif isinstance(value, (tuple, list)):
+            arrays.update({f"{name}[{i}]": (item, np.array(item, copy=True))
+                           for i, item in enumerate(value) if isinstance(item, np.ndarray)})
+        elif isinstance(value, cnorm.Moments):
+            arrays.update({f"{name}.{field}": (getattr(value, field),
+                                               getattr(value, field).copy())
+                           for field in ("mean", "m2")})
+    return arrays
 
 
 def _unchanged(snapshot):
@@ -747,11 +1011,13 @@ def check_call(entry, call, hostile, kwargs):
     inputs = dict(kwargs)
     inputs.update(before)
     for name, value in kwargs.items():
-        if isinstance(value, list):
+        if isinstance(value, list) and name != "sums":
             inputs[name] = np.array(value, dtype=np.float64)
+        if name == "sums" and value is not None:  # the values as given
+            inputs[name] = [before.get(f"sums[{i}]", item) for i, item in enumerate(value)]
     if call.position is not None:  # the reference takes the channels last
-        for name in ("x", "dy"):
-            if name in inputs:
+        for name in ("x", "dy", "residual"):
+            if inputs.get(name) is not None:
                 inputs[name] = np.moveaxis(inputs[name], call.position, -1)
     with np.errstate(all="ignore"):
         expected = entry.reference(inputs)
@@ -761,8 +1027,10 @@ def check_call(entry, call, hostile, kwargs):
         results = [np.moveaxis(r, call.position, -1) if np.ndim(r) == len(call.shape) > 1
                    else r for r in results]
     assert len(results) == len(expected), (entry.name, len(results), len(expected))
-    if entry.name == "batch_norm_training":
+    if entry.name == "batch_norm_training" and kwargs.get("moments") is None:
         _mask_non_finite_statistics(inputs, results, expected)
+    if entry.name == "batch_norm_backward" and kwargs.get("activation") is not None:
+        _mask_relu_boundary(inputs, results, expected)
     for index, (actual, (want, scale)) in enumerate(zip(results, expected)):
         _agree(actual, want, scale, f"{entry.name} output {index}")
     return "ok"
@@ -785,6 +1053,30 @@ def _mask_non_finite_statistics(inputs, results, expected):
         if np.ndim(want) == 0:
             continue
         mask = np.broadcast_to(doubtful, np.shape(want))
+        expected[index] = (np.where(mask, np.nan, want), scale)
+        results[index] = np.where(mask, np.nan, results[index]).astype(
+            np.asarray(results[index]).dtype)
+
+
+def _mask_relu_boundary(inputs, results, expected):
+    """The ReLU backward: where gamma*xhat + beta is zero to within the rounding
+    of its terms, the kernel and the reference may take the mask either way,
+    which changes dx (and, training, the whole channel's sums): such channels
+    are not compared."""
+    x = inputs["x"]
+    n = x.shape[-1]
+    mean, invstd = _f64(inputs["mean"]), _f64(inputs["invstd"])
+    gamma, beta = _channels(inputs.get("gamma"), n, 1.0), _channels(inputs.get("beta"), n, 0.0)
+    with np.errstate(all="ignore"):
+        pre = gamma * (x - mean) * invstd + beta
+        scale = batch_norm_y_scale(x, mean, invstd, gamma, beta)
+    rtol = RTOL[np.asarray(results[0]).dtype]
+    near = (np.abs(pre) <= 8 * rtol * scale).reshape(-1, n).any(axis=0)
+    if not near.any():
+        return
+    event("relu backward: a channel on the mask's boundary not compared")
+    for index, (want, scale) in enumerate(expected):
+        mask = np.broadcast_to(near, np.shape(want))
         expected[index] = (np.where(mask, np.nan, want), scale)
         results[index] = np.where(mask, np.nan, results[index]).astype(
             np.asarray(results[index]).dtype)
@@ -881,8 +1173,9 @@ def test_hostile_batch_norm_layer(data):
         _agree(np.moveaxis(y, axis, -1), want, scale, "BatchNorm call")
     dy = _values(draw, shape).astype(dtype)
     grads = _expect_named_error(lambda: layer.backward(dy), ["dy"])
-    if isinstance(grads, str) or not (np.isfinite(rows).all() and np.isfinite(dy).all()
-                                       and np.isfinite(mean).all() and np.isfinite(invstd).all()):
+    finite = (np.isfinite(rows).all() and np.isfinite(dy).all() and np.isfinite(mean).all()
+              and np.isfinite(invstd).all())
+    if isinstance(grads, str) or not finite:
         return
     g = np.moveaxis(dy.astype(np.float64), axis, -1)
     expected = reference.batch_norm_backward(g, rows, mean, invstd, gamma, training=batch)
@@ -991,3 +1284,145 @@ def test_hostile_moments(data):
                                      ["moments", "channel", "Moments"])
         assert isinstance(result, str)
     np.testing.assert_array_equal(total.to_array(), array)  # never modified
+
+
+# ---------------------------------------------------------------------------
+# cnorm.dask: hostile arguments to its five functions. Few examples (each
+# builds and computes a graph): CNORM_FUZZ_EXAMPLES // 10, at least 20.
+
+DASK_SETTINGS = settings(FUZZ_SETTINGS, max_examples=max(20, (EXAMPLES or 0) // 10))
+_DASK_FUNCTIONS = ("moments", "batch_norm_inference", "lrn", "local_response_norm",
+                   "recalibrate")
+# What each function takes besides x and axis: name -> role.
+_DASK_ARGS = {
+    "moments": {},
+    "batch_norm_inference": {"running_mean": Channels(), "running_var": Channels(positive=True),
+                             "gamma": Channels(optional=True),
+                             "beta": Channels(optional=True),
+                             "eps": Real(1e-6, 1.0, positive=True)},
+    "lrn": {**{name: role for name, role in _LRN.items() if name != "x"},
+            "allow_rechunk": Flag()},
+    "local_response_norm": {**{name: role for name, role in _SIZE.items() if name != "x"},
+                            "allow_rechunk": Flag()},
+    "recalibrate": {"running_mean": Running(), "running_var": Running(var=True),
+                    "unbiased": Flag()},
+}
+
+
+def _dask_hostile_x(draw, function, x, axis):
+    """x as a NumPy array or list (for recalibrate: a list of NumPy batches,
+    which it takes), 1-D with unknown chunk sizes, with unknown sizes along the
+    first axis (hostile only where that is the channel axis, or for LRN with
+    allow_rechunk=True and the channels split), or, for LRN, with the channel
+    axis split over chunks (allow_rechunk=False)."""
+    kinds = ["numpy", "list", "flat unknown", "rows unknown"]
+    kind = draw(st.sampled_from(kinds + (["split"] if "lrn" in function or
+                                         "local" in function else [])))
+    if kind == "numpy":
+        return x.compute()
+    if kind == "list":
+        values = x.compute()
+        if function != "recalibrate":
+            return values.tolist()
+        batch_axis = 1 if axis % x.ndim == 0 else 0
+        return np.array_split(values, draw(st.integers(1, 3)), axis=batch_axis)
+    if kind == "flat unknown":
+        return x[x > 0]
+    if kind == "split":
+        return x.rechunk({axis: 1})
+    return x[x[(slice(None),) + (0,) * (x.ndim - 1)] > -1]  # every row, sizes unknown
+
+
+def _dask_expect(function, x, computed, kwargs, result):
+    """The dask result against the NumPy cnorm function on the computed array."""
+    numpy_kwargs = {name: value for name, value in kwargs.items() if name != "allow_rechunk"}
+    if function == "moments":
+        expected = cnorm.moments(computed, **numpy_kwargs)
+        actual = result.compute(scheduler="sync")
+        assert actual.count == expected.count
+        spread = np.sqrt(np.abs(expected.var())) if expected.count else 0.0
+        _agree(actual.mean, expected.mean, spread + np.abs(expected.mean), "dask moments mean")
+        _agree(actual.m2, expected.m2, None, "dask moments m2")
+        return
+    if function == "recalibrate":
+        expected = cnorm.moments(computed, axis=kwargs["axis"])
+        unbiased = kwargs.get("unbiased", True)
+        assert result.count == expected.count
+        _agree(kwargs["running_mean"], expected.mean, np.sqrt(np.abs(expected.var()))
+               + np.abs(expected.mean), "dask recalibrate running_mean")
+        _agree(kwargs["running_var"], expected.var(ddof=1 if unbiased else 0), None,
+               "dask recalibrate running_var")
+        return
+    assert isinstance(result, type(x)), type(result)
+    actual = result.compute(scheduler="sync")
+    expected = getattr(cnorm, function)(computed, **numpy_kwargs)
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    scale = None
+    if function == "batch_norm_inference":
+        rows = np.moveaxis(computed.astype(np.float64), kwargs["axis"], -1)
+        n = rows.shape[-1]
+        mean, var = _f64(kwargs["running_mean"]), _f64(kwargs["running_var"])
+        gamma, beta = _channels(kwargs["gamma"], n, 1.0), _channels(kwargs["beta"], n, 0.0)
+        with np.errstate(all="ignore"):
+            invstd = 1 / np.sqrt(var + float(kwargs["eps"]))
+            scale = np.moveaxis(batch_norm_y_scale(rows, mean, invstd, gamma, beta), -1,
+                                kwargs["axis"])
+    _agree(actual, expected.astype(np.float64), scale, f"dask {function}")
+
+
+def test_hostile_dask():
+    need("dask.array")
+    need("cnorm.dask")
+    _hostile_dask()
+
+
+@DASK_SETTINGS
+@given(data=st.data())
+def _hostile_dask(data):
+    import dask.array as da
+
+    import cnorm.dask as cnorm_dask
+    draw = data.draw
+    function = draw(st.sampled_from(_DASK_FUNCTIONS))
+    dtype = draw(st.sampled_from(DATA_DTYPES))
+    shape = tuple(draw(st.integers(1, 5)) for _ in range(draw(st.integers(2, 3))))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    if np.prod(shape) // shape[axis] < 2:  # more than one value per channel
+        first = 1 if axis % len(shape) == 0 else 0
+        shape = shape[:first] + (2,) + shape[first + 1:]
+    call = Call(dtype, shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+                + (shape[axis],), batch_norm=function == "batch_norm_inference")
+    values = _values(draw, shape, call=call)
+    roles = _DASK_ARGS[function]
+    hostile = draw(st.sampled_from([None, None, "x", "axis", *roles]))
+    kwargs = {}
+    for name, role in roles.items():
+        kwargs[name] = (role.hostile if name == hostile else role.valid)(draw, call)
+    if hostile == "x" and "allow_rechunk" in kwargs:
+        kwargs["allow_rechunk"] = False  # a split channel axis is an error
+    if hostile == "unbiased" and kwargs["unbiased"] is None:
+        kwargs["unbiased"] = 1  # None is recalibrate's default (True), not hostile
+    kwargs["axis"] = Axis().hostile(draw, call) if hostile == "axis" else axis
+    if kwargs["axis"] is None and function == "recalibrate":
+        kwargs["axis"] = 1.0  # None is recalibrate's default (-1), not hostile
+    chunks = [draw(st.integers(1, n)) for n in shape]
+    if kwargs.get("allow_rechunk") is False and hostile != "allow_rechunk":
+        chunks[axis] = shape[axis]  # LRN: the channels in one chunk, else an error
+    x = da.from_array(values.astype(dtype), chunks=tuple(chunks))
+    argument = _dask_hostile_x(draw, function, x, axis) if hostile == "x" else x
+    snapshot = _arrays(kwargs)
+    try:
+        with np.errstate(all="ignore"):
+            result = getattr(cnorm_dask, function)(argument, **kwargs)
+    except (TypeError, ValueError) as exc:
+        names = {None: list(roles) + ["x", "axis"], "x": ["x", "axis"]}.get(
+            hostile, [hostile, *getattr(roles.get(hostile), "partners", ())])
+        assert any(name in str(exc) for name in names), (function, names, str(exc))
+        _unchanged(snapshot)
+        event(f"dask {function}: error ({'hostile' if hostile else 'valid'})")
+        return
+    event(f"dask {function}: ok ({'hostile' if hostile else 'valid'})")
+    computed = (argument if isinstance(argument, da.Array) else x).compute(scheduler="sync")
+    kwargs = dict(kwargs)
+    with np.errstate(all="ignore"):
+        _dask_expect(function, argument, computed, kwargs, result)

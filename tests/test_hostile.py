@@ -263,3 +263,112 @@ def test_batch_norm_backward_huge_invstd_at_the_mean(dtype):
         np.testing.assert_allclose(dbeta, expected[2], rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("count", [2 ** 63, 10 ** 30])
+def test_batch_norm_backward_count_beyond_ssize_t_is_a_value_error(count):
+    # Found by the fuzzer: sums= with count >= 2**63 passed the check and gave
+    # a bare OverflowError where the kernel takes it as Py_ssize_t.
+    x = np.arange(8.0).reshape(4, 2)
+    dy = np.ones_like(x)
+    mean, invstd = np.zeros(2), np.ones(2)
+    sums = (np.ones(2), np.ones(2))
+    with pytest.raises(ValueError, match="count"):
+        cnorm.batch_norm_backward(dy, x, mean, invstd, sums=sums, count=count)
+    dx, _, _ = cnorm.batch_norm_backward(dy, x, mean, invstd, sums=sums, count=2 ** 63 - 1)
+    np.testing.assert_allclose(dx, dy, rtol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_frozen_relu_backward_at_non_finite_x(dtype, axis):
+    # Found by the fuzzer: the ReLU backward with frozen statistics gave dx NaN
+    # where x is NaN (the mask is 0: dx 0) or infinite (dy*gamma*invstd or 0),
+    # from 0*x in the kernel's elementwise form; the reference gives finite values.
+    x = np.zeros((3, 2, 4), dtype)
+    x[0, 0, 0] = np.nan
+    x[1, 1, 1] = np.inf
+    x[2, 1, 0] = -np.inf
+    dy = np.arange(1.0, 25.0).reshape(x.shape).astype(dtype)
+    channels = x.shape[axis]
+    mean, invstd = np.zeros(channels), np.full(channels, 2.0)
+    gamma, beta = np.linspace(0.5, 1.5, channels), np.ones(channels)
+    out = np.empty_like(x)
+    dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma, beta=beta,
+                                                  activation="relu", training=False,
+                                                  axis=axis, out=out)
+    with np.errstate(invalid="ignore"):
+        expected = reference.batch_norm_backward(dy, x, mean, invstd, gamma, beta=beta,
+                                                 activation="relu", training=False,
+                                                 axis=axis)
+    assert dx is out and np.isfinite(dx).all()
+    np.testing.assert_allclose(dx, expected[0], rtol=1e-3 if dtype == np.float16 else 1e-6)
+    np.testing.assert_array_equal(np.isfinite(dgamma), np.isfinite(expected[1]))
+    np.testing.assert_allclose(dbeta, expected[2], rtol=1e-12)
+
+
+def test_frozen_relu_backward_at_non_finite_x_with_nan_invstd():
+    # The masked dy times gamma*invstd, as elsewhere: NaN invstd gives NaN.
+    x = np.array([[np.nan, 0.0], [0.0, 0.0]], np.float32)
+    dx, _, _ = cnorm.batch_norm_backward(np.ones_like(x), x, np.zeros(2),
+                                         np.array([np.nan, 1.0]), activation="relu",
+                                         training=False)
+    assert np.isnan(dx[:, 0]).all() and (dx[:, 1] == 0).all()
+
+
+@pytest.mark.parametrize("function, args", [("lrn", (1,)), ("local_response_norm", (3,))])
+def test_dask_lrn_split_channels_unknown_chunk_sizes_is_a_value_error(function, args):
+    # Found by the fuzzer: a channel axis split over chunks with
+    # allow_rechunk=True and unknown chunk sizes along another axis (x[mask])
+    # gave a bare AssertionError from dask's map_overlap.
+    from helpers import need
+
+    da = need("dask.array")
+    cnorm_dask = need("cnorm.dask")
+    values = np.arange(12.0).reshape(4, 3)
+    x = da.from_array(values, chunks=(2, 1))
+    kept = x[x[:, 0] > -1]  # every row, sizes unknown
+    with pytest.raises(ValueError, match="unknown chunk sizes along axis 0"):
+        getattr(cnorm_dask, function)(kept, *args, allow_rechunk=True)
+    y = getattr(cnorm_dask, function)(kept.rechunk({1: -1}), *args).compute()
+    np.testing.assert_array_equal(y, getattr(cnorm, function)(values, *args))
+
+
+@pytest.mark.parametrize("written_over", ["x", "dy"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_frozen_relu_backward_at_non_finite_x_written_over_its_input(written_over, dtype):
+    # Found by the fuzzer: with out=x (or out=dy) the fix-up for non-finite x
+    # read x (dy) after dx had been written over it, and took the mask of dx's
+    # NaN: dx 0 where the reference gives NaN (dy NaN through an open mask) or
+    # dy*gamma*invstd (x = inf).
+    x = np.array([[0.0, np.inf], [1.0, 2.0], [np.nan, 1.0]], dtype)
+    dy = np.array([[np.nan, 3.0], [1.0, 2.0], [5.0, 7.0]], dtype)
+    mean, invstd, beta = np.zeros(2), np.array([0.0, 2.0]), np.ones(2)
+    with np.errstate(invalid="ignore"):
+        expected = reference.batch_norm_backward(dy, x, mean, invstd, beta=beta,
+                                                 activation="relu", training=False)
+    x_in, dy_in = x.copy(), dy.copy()
+    out = x_in if written_over == "x" else dy_in
+    dx, _, _ = cnorm.batch_norm_backward(dy_in, x_in, mean, invstd, beta=beta,
+                                         activation="relu", training=False, out=out)
+    assert dx is out
+    np.testing.assert_allclose(dx, expected[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_batch_norm_backward_sums_beyond_float32(dtype):
+    # Found by the fuzzer: with sums= the float32 pass took the coefficients
+    # rounded to float32 (sum_dy_xhat 1e200 gave x_scale -inf) and gave dx NaN
+    # at the mean, where the float64 answer is finite; nor were per-channel
+    # values beyond float32 (gamma, invstd) widened on that path.
+    x = np.array([[0.0], [1.0], [2.0], [3.0]], dtype)
+    dy = np.array([[1.0], [2.0], [3.0], [4.0]], dtype)
+    for mean, invstd, gamma, sums in [
+            ([0.0], [1.0], None, ([0.0], [1e200])),
+            ([0.0], [1e-30], [1e30], ([1e-40], [1e-30])),
+            ([0.0], [1e20], [1e-20], ([0.0], [1e-19]))]:
+        args = (np.array(mean), np.array(invstd), None if gamma is None else np.array(gamma))
+        sums = tuple(np.array(s) for s in sums)
+        dx, _, _ = cnorm.batch_norm_backward(dy, x, *args, sums=sums, count=4)
+        wide, _, _ = cnorm.batch_norm_backward(dy.astype(np.float64), x.astype(np.float64),
+                                               *args, sums=sums, count=4)
+        with np.errstate(over="ignore"):
+            np.testing.assert_array_equal(dx, wide.astype(dtype))
