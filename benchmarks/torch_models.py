@@ -326,11 +326,14 @@ def inference(name, model, other, batch, settings):
         return call
 
     with torch.inference_mode():
-        difference = relative_difference(other(x), model(x))
+        expected, exact = model(x), copy.deepcopy(model).double()(x.double())
+        difference = relative_difference(other(x), expected)
+        float32_error = relative_difference(expected, exact)
     seconds = interleaved({"torch": run(model), "cnorm": run(other)}, settings.repeat,
                           settings.warmup)
     row = {"network": name, "batch": batch, "torch": summary(seconds["torch"]),
            "cnorm": summary(seconds["cnorm"]), "max_rel_diff": difference,
+           "torch_float32_vs_float64": float32_error,
            "norm_share_torch": norm_share(model, x, settings.share_calls),
            "norm_share_cnorm": norm_share(other, x, settings.share_calls)}
     for side in ("torch", "cnorm"):
@@ -353,21 +356,36 @@ def _stepper(model, optimizer, x, target):
     return lambda: training_step(model, optimizer, x, target)
 
 
+def first_gradient(model, x, target, dtype=torch.float32):
+    """Loss and conv1.weight gradient of one training-mode forward and backward of a copy."""
+    model = copy.deepcopy(model).to(dtype).train()
+    loss = nn.functional.cross_entropy(model(x.to(dtype)), target)
+    loss.backward()
+    return loss.detach(), model.conv1.weight.grad
+
+
 def training(name, model, against, batch, settings):
-    """Time per training step of torch's model and the converted one; loss and grad compared."""
+    """Time per training step of torch's model and the converted one; loss and grad compared.
+
+    The gradients of the first step are compared with each other and with a
+    float64 run of torch's model: float32's own error is the yardstick.
+    """
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(batch, 3, 224, 224, generator=generator)
     target = torch.randint(0, 1000, (batch,), generator=generator)
     models = {"torch": copy.deepcopy(model).train()}
     models["cnorm"] = converted(models["torch"], against).train()
+    (loss, grad), (other_loss, other_grad), (exact_loss, exact_grad) = (
+        first_gradient(models["torch"], x, target), first_gradient(models["cnorm"], x, target),
+        first_gradient(models["torch"], x, target, torch.float64))
+    row = {"network": name, "batch": batch, "loss": float(loss),
+           "loss_rel_diff": relative_difference(other_loss, loss),
+           "grad_rel_diff": relative_difference(other_grad, grad),
+           "torch_grad_float32_vs_float64": relative_difference(grad, exact_grad),
+           "cnorm_grad_float32_vs_float64": relative_difference(other_grad, exact_grad),
+           "torch_loss_float32_vs_float64": relative_difference(loss, exact_loss)}
     optimizers = {side: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
                   for side, m in models.items()}
-    losses = {side: training_step(m, optimizers[side], x, target) for side, m in models.items()}
-    grads = {side: m.conv1.weight.grad for side, m in models.items()}
-    row = {"network": name, "batch": batch,
-           "loss_rel_diff": relative_difference(losses["cnorm"], losses["torch"]),
-           "grad_rel_diff": relative_difference(grads["cnorm"], grads["torch"]),
-           "loss": float(losses["torch"])}
     steps = {side: _stepper(m, optimizers[side], x, target) for side, m in models.items()}
     seconds = interleaved(steps, settings.train_repeat, settings.train_warmup)
     row.update(torch=summary(seconds["torch"]), cnorm=summary(seconds["cnorm"]))
@@ -397,26 +415,28 @@ def inference_table(rows):
     """Markdown table of the inference rows."""
     lines = ["| network | batch | torch ms (min-max) | cnorm ms (min-max) | torch img/s "
              "| cnorm img/s | ratio cnorm/torch | norm share torch | norm share cnorm "
-             "| max rel diff |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| max rel diff | torch f32 vs f64 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['network']} | {r['batch']} | {_timing(r['torch'])} "
                      f"| {_timing(r['cnorm'])} | {r['torch']['images_per_s']:.1f} "
                      f"| {r['cnorm']['images_per_s']:.1f} | {r['ratio']:.3f} "
                      f"| {r['norm_share_torch']:.1%} | {r['norm_share_cnorm']:.1%} "
-                     f"| {r['max_rel_diff']:.1e} |")
+                     f"| {r['max_rel_diff']:.1e} | {r['torch_float32_vs_float64']:.1e} |")
     return "\n".join(lines)
 
 
 def training_table(rows):
     """Markdown table of the training rows."""
     lines = ["| network | batch | torch ms/step (min-max) | cnorm ms/step (min-max) "
-             "| ratio cnorm/torch | loss rel diff | conv1.weight grad rel diff |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| ratio cnorm/torch | loss rel diff | conv1.weight grad rel diff "
+             "| grad f32 vs f64: torch | grad f32 vs f64: cnorm |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['network']} (train) | {r['batch']} | {_timing(r['torch'])} "
                      f"| {_timing(r['cnorm'])} | {r['ratio']:.3f} | {r['loss_rel_diff']:.1e} "
-                     f"| {r['grad_rel_diff']:.1e} |")
+                     f"| {r['grad_rel_diff']:.1e} | {r['torch_grad_float32_vs_float64']:.1e} "
+                     f"| {r['cnorm_grad_float32_vs_float64']:.1e} |")
     return "\n".join(lines)
 
 
