@@ -27,18 +27,22 @@ medians. Norm share: in a separate pass (so the hooks do not distort the
 latency figures), forward pre/post hooks on the normalization modules time
 them with perf_counter; the share is their time over the whole forward's, the
 median over a few calls. Max rel diff: the largest absolute difference between
-the two models' outputs over the largest absolute output.
+the two models' outputs over the largest absolute output, beside torch's own
+float32 error (its output against a float64 copy of the model). Other load:
+the share of the machine's CPU time that other processes used, or the host
+stole, while the case was timed (Linux /proc/stat): a gauge of how far to
+trust the row (slowdowns from outside a virtual machine may not show in it).
 
 For resnet50 it also times training steps (model.train(), forward, cross
 entropy, backward, SGD step) at batch 16, interleaved the same way, and
-compares the loss and the gradient of conv1.weight after one step from the
-same state.
+compares the loss and the gradient of conv1.weight of one step from the
+same state, each also against a float64 run of torch's model.
 
 It prints the CPU model (lscpu's 'Model name'), the thread count and the
 versions, then one markdown table for inference and one for training; with
 ``--json PATH`` it also writes every figure (the raw times included) as JSON.
 ``--quick`` is a smoke run (batch 1, 3 repeats, a training batch of 2) of
-about 30 s; the default run takes a few minutes on 2 cores. ``--against
+well under 30 s; the default run takes 2-5 minutes on 2 cores. ``--against
 torch`` compares torch's model with a deep copy of itself instead (an A/A run:
 its ratios show the measurement's noise), which needs no cnorm.torch.
 """
@@ -46,6 +50,7 @@ import argparse
 import copy
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -269,6 +274,33 @@ def interleaved(functions, repeat, warmup):
     return seconds
 
 
+def _cpu_ticks():
+    """(busy, stolen, total) jiffies of all CPUs from /proc/stat, or None where it is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq, steal, sum(fields)
+
+
+def load_gauge():
+    """Start gauging the machine; the returned function gives the share of its CPU time
+    that other processes used or the host stole since (None without /proc/stat)."""
+    ticks, own = _cpu_ticks(), sum(os.times()[:2])
+    hertz = os.sysconf("SC_CLK_TCK")
+
+    def share():
+        now = _cpu_ticks()
+        if ticks is None or now is None or now[2] == ticks[2]:
+            return None
+        busy, stolen, total = (b - a for a, b in zip(ticks, now))
+        others = busy / hertz - (sum(os.times()[:2]) - own)
+        return max(0.0, others * hertz + stolen) / total
+    return share
+
+
 def norm_share(model, x, calls):
     """Median, over `calls` forward calls, of the share of time spent in normalization modules.
 
@@ -329,11 +361,13 @@ def inference(name, model, other, batch, settings):
         expected, exact = model(x), copy.deepcopy(model).double()(x.double())
         difference = relative_difference(other(x), expected)
         float32_error = relative_difference(expected, exact)
+    gauge = load_gauge()
     seconds = interleaved({"torch": run(model), "cnorm": run(other)}, settings.repeat,
                           settings.warmup)
+    other_load = gauge()
     row = {"network": name, "batch": batch, "torch": summary(seconds["torch"]),
            "cnorm": summary(seconds["cnorm"]), "max_rel_diff": difference,
-           "torch_float32_vs_float64": float32_error,
+           "torch_float32_vs_float64": float32_error, "other_load": other_load,
            "norm_share_torch": norm_share(model, x, settings.share_calls),
            "norm_share_cnorm": norm_share(other, x, settings.share_calls)}
     for side in ("torch", "cnorm"):
@@ -387,8 +421,10 @@ def training(name, model, against, batch, settings):
     optimizers = {side: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
                   for side, m in models.items()}
     steps = {side: _stepper(m, optimizers[side], x, target) for side, m in models.items()}
+    gauge = load_gauge()
     seconds = interleaved(steps, settings.train_repeat, settings.train_warmup)
-    row.update(torch=summary(seconds["torch"]), cnorm=summary(seconds["cnorm"]))
+    row.update(torch=summary(seconds["torch"]), cnorm=summary(seconds["cnorm"]),
+               other_load=gauge())
     row["ratio"] = row["cnorm"]["median_ms"] / row["torch"]["median_ms"]
     return row
 
@@ -411,18 +447,23 @@ def _timing(entry):
     return f"{entry['median_ms']:.2f} ({entry['min_ms']:.2f}-{entry['max_ms']:.2f})"
 
 
+def _share(value):
+    return "n/a" if value is None else f"{value:.0%}"
+
+
 def inference_table(rows):
     """Markdown table of the inference rows."""
     lines = ["| network | batch | torch ms (min-max) | cnorm ms (min-max) | torch img/s "
              "| cnorm img/s | ratio cnorm/torch | norm share torch | norm share cnorm "
-             "| max rel diff | torch f32 vs f64 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| max rel diff | torch f32 vs f64 | other load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['network']} | {r['batch']} | {_timing(r['torch'])} "
                      f"| {_timing(r['cnorm'])} | {r['torch']['images_per_s']:.1f} "
                      f"| {r['cnorm']['images_per_s']:.1f} | {r['ratio']:.3f} "
                      f"| {r['norm_share_torch']:.1%} | {r['norm_share_cnorm']:.1%} "
-                     f"| {r['max_rel_diff']:.1e} | {r['torch_float32_vs_float64']:.1e} |")
+                     f"| {r['max_rel_diff']:.1e} | {r['torch_float32_vs_float64']:.1e} "
+                     f"| {_share(r['other_load'])} |")
     return "\n".join(lines)
 
 
@@ -430,13 +471,13 @@ def training_table(rows):
     """Markdown table of the training rows."""
     lines = ["| network | batch | torch ms/step (min-max) | cnorm ms/step (min-max) "
              "| ratio cnorm/torch | loss rel diff | conv1.weight grad rel diff "
-             "| grad f32 vs f64: torch | grad f32 vs f64: cnorm |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| grad f32 vs f64: torch | grad f32 vs f64: cnorm | other load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['network']} (train) | {r['batch']} | {_timing(r['torch'])} "
                      f"| {_timing(r['cnorm'])} | {r['ratio']:.3f} | {r['loss_rel_diff']:.1e} "
                      f"| {r['grad_rel_diff']:.1e} | {r['torch_grad_float32_vs_float64']:.1e} "
-                     f"| {r['cnorm_grad_float32_vs_float64']:.1e} |")
+                     f"| {r['cnorm_grad_float32_vs_float64']:.1e} | {_share(r['other_load'])} |")
     return "\n".join(lines)
 
 
