@@ -4,7 +4,8 @@
                                       [--networks alexnet googlenet resnet50]
                                       [--json results.json] [--quick]
 
-Three networks defined here (no torchvision), random weights, float32, NCHW:
+Three networks defined here (no torchvision), random weights, float32, NCHW
+(``--channels-last``: model and input in torch.channels_last):
 
 * alexnet: torchvision's AlexNet layout with the original 2012 LRN layers
   (LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2) after the ReLU of conv1
@@ -347,9 +348,15 @@ def summary(seconds):
             "ms": ms}
 
 
+def images(batch, generator, settings):
+    """A batch of random 224x224 RGB images in the run's memory format."""
+    x = torch.randn(batch, 3, 224, 224, generator=generator)
+    return x.contiguous(memory_format=settings.memory_format)
+
+
 def inference(name, model, other, batch, settings):
     """Latency, throughput, norm shares and output difference of one network at one batch."""
-    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    x = images(batch, torch.Generator().manual_seed(2), settings)
 
     def run(network):
         def call():
@@ -405,7 +412,7 @@ def training(name, model, against, batch, settings):
     float64 run of torch's model: float32's own error is the yardstick.
     """
     generator = torch.Generator().manual_seed(3)
-    x = torch.randn(batch, 3, 224, 224, generator=generator)
+    x = images(batch, generator, settings)
     target = torch.randint(0, 1000, (batch,), generator=generator)
     models = {"torch": copy.deepcopy(model).train()}
     models["cnorm"] = converted(models["torch"], against).train()
@@ -488,6 +495,7 @@ def header(args):
             "cnorm_max_threads": config["max_threads"], "isa_level": config["isa_level"],
             "torch": torch.__version__, "cnorm": cnorm.__version__,
             "numpy": np.__version__, "python": platform.python_version(),
+            "layout": "channels_last" if args.channels_last else "NCHW",
             "against": args.against, "date": datetime.date.today().isoformat(),
             "repeat": args.repeat, "warmup": args.warmup}
 
@@ -507,9 +515,12 @@ def parse_args():
     parser.add_argument("--no-training", action="store_true", help="skip the training steps")
     parser.add_argument("--against", choices=("cnorm", "torch"), default="cnorm",
                         help="torch: a deep copy of torch's model (A/A run)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="models and inputs in torch.channels_last (default NCHW)")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--quick", action="store_true", help="smoke run of about 30 s")
     args = parser.parse_args()
+    args.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     if args.quick:
         args.batch, args.repeat, args.warmup, args.share_calls = [1], 3, 1, 1
         args.train_batch, args.train_repeat, args.train_warmup = 2, 1, 1
@@ -523,11 +534,11 @@ def main():
     print(f"CPU: {facts['cpu']}; {facts['threads']} threads (cnorm's OpenMP max "
           f"{facts['cnorm_max_threads']}, {facts['isa_level']}); torch {facts['torch']}, "
           f"cnorm {facts['cnorm']}, numpy {facts['numpy']}, Python {facts['python']}; "
-          f"float32, NCHW, eval under inference_mode; {args.repeat} interleaved repeats "
-          f"after {args.warmup} warm-up calls; {facts['date']}")
+          f"float32, {facts['layout']}, eval under inference_mode; {args.repeat} interleaved "
+          f"repeats after {args.warmup} warm-up calls; {facts['date']}")
     rows, train_rows = [], []
     for name in args.networks:
-        model = build(name)
+        model = build(name).to(memory_format=args.memory_format)
         other = converted(model, args.against).eval()
         for batch in args.batch:
             rows.append(inference(name, model, other, batch, args))
