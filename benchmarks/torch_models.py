@@ -55,6 +55,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -552,7 +553,16 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**facts, "inference": rows, "training": train_rows}, f, indent=1)
+    # The outputs must agree within float32 rounding: no further from torch's
+    # than a few times torch's own float32 error against float64.
+    wrong = [f"{row['network']} batch {row['batch']}: {row['max_rel_diff']:.1e}"
+             for row in rows
+             if not row["max_rel_diff"] <= 4 * max(row["torch_float32_vs_float64"], 1e-7)]
+    if wrong:
+        print("outputs differ beyond float32 rounding: " + "; ".join(wrong))
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
