@@ -1494,6 +1494,11 @@ cdef inline void _shifted_moments(double shift, double total, double squares, do
     # the double range give M2 = inf (invstd 0), as the reference does, not
     # inf - inf = NaN (S1**2 overflowed first), nor a huge S1**2 clipped to 0.
     cdef double moment = squares - total * (total / count)
+    if squares == INFINITY and isfinite(total):
+        # S2 itself overflowed (finite data, deviations past 1e154): M2 is
+        # past the double range too, not inf - inf (found on the baseline
+        # build, whose shift was the 1e200 of the channel).
+        moment = INFINITY
     m2[0] = 0.0 if moment < 0.0 else moment
     mean[0] = shift + total / count
 
@@ -1921,6 +1926,12 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
             # where the reference gives 0 (found by the fuzzer).
             x_scale[c] = -dy_scale[c] * (invstd[c] * dgamma[c] / m)
             shift[c] = -dy_scale[c] * dbeta[c] / m
+            if dy_scale[c] == 0:
+                # gamma = 0: dx is 0 (NaN only from NaN data, through dy and x
+                # times 0), not 0 * inf where invstd*dgamma overflowed (invstd
+                # 1e200, dgamma 1e206; found by the fuzzer).
+                x_scale[c] = 0.0
+                shift[c] = 0.0
         if training:
             # Right after _reduce read the tiles first to last: reverse.
             _apply(dy, x, dx, mean, x_scale, shift, dy_scale, invstd, g, True, n_threads,

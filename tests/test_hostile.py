@@ -29,7 +29,7 @@ def test_overflowing_squares_give_non_finite_variance():
 
 
 @pytest.mark.parametrize("axis", [-1, 1])
-def test_finite_data_past_the_double_range_of_m2(axis):
+def test_finite_data_past_the_double_range_of_m2(axis, isa):
     # Found by the fuzzer (CI): one 1e200 among zeros. S1**2 overflowed, and
     # S2 - S1**2/n was inf - inf = NaN; M2 is inf, invstd 0, y = beta, as in
     # the reference (and the layer's running variance becomes inf).
@@ -49,6 +49,17 @@ def test_finite_data_past_the_double_range_of_m2(axis):
     layer = cnorm.BatchNorm(channels, axis=axis, dtype=np.float64)
     layer.beta = beta
     np.testing.assert_array_equal(layer(x, training=True), y)
+
+
+def test_zero_gamma_gives_zero_dx_when_invstd_times_dgamma_overflows(isa):
+    # Found by the fuzzer (baseline build): gamma 0, invstd 1e200, dgamma
+    # 1e206: x's coefficient was -0 * inf = NaN; dx is 0.
+    dy = np.array([[1e6, 0.0]], np.float32)
+    x = np.array([[1.0, 0.0]], np.float32)
+    for activation in (None, "relu"):
+        dx, _, _ = cnorm.batch_norm_backward(dy, x, np.zeros(1), np.array([1e200]), np.zeros(1),
+                                             beta=np.ones(1), activation=activation, axis=0)
+        np.testing.assert_array_equal(dx, np.zeros_like(x))
 
 
 @pytest.mark.parametrize("n_threads", [2 ** 31, 2 ** 64, 10 ** 9])
