@@ -1926,10 +1926,11 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
             # where the reference gives 0 (found by the fuzzer).
             x_scale[c] = -dy_scale[c] * (invstd[c] * dgamma[c] / m)
             shift[c] = -dy_scale[c] * dbeta[c] / m
-            if dy_scale[c] == 0:
-                # gamma = 0: dx is 0 (NaN only from NaN data, through dy and x
-                # times 0), not 0 * inf where invstd*dgamma overflowed (invstd
-                # 1e200, dgamma 1e206; found by the fuzzer).
+            if dy_scale[c] == 0 and isfinite(dgamma[c]) and isfinite(dbeta[c]):
+                # gamma = 0 over finite sums: dx is 0, not 0 * inf where
+                # invstd*dgamma overflowed (invstd 1e200, dgamma 1e206; found
+                # by the fuzzer). Non-finite sums (NaN data) keep the whole
+                # channel NaN, as the reference.
                 x_scale[c] = 0.0
                 shift[c] = 0.0
         if training:

@@ -52,7 +52,7 @@ Chunking and threads
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.float cimport FLT_MAX
+from libc.float cimport FLT_MAX, FLT_MIN
 from libc.math cimport INFINITY, fabs, fabsf, frexp, ldexp, pow, sqrt, sqrtf
 from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport calloc, free
@@ -605,6 +605,11 @@ cdef double _float_dy_limit(double a, double k, double beta, Py_ssize_t width,
     cdef double q1 = max(pow(k, -beta - 1.0), pow(d_max, -beta - 1.0))
     cdef double scale = 2.0 * a * fabs(beta) * x_max
     if not scale < FLT_MAX / 4:
+        return 0.0
+    if 0 < 2.0 * a * fabs(beta) < FLT_MIN:
+        # 2*a*beta, a float on this path, would be subnormal: alpha 1.4e-45
+        # gave it one bit of precision and dx twice the answer (found by the
+        # fuzzer). The double path computes it.
         return 0.0
     cdef double worst = max(max(1.0, q), x_max * max(1.0, q1 * width * max(1.0, scale)))
     cdef int exponent

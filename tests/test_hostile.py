@@ -383,3 +383,15 @@ def test_batch_norm_backward_sums_beyond_float32(dtype):
                                                *args, sums=sums, count=4)
         with np.errstate(over="ignore"):
             np.testing.assert_array_equal(dx, wide.astype(dtype))
+
+
+def test_lrn_backward_with_alpha_near_the_smallest_subnormal(isa):
+    # Found by the fuzzer: alpha 1.4e-45 (float32's smallest subnormal) made
+    # 2*alpha*beta a one-bit float on the float32 path, and dx twice the answer.
+    x = (np.random.default_rng(3).uniform(1, 4, (2, 5)) * 1e22).astype(np.float32)  # x**2 ~ 1/alpha
+    dy = np.random.default_rng(4).standard_normal((2, 5)).astype(np.float32)
+    alpha = float(np.finfo(np.float32).smallest_subnormal)
+    got = cnorm.local_response_norm_backward(dy, x, 1, alpha=alpha, beta=0.75, k=1.0)
+    want = reference.local_response_norm_backward(dy.astype(np.float64), x.astype(np.float64),
+                                                  1, alpha=alpha, beta=0.75, k=1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
