@@ -96,7 +96,8 @@ from libc.float cimport FLT_MAX, FLT_MIN
 from libc.math cimport INFINITY, fabs, isfinite, sqrt
 from libc.stdlib cimport calloc, free, malloc
 
-from cnorm._buffers cimport DEBUG_CHECKS, Buffers, check_sizes
+from cnorm._buffers cimport (DEBUG_CHECKS, Buffers, check_sizes, plain_call, plain_like_x,
+                             plain_vector)
 from cnorm._storage cimport (CN_FLOAT32, CN_FLOAT64, cn_is_half, cn_item_size, cn_load_run,
                              cn_store_run)
 
@@ -1156,14 +1157,24 @@ def normalize(x, y, mean, var, gamma, beta, double eps, invstd, bint reverse,
         b.check(2 + (residual is not None), storage, outer, n_channels, inner, -1, -1,
                 n_threads)
     cdef Grid g = _grid(storage, outer, n_channels, inner)
-    if outer * n_channels * inner == 0:
-        return
-    if storage == CN_FLOAT64:
+    _normalize_view(xp, yp, mean_p, var_p, gamma_p, beta_p, eps, invstd_p, reverse, &g,
+                    n_threads, residual_p, relu)
+
+
+cdef int _normalize_view(const void* xp, void* yp, const double* mean_p, const double* var_p,
+                         const double* gamma_p, const double* beta_p, double eps,
+                         double* invstd_p, bint reverse, const Grid* g, int n_threads,
+                         const void* residual_p, bint relu) except -1:
+    # `normalize` on its arrays' data (also the plain calls' fast path, infer_plain).
+    if g.outer * g.channels * g.inner == 0:
+        return 0
+    if g.storage == CN_FLOAT64:
         _normalize(<const double*> xp, <double*> yp, mean_p, var_p, gamma_p, beta_p, eps,
-                   invstd_p, reverse, &g, n_threads, <const double*> residual_p, relu)
+                   invstd_p, reverse, g, n_threads, <const double*> residual_p, relu)
     else:
         _normalize(<const float*> xp, <float*> yp, mean_p, var_p, gamma_p, beta_p, eps,
-                   invstd_p, reverse, &g, n_threads, <const float*> residual_p, relu)
+                   invstd_p, reverse, g, n_threads, <const float*> residual_p, relu)
+    return 0
 
 
 cdef void _normalize(const floating* x, floating* y, const double* mean, const double* var,
@@ -1592,17 +1603,23 @@ def batch_stats(x, mean, var, int n_threads, int storage, Py_ssize_t outer,
     cdef const void* xp = b.get(x, False)
     cdef double* mean_p = <double*> b.get(mean, True)
     cdef double* var_p = <double*> b.get(var, True)
-    cdef Py_ssize_t c
-    cdef double magnitude
     if DEBUG_CHECKS:
         b.check(1, storage, outer, n_channels, inner, -1, -1, n_threads)
     cdef Grid g = _grid(storage, outer, n_channels, inner)
-    if outer * n_channels * inner == 0:
+    return _stats_view(xp, mean_p, var_p, &g, n_threads)
+
+
+cdef bint _stats_view(const void* xp, double* mean_p, double* var_p, const Grid* g,
+                      int n_threads) except -1:
+    # `batch_stats` on its arrays' data (also train_plain's).
+    cdef Py_ssize_t c, n_channels = g.channels
+    cdef double magnitude
+    if g.outer * n_channels * g.inner == 0:
         return False
-    if storage == CN_FLOAT64:
-        _reduce(<const double*> NULL, <const double*> xp, NULL, mean_p, var_p, &g, n_threads)
+    if g.storage == CN_FLOAT64:
+        _reduce(<const double*> NULL, <const double*> xp, NULL, mean_p, var_p, g, n_threads)
         return False
-    _reduce(<const float*> NULL, <const float*> xp, NULL, mean_p, var_p, &g, n_threads)
+    _reduce(<const float*> NULL, <const float*> xp, NULL, mean_p, var_p, g, n_threads)
     for c in range(2 * n_channels):
         magnitude = fabs(mean_p[c] if c < n_channels else var_p[c - n_channels])
         if magnitude != 0 and (magnitude < FLT_MIN or FLT_MAX < magnitude < INFINITY):
@@ -1873,16 +1890,29 @@ def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n
     if DEBUG_CHECKS:  # dx None (the sums only): two tensors
         b.check(2 if dx is None else 3, storage, outer, n_channels, inner, -1, -1, n_threads)
     cdef Grid g = _grid(storage, outer, n_channels, inner)
-    if outer * n_channels * inner == 0:
-        return
-    if storage == CN_FLOAT64:
+    _backward_view(dyp, xp, dxp, mean_p, invstd_p, gamma_p, training, dgamma_p, dbeta_p, &g,
+                   n_threads, sums_given, count, relu, beta_p)
+
+
+cdef int _backward_view(const void* dyp, const void* xp, void* dxp, const double* mean_p,
+                        const double* invstd_p, const double* gamma_p, bint training,
+                        double* dgamma_p, double* dbeta_p, const Grid* g, int n_threads,
+                        bint sums_given, Py_ssize_t count, bint relu,
+                        const double* beta_p) except -1:
+    # `backward` on its arrays' data (also backward_plain's).
+    if g.outer * g.channels * g.inner == 0:
+        return 0
+    if count <= 0:
+        count = g.outer * g.inner
+    if g.storage == CN_FLOAT64:
         _backward(<const double*> dyp, <const double*> xp, <double*> dxp, mean_p, invstd_p,
-                  gamma_p, training, dgamma_p, dbeta_p, &g, n_threads, sums_given,
-                  count if count > 0 else outer * inner, relu, beta_p)
+                  gamma_p, training, dgamma_p, dbeta_p, g, n_threads, sums_given, count,
+                  relu, beta_p)
     else:
         _backward(<const float*> dyp, <const float*> xp, <float*> dxp, mean_p, invstd_p,
-                  gamma_p, training, dgamma_p, dbeta_p, &g, n_threads, sums_given,
-                  count if count > 0 else outer * inner, relu, beta_p)
+                  gamma_p, training, dgamma_p, dbeta_p, g, n_threads, sums_given, count,
+                  relu, beta_p)
+    return 0
 
 
 cdef void _backward(const floating* dy, const floating* x, floating* dx, const double* mean,
@@ -1955,3 +1985,160 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
     finally:
         free(coefficients)
         free(mask_block)
+
+
+# ---------------------------------------------------------------------------
+# Plain calls of the public functions, checked here and run at once
+#
+# cnorm.batchnorm's functions try these first. Each takes a call as the
+# caller gave it and, when it is plain (x, out, dy and n_threads as
+# cnorm._buffers.plain_call takes them; every per-channel array a plain
+# float64 vector, cnorm._buffers.plain_vector; the scalars of the types and
+# ranges the checked path takes as they are), runs the same kernel on the
+# same arguments as the checked path would: the result is bit-identical. For
+# any other call they return None, having written nothing, and the caller
+# takes the checked path, which converts what it may and raises the errors.
+# Calls the checked path computes in float64 (a per-channel value or a batch
+# statistic outside float32's normal range with data that are not float64,
+# cnorm.batchnorm._widen) and its special cases (a residual, running
+# statistics, moments, sums, the frozen-statistics ReLU backward) are not plain.
+
+import numpy
+
+cdef object _empty = numpy.empty
+
+# As cnorm.batchnorm._FLOAT32_MIN_EPS: below it, 1/sqrt(eps) can exceed float32's range.
+cdef double _FLOAT32_MIN_EPS = 1e-76
+
+
+cdef int _plain_activation(object activation) noexcept:
+    # 0 for None, 1 for "relu" (the fused ReLU), -1 for anything else.
+    if activation is None:
+        return 0
+    if type(activation) is str and activation == "relu":
+        return 1
+    return -1
+
+
+cdef bint _plain_eps(object eps) noexcept:
+    # eps a float in [1e-76, inf): valid, and float32 coefficients stay in range.
+    return type(eps) is float and _FLOAT32_MIN_EPS <= <double> eps < INFINITY
+
+
+cdef bint _plain_vectors(const Py_ssize_t* view, int required, object v0, object v1,
+                         object v2=None, object v3=None) except -1:
+    # Whether v0..v3 are plain float64 vectors of the view's channel count (or
+    # None, past the first `required`), none outside float32's normal range
+    # when the data are not float64.
+    cdef int i
+    vectors = (v0, v1, v2, v3)
+    for i in range(4):
+        v = vectors[i]
+        if (v is not None or i < required) and plain_vector(v, view[2], view[0] != 0) != 0:
+            return False
+    return True
+
+
+def infer_plain(x, running_mean, running_var, gamma, beta, eps, activation, out, n_threads,
+                axis):
+    """y of a plain call of cnorm.batch_norm_inference without a residual, or
+    None (see the block comment above). Plain also means running_var >= 0
+    (NaN passes), which the checked path would otherwise refuse."""
+    cdef Py_ssize_t view[4]
+    cdef Py_ssize_t c
+    cdef int threads
+    cdef bint in_place
+    cdef int relu = _plain_activation(activation)
+    if relu < 0 or not _plain_eps(eps):
+        return None
+    y = plain_call(x, out, None, n_threads, axis, 2, -1, view, &threads, &in_place)
+    if y is None or not _plain_vectors(view, 2, running_mean, running_var, gamma, beta):
+        return None
+    cdef Buffers b = Buffers()
+    cdef const void* xp = b.get(x, False)
+    cdef void* yp = b.get(y, True)
+    cdef const double* mean_p = <const double*> b.get(running_mean, False)
+    cdef const double* var_p = <const double*> b.get(running_var, False)
+    cdef const double* gamma_p = <const double*> b.get(gamma, False)
+    cdef const double* beta_p = <const double*> b.get(beta, False)
+    for c in range(view[2]):
+        if var_p[c] < 0:
+            return None
+    if DEBUG_CHECKS:
+        b.check(2, <int> view[0], view[1], view[2], view[3], -1, -1, threads)
+    cdef Grid g = _grid(<int> view[0], view[1], view[2], view[3])
+    _normalize_view(xp, yp, mean_p, var_p, gamma_p, beta_p, eps, NULL, False, &g, threads,
+                    NULL, relu)
+    return y
+
+
+def train_plain(x, gamma, beta, eps, momentum, running_var_unbiased, activation, out,
+                n_threads, axis):
+    """``(y, mean, invstd)`` of a plain call of cnorm.batch_norm_training
+    without running statistics or moments, or None (see the block comment
+    above). Plain also means more than one value per channel, momentum a
+    float in [0, 1] and running_var_unbiased a bool: not used without running
+    statistics, but checked as the checked path checks them."""
+    cdef Py_ssize_t view[4]
+    cdef int threads
+    cdef bint in_place
+    cdef int relu = _plain_activation(activation)
+    if (relu < 0 or not _plain_eps(eps) or type(momentum) is not float
+            or not 0.0 <= <double> momentum <= 1.0
+            or not (running_var_unbiased is True or running_var_unbiased is False)):
+        return None
+    y = plain_call(x, out, None, n_threads, axis, 2, -1, view, &threads, &in_place)
+    if y is None or view[1] * view[3] < 2 or not _plain_vectors(view, 0, gamma, beta):
+        return None
+    mean, var, invstd = _empty(view[2]), _empty(view[2]), _empty(view[2])
+    cdef Buffers b = Buffers()
+    cdef const void* xp = b.get(x, False)
+    cdef void* yp = b.get(y, True)
+    cdef const double* gamma_p = <const double*> b.get(gamma, False)
+    cdef const double* beta_p = <const double*> b.get(beta, False)
+    cdef double* mean_p = <double*> b.get(mean, True)
+    cdef double* var_p = <double*> b.get(var, True)
+    cdef double* invstd_p = <double*> b.get(invstd, True)
+    if DEBUG_CHECKS:
+        b.check(2, <int> view[0], view[1], view[2], view[3], -1, -1, threads)
+    cdef Grid g = _grid(<int> view[0], view[1], view[2], view[3])
+    if _stats_view(xp, mean_p, var_p, &g, threads):
+        return None  # statistics outside float32's range: the checked path widens
+    _normalize_view(xp, yp, mean_p, var_p, gamma_p, beta_p, eps, invstd_p, True, &g, threads,
+                    NULL, relu)
+    return y, mean, invstd
+
+
+def backward_plain(dy, x, mean, invstd, gamma, beta, activation, training, out, n_threads,
+                   axis):
+    """``(dx, dgamma, dbeta)`` of a plain call of cnorm.batch_norm_backward
+    without sums, or None (see the block comment above). Plain also means dy
+    a plain tensor of x's shape and storage, training a bool, and not the
+    frozen-statistics ReLU backward (its non-finite x is mended in NumPy)."""
+    cdef Py_ssize_t view[4]
+    cdef int threads
+    cdef bint in_place
+    cdef int relu = _plain_activation(activation)
+    if (relu < 0 or not (training is True or training is False) or relu and training is False
+            or not plain_like_x(dy, x)):
+        return None
+    dx = plain_call(x, out, dy, n_threads, axis, 2, -1, view, &threads, &in_place)
+    if dx is None or not _plain_vectors(view, 2, mean, invstd, gamma, beta):
+        return None
+    dgamma, dbeta = _empty(view[2]), _empty(view[2])
+    cdef Buffers b = Buffers()
+    cdef const void* dyp = b.get(dy, False)
+    cdef const void* xp = b.get(x, False)
+    cdef void* dxp = b.get(dx, True)
+    cdef const double* mean_p = <const double*> b.get(mean, False)
+    cdef const double* invstd_p = <const double*> b.get(invstd, False)
+    cdef const double* gamma_p = <const double*> b.get(gamma, False)
+    cdef double* dgamma_p = <double*> b.get(dgamma, True)
+    cdef double* dbeta_p = <double*> b.get(dbeta, True)
+    cdef const double* beta_p = <const double*> b.get(beta, False)
+    if DEBUG_CHECKS:
+        b.check(3, <int> view[0], view[1], view[2], view[3], -1, -1, threads)
+    cdef Grid g = _grid(<int> view[0], view[1], view[2], view[3])
+    _backward_view(dyp, xp, dxp, mean_p, invstd_p, gamma_p, training, dgamma_p, dbeta_p, &g,
+                   threads, False, 0, relu, beta_p)
+    return dx, dgamma, dbeta

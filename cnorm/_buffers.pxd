@@ -33,3 +33,5 @@ cdef int plain_threads(object n_threads) except -2
 cdef object plain_call(object x, object out, object dy, object n_threads, object axis,
                        int min_ndim, Py_ssize_t n_channels, Py_ssize_t* view, int* threads,
                        bint* in_place)
+cdef bint plain_like_x(object value, object x) except -1
+cdef int plain_vector(object array, Py_ssize_t n, bint scan) except -2

@@ -270,9 +270,9 @@ def plain(x, out, n_threads, axis, Py_ssize_t min_ndim, dy=None):
     return y, threads, t
 
 
-def plain_like(value, x):
-    """True if `value` (dy) is a plain tensor of x's shape and storage (x as
-    `plain` accepted it): the backward's dy needs no conversion."""
+cdef bint plain_like_x(object value, object x) except -1:
+    # Whether `value` (dy) is a plain tensor of x's shape and storage (x as
+    # plain_view accepted it): the backward's dy needs no conversion.
     cdef Py_buffer xv, dv
     cdef int i
     cdef bint ok
@@ -299,6 +299,12 @@ def plain_like(value, x):
     return ok
 
 
+def plain_like(value, x):
+    """True if `value` (dy) is a plain tensor of x's shape and storage (x as
+    `plain` accepted it): the backward's dy needs no conversion."""
+    return plain_like_x(value, x)
+
+
 def finite_floats(*values):
     """True if every value is a Python float (not a subclass) and finite: the
     scalar parameters' common case (cnorm._validation.finite_real checks the rest)."""
@@ -312,7 +318,7 @@ def finite_floats(*values):
     return True
 
 
-cdef int _vector(object array, Py_ssize_t n, bint scan) except -2:
+cdef int plain_vector(object array, Py_ssize_t n, bint scan) except -2:
     # -1 unless `array` is a numpy.ndarray holding a C-contiguous, 8-byte
     # aligned native float64 vector of length n; else 1 if ``scan`` and it
     # holds a finite nonzero value outside float32's normal range, 0 if not.
@@ -348,7 +354,7 @@ def float64_vectors(Py_ssize_t n, *arrays):
     per-channel arguments' common case, checked at once (the callers check one
     by one otherwise)."""
     for array in arrays:
-        if array is not None and _vector(array, n, False) < 0:
+        if array is not None and plain_vector(array, n, False) < 0:
             return False
     return True
 
@@ -365,7 +371,7 @@ def plain_vectors(Py_ssize_t n, bint scan, *arrays):
     cdef bint unsafe = False
     for array in arrays:
         if array is not None:
-            state = _vector(array, n, scan and not unsafe)
+            state = plain_vector(array, n, scan and not unsafe)
             if state < 0:
                 return None
             unsafe = unsafe or state == 1

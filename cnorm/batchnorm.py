@@ -327,6 +327,11 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     array([[-1., -1.],
            [ 1.,  1.]])
     """
+    if residual is None:  # a plain call runs at once (cnorm._batchnorm.infer_plain)
+        y = _bn.infer_plain(x, running_mean, running_var, gamma, beta, eps, activation, out,
+                            n_threads, axis)
+        if y is not None:
+            return y
     plain = _buffers.plain(x, out, n_threads, axis, 2)
     x = _input(x, axis, plain=plain)
     n_channels = x.channels
@@ -467,6 +472,11 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     >>> mean, running_var.round(5)
     (array([2.5]), array([1.06667]))
     """
+    if running_mean is None and running_var is None and moments is None:
+        plain = _bn.train_plain(x, gamma, beta, eps, momentum, running_var_unbiased,
+                                activation, out, n_threads, axis)
+        if plain is not None:  # a plain call, run at once (cnorm._batchnorm)
+            return plain
     given = (None if running_mean is None  # as passed: for _separate_running
              else dict(x=x, out=out, gamma=gamma, beta=beta))
     plain = _buffers.plain(x, out, n_threads, axis, 2)
@@ -621,6 +631,11 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
         ``training=False`` or with ``activation="relu"``, or a sum is not of
         shape (C,); as for `batch_norm_inference` if activation or beta is wrong.
     """
+    if sums is None and count is None:
+        plain = _bn.backward_plain(dy, x, mean, invstd, gamma, beta, activation, training, out,
+                                   n_threads, axis)
+        if plain is not None:  # a plain call, run at once (cnorm._batchnorm)
+            return plain
     plain = _buffers.plain(x, out, n_threads, axis, 2, dy)
     x = _input(x, axis, allow_empty=sums is not None, plain=plain)
     dy = _layout.matching(dy, "dy", x, "x")

@@ -2,14 +2,16 @@
 public function and layer) give what the checked Python path gives.
 
 Each case runs twice, once as it comes and once with ``cnorm._buffers.plain``
-answering None (every call then takes the checked path): the results must be
-the same bits, the errors the same type and message, the inputs unmodified.
+and the batch-norm fast paths of cnorm._batchnorm (infer_plain, train_plain,
+backward_plain) answering None (every call then takes the checked path): the
+results must be the same bits, the errors the same type and message, the
+inputs unmodified.
 """
 import numpy as np
 import pytest
 
 import cnorm
-from cnorm import _buffers, _validation
+from cnorm import _buffers, _validation, batchnorm
 
 RNG = np.random.default_rng(5)
 X = RNG.standard_normal((3, 4, 5)).astype(np.float32)
@@ -79,6 +81,13 @@ def _given(x, dy=DY, out=None):
     return lambda: (np.array(x, copy=True), dy.copy(), None if out is None else out.copy())
 
 
+def _checked_only(monkeypatch):
+    """Make every call take the checked path."""
+    monkeypatch.setattr(_buffers, "plain", lambda *args: None)
+    for name in ("infer_plain", "train_plain", "backward_plain"):
+        monkeypatch.setattr(batchnorm._bn, name, lambda *args: None)
+
+
 # (name, () -> fresh (x, dy, out), keyword arguments)
 CASES = [
     ("out None", _given(X), {}),
@@ -115,7 +124,7 @@ def test_plain_path_gives_what_the_checked_path_gives(make, kwargs, monkeypatch)
     outcomes = []
     for checked in (False, True):
         if checked:
-            monkeypatch.setattr(_buffers, "plain", lambda *args: None)
+            _checked_only(monkeypatch)
         run = {}
         for name in _calls(*make(), **kwargs):
             x, dy, out = make()  # fresh arrays for every call
@@ -145,3 +154,82 @@ def test_layer_n_threads_is_capped():
     expected = layer(X)
     np.testing.assert_array_equal(layer(X, n_threads=2 ** 40), expected)
     assert _buffers.MAX_THREADS == _validation.MAX_THREADS
+
+
+_HUGE = np.full(C, 1e300)
+_TINY = np.full(C, 1e-300)
+_SUBNORMAL = np.full(C, 3e-41)  # a float32 subnormal: the float32 pass would lose bits
+
+# (function, keyword arguments) of batch norm beyond the common ones: those the
+# fast paths take (relu, frozen statistics) and those they leave to the
+# checked path (float64 widening, errors, running statistics).
+BN_CASES = [
+    ("inference", {}), ("inference", {"activation": "relu"}),
+    ("inference", {"gamma": _HUGE}), ("inference", {"beta": _TINY}),
+    ("inference", {"gamma": _SUBNORMAL}), ("training", {"gamma": _SUBNORMAL}),
+    ("backward", {"gamma": _SUBNORMAL}),
+    ("inference", {"var": -VAR}), ("inference", {"var": np.full(C, np.nan)}),
+    ("inference", {"eps": 1e-80}), ("inference", {"eps": 0.0}), ("inference", {"eps": 1}),
+    ("inference", {"activation": "tanh"}), ("inference", {"activation": ["relu"]}),
+    ("inference", {"gamma": None, "beta": None}), ("inference", {"mean": None}),
+    ("inference", {"mean": MEAN.astype(np.float32)}), ("inference", {"gamma": GAMMA[:4]}),
+    ("training", {}), ("training", {"activation": "relu"}), ("training", {"gamma": _HUGE}),
+    ("training", {"momentum": 1}), ("training", {"momentum": 1.5}),
+    ("training", {"running_var_unbiased": 1}), ("training", {"running": True}),
+    ("training", {"x": X * np.float32(1e20)}), ("training", {"x": X[:1, :1]}),
+    ("training", {"gamma": None, "beta": None}),
+    ("backward", {}), ("backward", {"activation": "relu", "beta": BETA}),
+    ("backward", {"training": False}), ("backward", {"training": False, "activation": "relu"}),
+    ("backward", {"training": 1}), ("backward", {"invstd": _HUGE}),
+    ("backward", {"gamma": None}), ("backward", {"dy": DY[:, :, :4]}),
+]
+
+
+def _bn_call(function, kwargs):
+    """A batch-norm call over fresh arrays: (call, the inputs it must not modify)."""
+    kwargs = dict(kwargs)
+    x = kwargs.pop("x", X).copy()
+    dy = kwargs.pop("dy", DY).copy()
+    mean, var = kwargs.pop("mean", MEAN), kwargs.pop("var", VAR)
+    gamma, beta = kwargs.pop("gamma", GAMMA), kwargs.pop("beta", BETA)
+    inputs = [a for a in (x, dy, mean, var, gamma, beta) if isinstance(a, np.ndarray)]
+    if function == "inference":
+        return lambda: cnorm.batch_norm_inference(x, mean, var, gamma, beta, **kwargs), inputs
+    if function == "training":
+        if kwargs.pop("running", False):
+            kwargs.update(running_mean=np.zeros(C), running_var=np.ones(C))
+        return lambda: cnorm.batch_norm_training(x, gamma, beta, **kwargs), inputs
+    invstd = kwargs.pop("invstd", 1.0 / np.sqrt(var))
+    return lambda: cnorm.batch_norm_backward(dy, x, mean, invstd, gamma, **kwargs), inputs
+
+
+@pytest.mark.parametrize("function, kwargs", BN_CASES,
+                         ids=[f"{f} {k}" if len(repr(k)) < 60 else f"{f} {list(k)}"
+                              for f, k in BN_CASES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_fast_paths_give_what_the_checked_path_gives(function, kwargs, dtype,
+                                                                monkeypatch):
+    kwargs = dict(kwargs)
+    for name in ("x", "dy"):
+        kwargs[name] = kwargs.get(name, X if name == "x" else DY).astype(dtype)
+    outcomes = []
+    for checked in (False, True):
+        if checked:
+            _checked_only(monkeypatch)
+        call, inputs = _bn_call(function, kwargs)
+        outcomes.append(_outcome(call, inputs))
+    assert outcomes[0] == outcomes[1]
+    assert not outcomes[0][1], "an input was modified"
+
+
+def test_batch_norm_fast_paths_are_taken():
+    """The calls the overhead benchmark times run in the fast paths."""
+    out = np.empty_like(X)
+    invstd = 1.0 / np.sqrt(VAR)
+    bn = batchnorm._bn
+    assert bn.infer_plain(X, MEAN, VAR, GAMMA, BETA, 1e-5, None, out, None, -1) is out
+    y, mean, invstd_ = bn.train_plain(X, GAMMA, BETA, 1e-5, 0.1, True, "relu", out, 2, -1)
+    assert y is out and mean.shape == invstd_.shape == (C,)
+    dx, dgamma, dbeta = bn.backward_plain(DY, X, MEAN, invstd, GAMMA, None, None, True, out,
+                                          None, -1)
+    assert dx is out and dgamma.shape == dbeta.shape == (C,)
