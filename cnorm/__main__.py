@@ -74,12 +74,14 @@ def main(argv=None):
     print(f"cnorm {cnorm.__version__}: kernels for ISA level {cnorm._dispatch.ISA_LEVEL} "
           f"(best this CPU runs: {cnorm._dispatch.cpu_best_level()}; built and runnable: "
           f"{', '.join(cnorm._dispatch.available_levels())}), OpenMP "
-          f"{'on' if cnorm.openmp_enabled() else 'off'}, {all_threads} threads available.")
+          f"{'on' if cnorm.openmp_enabled() else 'off'}, {all_threads} "
+          f"thread{'s' if all_threads != 1 else ''} available.")
     print("Each operation is checked against cnorm.reference (NumPy, float64) and then timed.\n"
-          "Columns: ms = median time of one call; GB/s = the least traffic of the operation\n"
-          "(each input read once, the output written once) over that time; x copy = the time\n"
-          "over a parallel copy of the same tensor with as many threads, measured in the same\n"
-          "run (1.0 = as fast as moving the data once; lower is better).")
+          "Columns: threads = the n_threads of the call; ms = the median time of one call\n"
+          "(the reference's: of its single checking call); GB/s = the least traffic of the\n"
+          "operation (each input read once, the output written once) over that time; x copy =\n"
+          "the time over a parallel copy of the same tensor with as many threads, measured in\n"
+          "the same run (1.0 = as fast as moving the data once; lower is better).")
 
     # --- LRN, AlexNet ---------------------------------------------------------------
     params = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 # Modules a page's examples import, beyond cnorm and NumPy.
 NEEDS = {
-    "README.md": ["torch", "dask"],
+    "README.md": ["torch"],
     "index.md": ["torch"],
     "quickstart/pytorch.md": ["torch"],
     "quickstart/keras.md": ["keras"],
@@ -107,3 +107,16 @@ def test_every_page_in_needs_exists():
 def test_fence_parser():
     text = "a\n```python\nx = 1\n```\n\n```pycon\n>>> x + 1\n2\n```\n```sh\nls\n```\n"
     assert [(language, line) for language, _, line in blocks(text)] == [("python", 3), ("pycon", 7)]
+
+
+def test_readme_commands_are_the_ci_commands():
+    # The README's first two shell blocks are the set-up commands; .ci/run runs the
+    # second (the test command) exactly as written, so neither can drift alone.
+    ci = ROOT / ".ci" / "run"
+    if not ci.is_file():  # the suite run from a copy of tests/ (the installed wheel)
+        pytest.skip("no .ci/run beside the tests")
+    shell = re.findall(r"^```sh[ \t]*\n(.*?)^```", (ROOT / "README.md").read_text(), re.M | re.S)
+    main_job, test_command = shell[0].strip(), shell[1].strip()
+    assert main_job.endswith("pip install -e . && python -m cnorm"), main_job
+    assert any(line.startswith(test_command + " ")
+               or line == test_command for line in ci.read_text().splitlines()), test_command
