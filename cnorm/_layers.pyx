@@ -14,15 +14,16 @@ other call (bfloat16, a list, a strided or transposed array, a bad ``out``,
 a bad ``n_threads``) returns None and the caller takes the public function's
 path, which converts what it may and raises the errors the functions raise.
 
-State and staleness (BatchNorm)
-    The layer keeps its state (gamma, beta, running_mean, running_var) as the
-    rows of one ``(4, C)`` array of the layer's dtype, which users see as four
-    row views. ``_BatchNormPlan`` holds that array's buffer, a byte copy of it
-    (the snapshot) and the float64 vectors computed from the snapshot and
-    checked (running_var >= 0, NaN passes as in the functions). Every call
-    first compares the state with the snapshot (``memcmp`` of 4*C values), so
-    no assignment or in-place write of the state, however made, leaves the
-    vectors stale.
+State and staleness (BatchNorm, and cnorm.torch's batch norms in eval)
+    cnorm.BatchNorm keeps its state (gamma, beta, running_mean, running_var)
+    as the rows of one ``(4, C)`` array of the layer's dtype, which users see
+    as four row views; a cnorm.torch module has four tensors of its own.
+    ``_BatchNormPlan`` holds the buffers of the four vectors (NumPy views of
+    the tensors, for cnorm.torch), a byte copy of them (the snapshot) and the
+    float64 vectors computed from the snapshot and checked (running_var >= 0,
+    NaN passes as in the functions). Every call first compares the state with
+    the snapshot (``memcmp`` of 4*C values), so no assignment or in-place
+    write of the state, however made, leaves the vectors stale.
 Threads
     Everything here runs holding the GIL except the kernel, which reads only
     float64 vectors that are never written once made (a refresh makes new ones)
@@ -35,19 +36,23 @@ from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBuffer_Release,
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 
-from cnorm._buffers cimport plain_call
+from cnorm._buffers cimport plain_call, plain_vector
 
 import numpy
 
 cdef object _empty = numpy.empty
 
+# As cnorm.batchnorm's: below it, 1/sqrt(eps) can exceed float32's range.
+cdef double _FLOAT32_MIN_EPS = 1e-76
+
 
 cdef class _BatchNormPlan:
-    """The float64 vectors of a BatchNorm's inference, kept while its state is unchanged."""
+    """The float64 vectors of a batch norm's inference, kept while its state is unchanged."""
 
-    cdef object state              # the layer's (4, C) state array
-    cdef Py_buffer state_view      # held for the plan's lifetime
-    cdef bint has_view
+    cdef object arrays             # the state: gamma, beta, running_mean, running_var
+    cdef Py_buffer views[4]        # their buffers, held for the plan's lifetime
+    cdef bint held[4]              # False for a None (gamma, beta: not affine)
+    cdef Py_ssize_t offsets[5]     # where each array's bytes are in the snapshot
     cdef char* snapshot            # the state's bytes the vectors were made from
     cdef Py_ssize_t n_channels
     cdef object normalize          # the dispatched kernel entry point
@@ -58,13 +63,31 @@ cdef class _BatchNormPlan:
     cdef public int axis
     cdef public object vectors     # float64 (mean, var, gamma, beta); gamma, beta None: not affine
     cdef public object last        # the record of the last forward, for backward
+    cdef public bint record        # keep that record (cnorm.torch keeps its own)
+    cdef bint unsafe               # a vector outside float32's normal range (see infer)
 
-    def __cinit__(self, state, normalize, double eps, bint affine, bint fast, int axis):
-        PyObject_GetBuffer(state, &self.state_view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-        self.has_view = True
-        self.state = state
-        self.n_channels = self.state_view.shape[1]
-        self.snapshot = <char*> malloc(self.state_view.len if self.state_view.len else 1)
+    def __cinit__(self, arrays, normalize, double eps, bint affine, bint fast, int axis):
+        # arrays: (gamma, beta, running_mean, running_var), C-contiguous
+        # float32/float64 vectors of one length (gamma and beta may be None).
+        cdef int i
+        cdef Py_buffer* v
+        self.arrays = tuple(arrays)
+        self.offsets[0] = 0
+        self.n_channels = len(self.arrays[2])
+        for i in range(4):
+            self.held[i] = False
+            self.offsets[i + 1] = self.offsets[i]
+            if self.arrays[i] is None:
+                continue
+            v = &self.views[i]
+            PyObject_GetBuffer(self.arrays[i], v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+            self.held[i] = True
+            if not (v.ndim == 1 and v.shape[0] == self.n_channels and v.format[1] == 0
+                    and (v.format[0] == b"f" or v.format[0] == b"d")):
+                raise ValueError("cnorm: a batch norm plan takes float32/float64 vectors of "
+                                 "one length")
+            self.offsets[i + 1] += v.len
+        self.snapshot = <char*> malloc(self.offsets[4] if self.offsets[4] else 1)
         if self.snapshot == NULL:
             raise MemoryError("cnorm: cannot allocate a layer's snapshot")
         self.normalize = normalize
@@ -75,12 +98,24 @@ cdef class _BatchNormPlan:
         self.axis = axis
         self.vectors = None
         self.last = None
+        self.record = True
         self.refresh()
 
     def __dealloc__(self):
-        if self.has_view:
-            PyBuffer_Release(&self.state_view)
+        cdef int i
+        for i in range(4):
+            if self.held[i]:
+                PyBuffer_Release(&self.views[i])
         free(self.snapshot)
+
+    cdef bint _changed(self) noexcept:
+        # Whether the state differs from the snapshot (byte for byte).
+        cdef int i
+        for i in range(4):
+            if self.held[i] and memcmp(self.views[i].buf, self.snapshot + self.offsets[i],
+                                       self.views[i].len) != 0:
+                return True
+        return False
 
     def refresh(self):
         """Make the float64 vectors from the state as it is now, if it changed.
@@ -89,33 +124,42 @@ cdef class _BatchNormPlan:
         vectors and snapshot are then kept (the next call checks again).
         """
         cdef Py_ssize_t c, n = self.n_channels
-        cdef Py_ssize_t nbytes = self.state_view.len
-        if self.vectors is not None and memcmp(self.state_view.buf, self.snapshot, nbytes) == 0:
+        cdef Py_ssize_t nbytes = self.offsets[4]
+        cdef int i
+        if self.vectors is not None and not self._changed():
             return self.vectors
         cdef char* copy = <char*> malloc(nbytes if nbytes else 1)
         if copy == NULL:
             raise MemoryError("cnorm: cannot allocate a layer's snapshot")
         vectors = _empty((4, n))
         cdef double[:, ::1] v = vectors
-        cdef const float* single = <const float*> copy
-        cdef const double* double_ = <const double*> copy
-        cdef bint is_single = self.state_view.format[0] == b"f"
+        cdef const char* part
         try:
-            memcpy(copy, self.state_view.buf, nbytes)
-            for c in range(4 * n):
-                v[c // n, c % n] = single[c] if is_single else double_[c]
+            for i in range(4):
+                if not self.held[i]:
+                    continue
+                part = copy + self.offsets[i]
+                memcpy(copy + self.offsets[i], self.views[i].buf, self.views[i].len)
+                for c in range(n):
+                    v[i, c] = ((<const float*> part)[c] if self.views[i].format[0] == b"f"
+                               else (<const double*> part)[c])
             for c in range(n):
                 if v[3, c] < 0:
                     raise ValueError(
                         f"running_var must be >= 0 everywhere, got {v[3, c]!r} in channel {c}")
+            unsafe = False
+            for i in range(4):  # the vectors the kernel reads: mean, var (gamma, beta)
+                if ((i >= 2 or self.affine and self.held[i])
+                        and plain_vector(vectors[i], n, True) == 1):
+                    unsafe = True
             memcpy(self.snapshot, copy, nbytes)
+            self.unsafe = unsafe
         finally:
             free(copy)
         # rows: gamma, beta, running_mean, running_var
-        if self.affine:
-            self.vectors = (vectors[2], vectors[3], vectors[0], vectors[1])
-        else:
-            self.vectors = (vectors[2], vectors[3], None, None)
+        self.vectors = (vectors[2], vectors[3],
+                        vectors[0] if self.affine and self.held[0] else None,
+                        vectors[1] if self.affine and self.held[1] else None)
         return self.vectors
 
     def infer(self, x, out, n_threads):
@@ -125,17 +169,18 @@ cdef class _BatchNormPlan:
         cdef bint in_place
         if not self.fast:
             return None
-        if memcmp(self.state_view.buf, self.snapshot, self.state_view.len) != 0:
+        if self._changed():
             self.refresh()
         y = plain_call(x, out, None, n_threads, self.axis, 2, self.n_channels, view, &threads,
                        &in_place)
-        if y is None:
-            return None
+        if y is None or view[0] != 0 and (self.unsafe or self.eps < _FLOAT32_MIN_EPS):
+            return None  # (the checked path normalizes such data in float64)
         vectors = self.vectors
         mean, var, gamma, beta = vectors
         self.normalize(x, y, mean, var, gamma, beta, self.eps, None, False, threads, view[0],
                        view[1], view[2], view[3], None, self.relu)
-        self.last = (False, None if in_place else x, vectors, self.eps)
+        if self.record:
+            self.last = (False, None if in_place else x, vectors, self.eps)
         return y
 
 

@@ -44,6 +44,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
     raise ImportError('cnorm.torch needs torch: pip install "cnorm[torch]"') from error
 
 import cnorm
+from cnorm._layers import _BatchNormPlan
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LocalResponseNorm", "convert",
            "restore"]
@@ -237,7 +238,34 @@ class _CnormBatchNorm:
         if torch.is_grad_enabled() and (input.requires_grad or weight is not None and (
                 weight.requires_grad or bias.requires_grad)):
             return _BatchNormFunction.apply(input, weight, bias, *args)
+        if not batch_stats:
+            y = self._cnorm_planned(input)
+            if y is not None:
+                return y
         return _batch_norm(input, *args, False)[0]
+
+    def _cnorm_planned(self, x):
+        """The eval forward on the module's plan (cnorm._layers._BatchNormPlan:
+        float64 vectors made from the cached views of the state, again
+        whenever the state's bytes change, as cnorm.BatchNorm's), or None:
+        take `_batch_norm` (half state, a plan refused, x not plain)."""
+        entry = self.__dict__.get(_CACHE)
+        if entry is None or type(self.eps) is not float:
+            return None
+        plan = entry[2]
+        if plan is None:
+            try:
+                plan = _BatchNormPlan(entry[1], cnorm.batchnorm._bn.normalize, self.eps,
+                                      entry[1][0] is not None, True, 1)
+            except ValueError:  # running_var < 0: _batch_norm's error says where
+                return None
+            plan.record = False  # (a record would hold this call's x)
+            entry[2] = plan
+        plan.eps = self.eps
+        y = _like(x)
+        if plan.infer(_array(x, "input"), _array(y, "out"), torch.get_num_threads()) is None:
+            return None
+        return y
 
     def _cnorm_vectors(self, *tensors):
         """weight, bias, running_mean, running_var as cnorm reads them. float32
@@ -251,7 +279,7 @@ class _CnormBatchNorm:
         vectors = tuple(_vector(t, name) for t, name in zip(tensors, _VECTORS))
         if all(t is None or t.dtype in (torch.float32, torch.float64) for t in tensors):
             # (the views hold their tensors: an id in the key is not reused)
-            self.__dict__[_CACHE] = (key, vectors)
+            self.__dict__[_CACHE] = [key, vectors, None]  # None: the plan, once made
         return vectors
 
     def __getstate__(self):

@@ -233,3 +233,24 @@ def test_batch_norm_fast_paths_are_taken():
     dx, dgamma, dbeta = bn.backward_plain(DY, X, MEAN, invstd, GAMMA, None, None, True, out,
                                           None, -1)
     assert dx is out and dgamma.shape == dbeta.shape == (C,)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("row, value", [("gamma", 1e300), ("gamma", 3e-41),
+                                        ("running_var", 1e-300),
+                                        ("eps", 1e-80)])
+def test_layer_fast_path_widens_as_the_function(dtype, row, value):
+    """A layer whose state (or eps) is outside float32's normal range gives the
+    function's answer, which normalizes float32 data in float64 then."""
+    layer = cnorm.BatchNorm(C, dtype=dtype)
+    layer.running_mean[...] = MEAN
+    layer.running_var[...] = VAR
+    if row == "eps":
+        layer.eps = value
+    else:
+        getattr(layer, row)[...] = value
+    expected = cnorm.batch_norm_inference(X, layer.running_mean.astype(np.float64),
+                                          layer.running_var.astype(np.float64),
+                                          layer.gamma.astype(np.float64),
+                                          layer.beta.astype(np.float64), layer.eps)
+    np.testing.assert_array_equal(layer(X), expected)

@@ -410,6 +410,9 @@ def test_parameter_changes_are_seen():
         lambda m: setattr(m, "weight", torch.nn.Parameter(torch.linspace(-1, 1, 4))),
         lambda m: m.running_var.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0])),
         lambda m: m.register_buffer("running_mean", torch.ones(4)),
+        lambda m: np.copyto(m.running_mean.numpy(), 0.5),  # behind torch's back
+        lambda m: setattr(m, "eps", 0.25),
+        lambda m: m.load_state_dict({**m.state_dict(), "running_var": torch.full((4,), 9.0)}),
         lambda m: m.double(),
     ]
     for change in changes:
@@ -419,3 +422,5 @@ def test_parameter_changes_are_seen():
         with torch.no_grad():
             x_now = x.to(torch_module.weight.dtype)
             _close(cnorm_module(x_now), torch_module(x_now), 1e-5, "after a change")
+    # (eval under no_grad runs on the module's plan: the changes were seen there)
+    assert cnorm_module.__dict__["_cnorm_vector_cache"][2] is not None
