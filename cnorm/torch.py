@@ -218,6 +218,10 @@ class _CnormBatchNorm:
 
     def forward(self, input):
         """Normalize `input` (channels on axis 1): torch's ``forward``, on cnorm."""
+        if not self.training:
+            y = self._cnorm_eval(input)
+            if y is not None:
+                return y
         self._check_input_dim(input)
         # (the dicts nn.Module.__getattr__ reads, read directly: a microsecond each)
         weight, bias = self._parameters["weight"], self._parameters["bias"]
@@ -239,31 +243,56 @@ class _CnormBatchNorm:
                 weight.requires_grad or bias.requires_grad)):
             return _BatchNormFunction.apply(input, weight, bias, *args)
         if not batch_stats:
-            y = self._cnorm_planned(input)
+            self._cnorm_plan()
+            y = self._cnorm_eval(input)
             if y is not None:
                 return y
         return _batch_norm(input, *args, False)[0]
 
-    def _cnorm_planned(self, x):
-        """The eval forward on the module's plan (cnorm._layers._BatchNormPlan:
-        float64 vectors made from the cached views of the state, again
-        whenever the state's bytes change, as cnorm.BatchNorm's), or None:
-        take `_batch_norm` (half state, a plan refused, x not plain)."""
+    def _cnorm_plan(self):
+        """Give the cached vectors a plan (cnorm._layers._BatchNormPlan: float64
+        vectors made from the views of the state, again whenever the state's
+        bytes change, as cnorm.BatchNorm's), if they have none."""
         entry = self.__dict__.get(_CACHE)
-        if entry is None or type(self.eps) is not float:
+        if entry is None or entry[2] is not None or entry[1][2] is None or entry[1][3] is None:
+            return
+        try:
+            plan = _BatchNormPlan(entry[1], cnorm.batchnorm._bn.normalize, 1.0,
+                                  entry[1][0] is not None, True, 1)
+        except ValueError:  # running_var < 0: _batch_norm's error says where
+            return
+        plan.record = False  # (a record would hold this call's x)
+        entry[2] = plan
+
+    def _cnorm_eval(self, x):
+        """The eval forward on the module's plan, or None: take the general
+        path (no plan yet, the state's tensors are not those of the cached
+        views, a graph to record, half state, x not plain, eps not a float > 0).
+        The checks of the general path, in a few microseconds."""
+        entry = self.__dict__.get(_CACHE)
+        if entry is None or entry[2] is None or type(self.eps) is not float or self.eps <= 0:
             return None
+        parameters, buffers = self._parameters, self._buffers
+        weight, bias = parameters["weight"], parameters["bias"]
+        mean, var = buffers["running_mean"], buffers["running_var"]
+        tensors, pointers = entry[3], entry[4]
+        if (weight is not tensors[0] or bias is not tensors[1] or mean is not tensors[2]
+                or var is not tensors[3] or mean.data_ptr() != pointers[2]
+                or var.data_ptr() != pointers[3] or weight is not None and (
+                    weight.data_ptr() != pointers[0] or bias.data_ptr() != pointers[1])):
+            return None
+        if torch.is_grad_enabled() and (x.requires_grad or weight is not None and (
+                weight.requires_grad or bias.requires_grad)):
+            return None
+        self._check_input_dim(x)
         plan = entry[2]
-        if plan is None:
-            try:
-                plan = _BatchNormPlan(entry[1], cnorm.batchnorm._bn.normalize, self.eps,
-                                      entry[1][0] is not None, True, 1)
-            except ValueError:  # running_var < 0: _batch_norm's error says where
-                return None
-            plan.record = False  # (a record would hold this call's x)
-            entry[2] = plan
         plan.eps = self.eps
-        y = _like(x)
-        if plan.infer(_array(x, "input"), _array(y, "out"), torch.get_num_threads()) is None:
+        try:
+            xa = x.detach().numpy()
+        except TypeError:  # bfloat16 or not on the CPU: the general path says which
+            return None
+        y = torch.empty_like(x)  # (see _like)
+        if plan.infer(xa, y.numpy(), torch.get_num_threads()) is None:
             return None
         return y
 
@@ -279,7 +308,9 @@ class _CnormBatchNorm:
         vectors = tuple(_vector(t, name) for t, name in zip(tensors, _VECTORS))
         if all(t is None or t.dtype in (torch.float32, torch.float64) for t in tensors):
             # (the views hold their tensors: an id in the key is not reused)
-            self.__dict__[_CACHE] = [key, vectors, None]  # None: the plan, once made
+            # [key, vectors, the plan once made (_cnorm_plan), the tensors, their data]
+            self.__dict__[_CACHE] = [key, vectors, None, tensors,
+                                     tuple(None if t is None else t.data_ptr() for t in tensors)]
         return vectors
 
     def __getstate__(self):
