@@ -18,8 +18,6 @@ from cnorm.moments import Moments
 
 _bn = kernels("_batchnorm")
 
-
-
 __all__ = ["batch_norm_inference", "batch_norm_training", "batch_norm_backward",
            "batch_norm_backward_sums"]
 
@@ -380,8 +378,8 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     activation and beta).
 
     The statistics are accumulated in float64 by shifted sums (deviations from
-    a value of the channel) per chunk of rows, merged with Chan's formula: accurate when ``|mean| >> std``, and
-    bit-identical for every thread count.
+    a value of the channel) per chunk of rows, merged with Chan's formula:
+    accurate when ``|mean| >> std``, and bit-identical for every thread count.
 
     When running statistics are given they are updated in place, after the
     normalization, as::

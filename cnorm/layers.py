@@ -23,7 +23,7 @@ from cnorm import _layout
 from cnorm import _validation as check
 from cnorm.batchnorm import (_eps, _momentum, _relu, batch_norm_backward,
                              batch_norm_inference, batch_norm_training)
-from cnorm.lrn import (_lrn_params, _size_params, _size_window, local_response_norm,
+from cnorm.lrn import (_lrn_params, _size_params, local_response_norm,
                        local_response_norm_backward, lrn, lrn_backward)
 from cnorm._layers import _BatchNormPlan, _LocalResponseNormPlan
 
@@ -33,12 +33,12 @@ _WIDEST = 2 ** 62
 __all__ = ["BatchNorm", "LocalResponseNorm"]
 
 
-
 def _kernels(module):
     # The kernel module that the public module (batchnorm or lrn) calls now: a
     # layer's fast path binds its entry point when the layer is made
     # (cnorm._dispatch.using swaps the public modules' bindings for the tests).
     return getattr(sys.modules[f"cnorm.{module}"], {"batchnorm": "_bn", "lrn": "_lrn"}[module])
+
 
 _STATE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Rows of a BatchNorm's (4, C) state array.
@@ -897,8 +897,8 @@ class LocalResponseNorm:
         # a window wider than any tensor's channels is clipped per call, so
         # it is stored clipped to what a Py_ssize_t holds.
         before, after, a, k, beta = _size_params(size, alpha, beta, k, convention)
-        self._size, self._alpha, self._beta, self._k = (int(size), check.finite_real(alpha, "alpha"),
-                                                        beta, k)
+        self._size, self._alpha, self._beta, self._k = (
+            int(size), check.finite_real(alpha, "alpha"), beta, k)
         self._convention = convention
         self._axis = _axis(axis)
         self._depth_radius = self._tf_alpha = None  # set by from_tf: TensorFlow's lrn
