@@ -937,10 +937,12 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
                         Py_ssize_t n_outer, Py_ssize_t n_channels, Py_ssize_t n_inner,
                         Py_ssize_t channel_stride, Py_ssize_t outer_stride,
                         const floating* residual, bint relu,
-                        Py_ssize_t dy_channel_stride) noexcept nogil:
-    # Planes of one channel (inner > 1): the run of n_inner values of channel c
-    # at o*outer_stride + c*channel_stride (dy's at c*dy_channel_stride: a
-    # masked dy in packed scratch, see _mask_tile), with that channel's
+                        Py_ssize_t dy_channel_stride, Py_ssize_t c_first,
+                        Py_ssize_t c_stop) noexcept nogil:
+    # Planes of channels [c_first, c_stop) of n_channels (inner > 1): the run
+    # of n_inner values of channel c at o*outer_stride + c*channel_stride
+    # (dy's at c*dy_channel_stride: a masked dy in packed scratch, see
+    # _mask_tile), with that channel's
     # coefficients as scalars; the same formula as _apply_rows, so the same
     # bits per element. ``stream`` (float32 only): whole aligned blocks of 16
     # outputs written by cn_stream_f32 (see _streams), the same values,
@@ -958,7 +960,7 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
     cdef Py_ssize_t j, m
     cdef float block[STREAM_BLOCK]
     for o in range(n_outer):
-        for c in range(n_channels):
+        for c in range(c_first, c_stop):
             base = o * outer_stride + c * channel_stride
             x_r = x + base
             out_r = out + base
@@ -1208,8 +1210,10 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
                        bint by_range, const Grid* g, Py_ssize_t first, Py_ssize_t stop,
                        bint reverse, float* scratch, const floating* residual,
                        bint relu, const floating* mask, bint mask_folded,
-                       floating* mask_scratch) noexcept nogil:
-    # The elementwise pass over tiles [first, stop), last to first if
+                       floating* mask_scratch, Py_ssize_t c_first,
+                       Py_ssize_t c_stop) noexcept nogil:
+    # The elementwise pass over channels [c_first, c_stop) (all but for
+    # planes: see _apply) of tiles [first, stop), last to first if
     # ``reverse``: rows (inner == 1) by _apply_rows, or by _affine_range if
     # ``by_range`` (float32 only); planes (inner > 1) by _apply_planes.
     # Half-precision data (``scratch`` not NULL; the pointers then hold that
@@ -1241,7 +1245,7 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
             if scratch != NULL and cn_is_half(g.storage):
                 _apply_half_tile(dy, x, out, coefficients, folded, g, &tile, scratch,
                                  scratch + _scratch_stride(g), residual, relu, mask,
-                                 mask_folded)
+                                 mask_folded, c_first, c_stop)
                 continue
         if True:
             offset = _tile_offset(g, &tile)
@@ -1299,7 +1303,7 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
         else:
             _apply_planes(dy_t, x_t, out_t, coefficients, folded, stream, tile.n_outer,
                           g.channels, tile.n_inner, channel_stride, outer_stride, residual_t,
-                          relu, dy_channel_stride)
+                          relu, dy_channel_stride, c_first, c_stop)
     if stream:
         _stream_fence()
 
@@ -1307,7 +1311,8 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
 cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                            const float* coefficients, bint folded, const Grid* g,
                            const Tile* tile, float* x_s, float* dy_s, const void* residual,
-                           bint relu, const float* mask, bint mask_folded) noexcept nogil:
+                           bint relu, const float* mask, bint mask_folded, Py_ssize_t c_first,
+                           Py_ssize_t c_stop) noexcept nogil:
     # The elementwise pass over one tile of half-precision data, a piece of at
     # most HALF_PIECE values (or one row) at a time: loaded into the float
     # scratch, computed there in place by the float kernels, stored back
@@ -1348,7 +1353,7 @@ cdef void _apply_half_tile(const void* dy, const void* x, void* out,
             r += rows
         return
     for o in range(tile.outer_start, tile.outer_start + tile.n_outer):
-        for c in range(n_channels):
+        for c in range(c_first, c_stop):
             i = tile.inner_start
             while i < tile.inner_start + tile.n_inner:
                 n = min(<Py_ssize_t>HALF_PIECE, tile.inner_start + tile.n_inner - i)
@@ -1409,7 +1414,14 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     cdef bint piece = (floating is float and by_range and stream
                        and (residual != NULL or relu))
     cdef floating* mask_scratch = NULL
-    n_threads = _threads_for(n_rows, n_channels, tiles, n_threads)
+    # Planes in fewer tiles than threads (a batch of one, NCHW): each thread
+    # takes a share of the channels of every tile instead (elementwise, so the
+    # same bits; the threads meet in one cache line a plane set, not one a
+    # plane). Not with the ReLU backward's mask, which is made per tile.
+    cdef bint by_channels = (g.inner > 1 and tiles < n_threads and mask == NULL
+                             and n_rows * n_channels >= SERIAL_ELEMENTS)
+    n_threads = (<int> min(<Py_ssize_t> n_threads, n_channels) if by_channels
+                 else _threads_for(n_rows, n_channels, tiles, n_threads))
     try:
         scratch = _half_scratch(g, n_threads, tensors, piece)
         mask_scratch = <floating*> _mask_scratch(g, n_threads, sizeof(floating), mask != NULL)
@@ -1417,18 +1429,23 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
             with nogil:
                 _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, 0, tiles,
                              reverse, scratch, residual, relu, mask, mask_folded,
-                             mask_scratch)
+                             mask_scratch, 0, n_channels)
         else:
             for thread in prange(n_threads, nogil=True, schedule="static",
                                  num_threads=n_threads):
                 _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g,
-                             _first_chunk(tiles, n_threads, thread),
-                             _first_chunk(tiles, n_threads, thread + 1), reverse,
+                             0 if by_channels else _first_chunk(tiles, n_threads, thread),
+                             tiles if by_channels
+                             else _first_chunk(tiles, n_threads, thread + 1), reverse,
                              NULL if scratch == NULL
                              else scratch + thread * tensors * _scratch_stride(g),
                              residual, relu, mask, mask_folded,
                              NULL if mask_scratch == NULL
-                             else mask_scratch + thread * _scratch_stride(g))
+                             else mask_scratch + thread * _scratch_stride(g),
+                             _first_chunk(n_channels, n_threads, thread) if by_channels
+                             else 0,
+                             _first_chunk(n_channels, n_threads, thread + 1) if by_channels
+                             else n_channels)
     finally:
         free(block)
         free(scratch)

@@ -425,3 +425,40 @@ def test_every_isa_build_is_tested():
         with _dispatch.using(level):
             suffix = "" if level == "baseline" else "_" + level.replace("-", "_")
             assert lrn_module._lrn.__name__ == "cnorm._lrn" + suffix
+
+
+@pytest.mark.parametrize("shape, dtype", [((1, 1024, 14, 14), np.float32),
+                                          ((1, 2048, 7, 7), np.float64),
+                                          ((1, 512, 14, 14), np.float16),
+                                          ((2, 768, 9, 9), np.float32)])
+def test_batch_norm_few_plane_tiles_split_by_channels(shape, dtype, isa):
+    # A batch of one (NCHW) is one tile of whole planes: its elementwise
+    # passes split the channels over the threads instead. Same bits for every
+    # thread count, and as channels last (the same arithmetic per element),
+    # with the fused epilogue too.
+    rng = np.random.default_rng(11)
+    x, gamma, beta, dy = bn_case(rng, shape, dtype, 1, 2.0)
+    tiles, _, _ = kernels("_batchnorm").grid(1, shape[0], shape[1], shape[2] * shape[3])
+    assert tiles < 3
+    residual = rng.standard_normal(shape).astype(dtype)
+    mean, var = rng.standard_normal(shape[1]), rng.random(shape[1]) + 0.5
+    results = []
+    for n_threads in (1, 2, 3):
+        common = dict(axis=1, n_threads=n_threads)
+        y = cnorm.batch_norm_inference(x, mean, var, gamma, beta, **common)
+        fused = cnorm.batch_norm_inference(x, mean, var, gamma, beta, activation="relu",
+                                           residual=residual, **common)
+        train = cnorm.batch_norm_training(x, gamma, beta, **common)
+        back = cnorm.batch_norm_backward(dy, x, train[1], train[2], gamma, **common)
+        frozen = cnorm.batch_norm_backward(dy, x, mean, 1 / np.sqrt(var + 1e-5), gamma,
+                                           training=False, **common)
+        results.append((y, fused, *train, *back, frozen[0]))
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            np.testing.assert_array_equal(got, want)
+    nhwc = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    np.testing.assert_array_equal(
+        np.moveaxis(results[0][0], 1, -1),
+        cnorm.batch_norm_inference(nhwc, mean, var, gamma, beta))
+    assert_close(results[0][0], ref.batch_norm_inference(x, mean, var, gamma, beta, axis=1),
+                 scale=np.abs(gamma)[:, None, None] * 4 + np.abs(beta)[:, None, None] + 1)
