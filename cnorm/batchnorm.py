@@ -1,13 +1,16 @@
 """Batch normalization with channels on any axis: the public API.
 
-Every function validates all its arguments first (so a bad call changes
-nothing), then makes one call into ``cnorm._batchnorm`` (two in training:
-statistics, then normalization), which reads the tensors through the buffer
-protocol as the ``(outer, C, inner)`` view of cnorm._layout (channels on any
-axis, no copy), computes the per-channel coefficients in float64 and runs the
-passes over the tensor. Running statistics are updated in NumPy, after the
-kernels. Semantics and the framework conventions: docs/guide/conventions.md,
-"Batch normalization".
+A plain call (C-contiguous arrays, float64 per-channel vectors, ``out``
+ready; see ``cnorm._batchnorm``'s infer_plain, train_plain and
+backward_plain) is checked and run by one compiled call. Any other call is
+checked here first, every argument (so a bad call changes nothing), then
+makes one call into ``cnorm._batchnorm`` (two in training: statistics, then
+normalization), with the results the compiled path would give. The kernels
+read the tensors through the buffer protocol as the ``(outer, C, inner)``
+view of cnorm._layout (channels on any axis, no copy), compute the
+per-channel coefficients in float64 and run the passes over the tensor.
+Running statistics are updated in NumPy, after the kernels. Semantics and the
+framework conventions: docs/guide/conventions.md, "Batch normalization".
 """
 import numpy as np
 
