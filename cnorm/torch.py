@@ -113,6 +113,45 @@ def _grad(array, like):
 # ---------------------------------------------------------------------------
 # Batch norm
 
+_REDUCED = (torch.float16, torch.bfloat16)
+_FLOATS = (torch.float32, torch.float64) + _REDUCED
+
+
+def _check_dtypes(x, tensors):
+    """Raise what torch's CPU batch norm raises for these dtypes: the
+    parameters and statistics (the defined ones) of one dtype, x's, or float32
+    beside float16/bfloat16 x (torch's mixed type); same errors, same words."""
+    dtypes = [t.dtype for t in tensors if t is not None]
+    if not dtypes or x.dtype not in _FLOATS:  # (a TypeError later names x's dtype)
+        return
+    first = dtypes[0]
+    if first != x.dtype:
+        if first != torch.float32:
+            raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+        if x.dtype not in _REDUCED:
+            raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+    for dtype in dtypes[1:]:
+        if dtype != first:
+            raise RuntimeError(f"expected scalar type {_SCALAR_NAMES[first]} but found "
+                               f"{_SCALAR_NAMES[dtype]}")
+
+
+def _input_dtypes(tensors):
+    """The dtypes of x that `_check_dtypes` passes beside these tensors."""
+    passed = []
+    for dtype in _FLOATS:
+        try:
+            _check_dtypes(torch.empty(0, dtype=dtype), tensors)
+        except RuntimeError:
+            continue
+        passed.append(dtype)
+    return tuple(passed)
+
+
+_SCALAR_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+                 torch.bfloat16: "BFloat16"}
+
+
 def _check_batch(x):
     if x.numel() == x.shape[1]:
         # torch's own check (torch.nn.functional.batch_norm), same message
@@ -226,6 +265,7 @@ class _CnormBatchNorm:
         # (the dicts nn.Module.__getattr__ reads, read directly: a microsecond each)
         weight, bias = self._parameters["weight"], self._parameters["bias"]
         running_mean, running_var = self._buffers["running_mean"], self._buffers["running_var"]
+        _check_dtypes(input, (weight, bias, running_mean, running_var))
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
@@ -281,8 +321,9 @@ class _CnormBatchNorm:
                 or var.data_ptr() != pointers[3] or weight is not None and (
                     weight.data_ptr() != pointers[0] or bias.data_ptr() != pointers[1])):
             return None
-        if torch.is_grad_enabled() and (x.requires_grad or weight is not None and (
-                weight.requires_grad or bias.requires_grad)):
+        if x.dtype not in entry[5] or torch.is_grad_enabled() and (
+                x.requires_grad or weight is not None and (
+                    weight.requires_grad or bias.requires_grad)):
             return None
         self._check_input_dim(x)
         plan = entry[2]
@@ -308,9 +349,11 @@ class _CnormBatchNorm:
         vectors = tuple(_vector(t, name) for t, name in zip(tensors, _VECTORS))
         if all(t is None or t.dtype in (torch.float32, torch.float64) for t in tensors):
             # (the views hold their tensors: an id in the key is not reused)
-            # [key, vectors, the plan once made (_cnorm_plan), the tensors, their data]
+            # [key, vectors, the plan once made (_cnorm_plan), the tensors, their
+            # data, the input dtypes torch takes beside them (see _check_dtypes)]
             self.__dict__[_CACHE] = [key, vectors, None, tensors,
-                                     tuple(None if t is None else t.data_ptr() for t in tensors)]
+                                     tuple(None if t is None else t.data_ptr() for t in tensors),
+                                     _input_dtypes(tensors)]
         return vectors
 
     def __getstate__(self):

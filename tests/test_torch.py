@@ -363,6 +363,42 @@ def test_bad_tensors():
         ct.LocalResponseNorm(2)(torch.zeros(2, 3))
 
 
+_FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("x_dtype", _FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("parameter_dtype", _FLOAT_DTYPES, ids=str)
+def test_dtype_combinations_as_torch(training, x_dtype, parameter_dtype):
+    # torch's CPU batch norm takes x of its parameters' dtype, or float16 and
+    # bfloat16 x beside float32 parameters; anything else raises a RuntimeError.
+    # The cnorm module does exactly what torch's does, with torch's message.
+    outcomes = []
+    for make in (torch.nn.BatchNorm2d, ct.BatchNorm2d):
+        module = make(3).to(parameter_dtype).train(training)
+        x = torch.randn(2, 3, 4, 4).to(x_dtype)
+        for _ in range(2):  # (the second eval call runs on the module's plan)
+            with torch.no_grad():
+                try:
+                    module(x)
+                    outcome = "ok"
+                except RuntimeError as error:
+                    outcome = str(error)
+        outcomes.append(outcome)
+    assert outcomes[1] == outcomes[0]
+
+
+def test_statistics_of_another_dtype_as_torch():
+    outcomes = []
+    for make in (torch.nn.BatchNorm2d, ct.BatchNorm2d):
+        module = make(3)
+        module.running_mean = module.running_mean.double()
+        with pytest.raises(RuntimeError) as error:
+            module(torch.randn(2, 3, 4, 4))
+        outcomes.append(str(error.value))
+    assert outcomes[1] == outcomes[0]
+
+
 # ---------------------------------------------------------------------------
 # Threads
 
