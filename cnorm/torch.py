@@ -228,7 +228,9 @@ class _BatchNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
         if ctx.stats is None:  # empty x
-            dx, dgamma = torch.zeros_like(x), np.zeros(x.shape[1])
+            # (zeros of the parameters' shape, as torch's, whatever x's channels)
+            dx = torch.zeros_like(x)
+            dgamma = np.zeros(x.shape[1] if weight is None else weight.shape[0])
             dbeta = dgamma
         else:
             mean, invstd, training = ctx.stats
@@ -265,13 +267,16 @@ class _CnormBatchNorm:
         # (the dicts nn.Module.__getattr__ reads, read directly: a microsecond each)
         weight, bias = self._parameters["weight"], self._parameters["bias"]
         running_mean, running_var = self._buffers["running_mean"], self._buffers["running_var"]
-        _check_dtypes(input, (weight, bias, running_mean, running_var))
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average
                 momentum = 1.0 / float(self.num_batches_tracked)
         batch_stats = self.training or (running_mean is None and running_var is None)
+        if input.numel():  # torch's checks, in its order (none for an empty input)
+            if batch_stats:
+                _check_batch(input)
+            _check_dtypes(input, (weight, bias, running_mean, running_var))
         vectors = self._cnorm_vectors(weight, bias, running_mean, running_var)
         buffers = (running_mean, running_var)
         if self.training and not self.track_running_stats or running_mean is None:
