@@ -215,4 +215,3 @@ def test_cnorm_modules_behave_as_torch(case):
             assert torch.equal(tensor, want)
         else:
             _close(tensor, want, dtype, name)
-
