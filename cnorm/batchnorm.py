@@ -361,7 +361,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     _bn.normalize(x.buffer(), x.buffer(written), running_mean, running_var, gamma, beta, eps,
                   None, False, n_threads, x.storage, x.outer, n_channels, x.inner,
                   None if residual is None else x.buffer(residual), relu)
-    return y if written is y else _layout.finish(y, written)
+    return _layout.finish(y, written)
 
 
 def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None,
@@ -531,8 +531,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     else:
         _bn.normalize(x.buffer(), x.buffer(written), mean, var_biased, gamma, beta, eps,
                       invstd, True, n_threads, *view, None, relu)
-        if written is not y:
-            _layout.finish(y, written)
+        _layout.finish(y, written)
 
     if running_mean is not None:
         batch_var = var_biased * (m / (m - 1)) if running_var_unbiased else var_biased
@@ -658,7 +657,6 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
                          "backward's sums are of the unmasked dy)")
     dx, written = _output(out, x, dy, plain)
     n_threads = check.n_threads(n_threads, plain)
-    view = (x.storage, x.outer, n_channels, x.inner)
 
     if given is None:
         dgamma = np.empty(n_channels)
@@ -666,17 +664,8 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
         frozen_relu = relu and not training
         if frozen_relu:  # the inputs _frozen_relu_at_non_finite_x may read after the kernel
             inputs = _frozen_relu_inputs(x, dy, dx if out is not None else None)
-        if _widen(x, unsafe):
-            wide = _widened(x)
-            _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, training, dgamma,
-                         dbeta, n_threads, 0, x.outer, n_channels, x.inner, False, 0, relu,
-                         beta)
-            _store_widened(dx, x, wide)
-        else:
-            _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma,
-                         training, dgamma, dbeta, n_threads, *view, False, 0, relu, beta)
-            if written is not dx:
-                _layout.finish(dx, written)
+        _backward_pass(x, dy, dx, written, _widen(x, unsafe), mean, invstd, gamma, training,
+                       dgamma, dbeta, n_threads, relu=relu, beta=beta)
         if frozen_relu and not np.isfinite(dgamma).all():
             _frozen_relu_at_non_finite_x(dx, x, *inputs, mean, invstd, gamma, beta, dgamma)
         return dx, dgamma, dbeta
@@ -685,14 +674,26 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
     dbeta = sum_dy.copy()
     if x.array.size == 0:
         return dx, dgamma, dbeta
-    if _widen(x, unsafe or _sums_unsafe(x, sum_dy, sum_dy_xhat, count, invstd, gamma)):
+    widen = _widen(x, unsafe or _sums_unsafe(x, sum_dy, sum_dy_xhat, count, invstd, gamma))
+    _backward_pass(x, dy, dx, written, widen, mean, invstd, gamma, True, dgamma, dbeta,
+                   n_threads, sums_given=True, count=count)
+    return dx, dgamma, dbeta
+
+
+def _backward_pass(x, dy, dx, written, widen, mean, invstd, gamma, training, dgamma, dbeta,
+                   n_threads, *, sums_given=False, count=0, relu=False, beta=None):
+    """Run the kernel's backward into dx (see _output for `written`), over x's
+    storage, or in float64 if `widen` (see `_widen`), rounded once into dx."""
+    args = (mean, invstd, gamma, training, dgamma, dbeta, n_threads)
+    keywords = (sums_given, count, relu, beta)
+    if widen:
         wide = _widened(x)
-        _bn.backward(_widened(x, dy), wide, wide, mean, invstd, gamma, True, dgamma, dbeta,
-                     n_threads, 0, x.outer, n_channels, x.inner, True, count)
-        return _store_widened(dx, x, wide), dgamma, dbeta
-    _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), mean, invstd, gamma, True,
-                 dgamma, dbeta, n_threads, *view, True, count)
-    return (dx if written is dx else _layout.finish(dx, written)), dgamma, dbeta
+        _bn.backward(_widened(x, dy), wide, wide, *args, 0, x.outer, x.channels, x.inner,
+                     *keywords)
+        return _store_widened(dx, x, wide)
+    _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), *args, x.storage, x.outer,
+                 x.channels, x.inner, *keywords)
+    return _layout.finish(dx, written)
 
 
 def _sums_unsafe(x, sum_dy, sum_dy_xhat, count, invstd, gamma):

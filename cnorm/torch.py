@@ -249,6 +249,12 @@ def _needs_graph(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _batch_norm_needs_graph(x, weight, bias):
+    """`_needs_graph` of a batch norm's tensors, written out (a call per forward)."""
+    return torch.is_grad_enabled() and (x.requires_grad or weight is not None and (
+        weight.requires_grad or bias.requires_grad))
+
+
 _VECTORS = ("weight", "bias", "running_mean", "running_var")
 _CACHE = "_cnorm_vector_cache"
 
@@ -284,8 +290,7 @@ class _CnormBatchNorm:
         elif not batch_stats:
             buffers = None
         args = (vectors, buffers, batch_stats, momentum, self.eps)
-        if torch.is_grad_enabled() and (input.requires_grad or weight is not None and (
-                weight.requires_grad or bias.requires_grad)):
+        if _batch_norm_needs_graph(input, weight, bias):
             return _BatchNormFunction.apply(input, weight, bias, *args)
         if not batch_stats:
             self._cnorm_plan()
@@ -326,9 +331,7 @@ class _CnormBatchNorm:
                 or var.data_ptr() != pointers[3] or weight is not None and (
                     weight.data_ptr() != pointers[0] or bias.data_ptr() != pointers[1])):
             return None
-        if x.dtype not in entry[5] or torch.is_grad_enabled() and (
-                x.requires_grad or weight is not None and (
-                    weight.requires_grad or bias.requires_grad)):
+        if x.dtype not in entry[5] or _batch_norm_needs_graph(x, weight, bias):
             return None
         self._check_input_dim(x)
         plan = entry[2]
