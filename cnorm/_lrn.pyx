@@ -229,54 +229,57 @@ def n_chunks(Py_ssize_t n_rows, Py_ssize_t n_channels):
 
 
 cdef inline void _window_sum_fixed(const double* padded, double* out,
-                                   Py_ssize_t n_channels, Py_ssize_t width) noexcept nogil:
+                                   Py_ssize_t n, Py_ssize_t width,
+                                   Py_ssize_t step) noexcept nogil:
     # Called with a literal width: the compiler unrolls the window and
-    # vectorises the channel loop, one store per channel instead of one per offset.
-    cdef Py_ssize_t c, t
+    # vectorises the loop over i, one store per value instead of one per offset.
+    cdef Py_ssize_t i, t
     cdef double total
-    for c in range(n_channels):
-        total = padded[c]
+    for i in range(n):
+        total = padded[i]
         for t in range(1, width):
-            total = total + padded[c + t]
-        out[c] = total
+            total = total + padded[i + t * step]
+        out[i] = total
 
 
-cdef void _window_sum(const double* padded, double* out, Py_ssize_t n_channels,
-                      Py_ssize_t width) noexcept nogil:
-    # out[c] = padded[c] + padded[c+1] + ... + padded[c+width-1], left to right
-    # for every width, so all branches give the same bits. Widths up to 11 get
-    # an unrolled single pass; wider ones go offset by offset.
-    cdef Py_ssize_t c, t
-    if AVX512_KERNELS and width <= 9 and (<size_t>padded) % 64 == 0:
-        _window_sum_simd(padded, out, n_channels, width)
+cdef void _window_sum(const double* padded, double* out, Py_ssize_t n, Py_ssize_t width,
+                      Py_ssize_t step) noexcept nogil:
+    # out[i] = padded[i] + padded[i + step] + ... (width terms), left to right
+    # for every width and step, so all branches give the same bits: a row's
+    # window (step 1, i a channel) and a planar tile's window across channel
+    # rows (step: the row length, i a pixel; see _planes) alike. Widths up to
+    # 11 get an unrolled single pass; wider ones go offset by offset.
+    cdef Py_ssize_t i, t
+    if AVX512_KERNELS and step == 1 and width <= 9 and (<size_t>padded) % 64 == 0:
+        _window_sum_simd(padded, out, n, width)
     elif width == 1:
-        _window_sum_fixed(padded, out, n_channels, 1)
+        _window_sum_fixed(padded, out, n, 1, step)
     elif width == 2:
-        _window_sum_fixed(padded, out, n_channels, 2)
+        _window_sum_fixed(padded, out, n, 2, step)
     elif width == 3:
-        _window_sum_fixed(padded, out, n_channels, 3)
+        _window_sum_fixed(padded, out, n, 3, step)
     elif width == 4:
-        _window_sum_fixed(padded, out, n_channels, 4)
+        _window_sum_fixed(padded, out, n, 4, step)
     elif width == 5:
-        _window_sum_fixed(padded, out, n_channels, 5)
+        _window_sum_fixed(padded, out, n, 5, step)
     elif width == 6:
-        _window_sum_fixed(padded, out, n_channels, 6)
+        _window_sum_fixed(padded, out, n, 6, step)
     elif width == 7:
-        _window_sum_fixed(padded, out, n_channels, 7)
+        _window_sum_fixed(padded, out, n, 7, step)
     elif width == 8:
-        _window_sum_fixed(padded, out, n_channels, 8)
+        _window_sum_fixed(padded, out, n, 8, step)
     elif width == 9:
-        _window_sum_fixed(padded, out, n_channels, 9)
+        _window_sum_fixed(padded, out, n, 9, step)
     elif width == 10:
-        _window_sum_fixed(padded, out, n_channels, 10)
+        _window_sum_fixed(padded, out, n, 10, step)
     elif width == 11:
-        _window_sum_fixed(padded, out, n_channels, 11)
+        _window_sum_fixed(padded, out, n, 11, step)
     else:
-        for c in range(n_channels):
-            out[c] = padded[c]
+        for i in range(n):
+            out[i] = padded[i]
         for t in range(1, width):
-            for c in range(n_channels):
-                out[c] += padded[c + t]
+            for i in range(n):
+                out[i] += padded[i + t * step]
 
 
 cdef inline double _inverse_power_one(double d, BetaPath path, double beta) noexcept nogil:
@@ -331,7 +334,7 @@ cdef inline void _divisors(const floating* x_row, double* squares, double* d,
     # d = k + a * (window sums of x**2) for one row, in double.
     cdef Py_ssize_t c
     _squares(x_row, squares + before, n_channels, INFINITY)
-    _window_sum(squares, d, n_channels, width)
+    _window_sum(squares, d, n_channels, width, 1)
     for c in range(n_channels):
         d[c] = k + a * d[c]
 
@@ -354,7 +357,7 @@ cdef void _forward_rows(const floating* x, floating* y, double* scratch,
         if floating is float:
             if square_limit > 0 and _squares(x_row, squares + before, n_channels,
                                              square_limit):
-                _window_sum(squares, d, n_channels, width)
+                _window_sum(squares, d, n_channels, width, 1)
                 _forward_power_float(x_row, y_row, d, n_channels, a, k, path, beta)
                 continue
         _divisors(x_row, squares, d, n_channels, before, width, a, k)
@@ -388,10 +391,10 @@ cdef void _backward_rows(const floating* dy, const floating* x, floating* dx,
         if floating is float and limits.dy > 0 and _squares(
                 x_row, squares + before, n_channels, limits.square) and _within(
                 <const float*> dy_row, n_channels, limits.dy):
-            _window_sum(squares, d, n_channels, width)
+            _window_sum(squares, d, n_channels, width, 1)
             _backward_power_float(dy_row, x_row, d, <float*>q, p + after, n_channels,
                                   a, k, path, beta)
-            _window_sum(p, g, n_channels, width)
+            _window_sum(p, g, n_channels, width, 1)
             _backward_finish_float(dy_row, x_row, dx_row, <float*>q, g, n_channels,
                                    two_a_beta)
             continue
@@ -400,7 +403,7 @@ cdef void _backward_rows(const floating* dy, const floating* x, floating* dx,
         # y_j / D_j in that order: D**(-beta-1) alone can overflow where it does not.
         for c in range(n_channels):
             p[after + c] = <double>dy_row[c] * (<double>x_row[c] * q[c]) / d[c]
-        _window_sum(p, g, n_channels, width)
+        _window_sum(p, g, n_channels, width, 1)
         for c in range(n_channels):
             dx_row[c] = <floating>(dy_row[c] * q[c] - two_a_beta * x_row[c] * g[c])
 
@@ -772,19 +775,6 @@ cdef void _plane_squares(const floating* x, Py_ssize_t row_stride, Py_ssize_t n,
             bad[p] |= not (v <= square_limit)
 
 
-cdef inline void _window_sum_planes(const double* padded, double* out, Py_ssize_t n,
-                                    Py_ssize_t width, Py_ssize_t lines) noexcept nogil:
-    # out[p] = padded[p] + padded[lines + p] + ... (width rows), left to right:
-    # a channel's window across the rows of a planar tile, added in the order
-    # _window_sum adds a row's window, so the same bits.
-    cdef Py_ssize_t p, t
-    for p in range(n):
-        out[p] = padded[p]
-    for t in range(1, width):
-        for p in range(n):
-            out[p] = out[p] + padded[t * lines + p]
-
-
 cdef void _planes(const floating* dy, const floating* x, floating* out, Py_ssize_t row_stride,
                   Py_ssize_t n, Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
                   double a, double k, BetaPath path, double beta, const FloatPath* limits,
@@ -824,7 +814,7 @@ cdef void _planes(const floating* dy, const floating* x, floating* out, Py_ssize
             any_bad |= bad[p]
     for c in range(n_channels):
         x_c = x + c * row_stride
-        _window_sum_planes(squares + c * lines, sums, n, width, lines)
+        _window_sum(squares + c * lines, sums, n, width, lines)
         if dy == NULL:
             out_c = out + c * row_stride
             if floating is float:
@@ -872,7 +862,7 @@ cdef void _planes(const floating* dy, const floating* x, floating* out, Py_ssize
         dy_c = dy + c * row_stride
         out_c = out + c * row_stride
         # the mirrored window [c - after, c + before], as in _backward_rows
-        _window_sum_planes(products + c * lines, g, n, width, lines)
+        _window_sum(products + c * lines, g, n, width, lines)
         if floating is float:
             if float_path:
                 if any_bad:
