@@ -197,6 +197,8 @@ cdef enum:
     PLANE_TILE_VALUES = 65536
     PLANE_BLOCK_MIN = 16
     PLANE_BLOCK_MAX = 2048
+    PLANE_MIN_TILES = 16
+    PLANE_SMALL_BLOCK = 64
 
 # Divisors inside this range keep D**-beta and D**(-beta-1) inside float range.
 cdef double FLOAT_SAFE_MIN = 1e-12
@@ -750,17 +752,26 @@ def run(x, dy, y, Py_ssize_t before, Py_ssize_t after, double a, double k, doubl
              inner, before, after, a, k, beta, n_threads)
 
 
-cdef Py_ssize_t _plane_block(Py_ssize_t n_channels, Py_ssize_t inner) noexcept nogil:
-    # Pixels per planar tile: about PLANE_TILE_VALUES values, whole vectors.
+cdef Py_ssize_t _plane_block(Py_ssize_t n_channels, Py_ssize_t inner,
+                             Py_ssize_t outer) noexcept nogil:
+    # Pixels per planar tile: about PLANE_TILE_VALUES values, whole vectors;
+    # smaller (down to PLANE_SMALL_BLOCK pixels) where that leaves fewer than
+    # PLANE_MIN_TILES tiles, so that a batch of one still keeps every thread
+    # busy (1x96x55x55 made 5 tiles: 3 for one thread, 2 for the other).
     cdef Py_ssize_t block = PLANE_TILE_VALUES // max(n_channels, 1)
+    cdef Py_ssize_t per_outer
     block = min(max(block, <Py_ssize_t>PLANE_BLOCK_MIN), <Py_ssize_t>PLANE_BLOCK_MAX)
     block = (block + PLANE_BLOCK_MIN - 1) // PLANE_BLOCK_MIN * PLANE_BLOCK_MIN
+    if outer * ((inner + block - 1) // block) < PLANE_MIN_TILES:
+        per_outer = (PLANE_MIN_TILES + outer - 1) // outer
+        block = max((inner + per_outer - 1) // per_outer, <Py_ssize_t>PLANE_SMALL_BLOCK)
+        block = (block + PLANE_BLOCK_MIN - 1) // PLANE_BLOCK_MIN * PLANE_BLOCK_MIN
     return min(block, inner)
 
 
-def plane_block(Py_ssize_t n_channels, Py_ssize_t inner):
+def plane_block(Py_ssize_t n_channels, Py_ssize_t inner, Py_ssize_t outer=1):
     """Pixels per tile of an (outer, C, inner) tensor with inner > 1 (for the tests)."""
-    return _plane_block(n_channels, inner)
+    return _plane_block(n_channels, inner, outer)
 
 
 cdef Py_ssize_t _plane_scratch_size(Py_ssize_t n_channels, Py_ssize_t width,
@@ -910,7 +921,7 @@ cdef void _run(const floating* dyp, const floating* xp, floating* yp, int storag
     # computed there in place by the float kernels and stored back, rounded once.
     cdef Py_ssize_t width = before + after + 1
     cdef Py_ssize_t rows = _rows_per_chunk(n_channels)
-    cdef Py_ssize_t block = _plane_block(n_channels, inner)
+    cdef Py_ssize_t block = _plane_block(n_channels, inner, outer)
     cdef Py_ssize_t per_outer = (inner + block - 1) // block
     cdef Py_ssize_t tiles = ((outer + rows - 1) // rows if inner == 1 else outer * per_outer)
     cdef Py_ssize_t tile_values = rows * n_channels if inner == 1 else block * n_channels

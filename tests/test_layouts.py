@@ -122,7 +122,7 @@ def test_lrn_nchw_many_tiles(n_threads):
     rng = np.random.default_rng(5)
     x, dy = lrn_case(rng, (3, 96, 37, 41), np.float32)
     forward, backward = lrn_calls(size=5, alpha=1e-4, beta=0.75, k=2.0)
-    block = kernels("_lrn").plane_block(96, 37 * 41)
+    block = kernels("_lrn").plane_block(96, 37 * 41, 3)
     assert (37 * 41) % block != 0 and 37 * 41 > block
     y = forward(x, axis=1, n_threads=n_threads)
     assert_close(y, ref.local_response_norm(x, 5, 1e-4, 0.75, 2.0, axis=1))
