@@ -1414,11 +1414,17 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     cdef bint piece = (floating is float and by_range and stream
                        and (residual != NULL or relu))
     cdef floating* mask_scratch = NULL
-    # Planes in fewer tiles than threads (a batch of one, NCHW): each thread
-    # takes a share of the channels of every tile instead (elementwise, so the
-    # same bits; the threads meet in one cache line a plane set, not one a
-    # plane). Not with the ReLU backward's mask, which is made per tile.
-    cdef bint by_channels = (g.inner > 1 and tiles < n_threads and mask == NULL
+    # Planes in fewer tiles than threads (a batch of one, NCHW), or cut into
+    # segments (large planes of few images) in a first pass: each thread takes
+    # a share of the channels of every tile instead, which for one image is
+    # one contiguous share of the tensor, as torch's batch norm splits it (the
+    # convolution before has likely left it in that core's cache). Elementwise,
+    # so the same bits; the threads meet in one cache line a plane set, not
+    # one a plane. Not in a second pass (``reverse``: it re-reads the tiles
+    # the first pass left in each core's cache), nor with the ReLU backward's
+    # mask, which is made per tile.
+    cdef bint by_channels = (g.inner > 1 and mask == NULL
+                             and (tiles < n_threads or g.segments > 1 and not reverse)
                              and n_rows * n_channels >= SERIAL_ELEMENTS)
     n_threads = (<int> min(<Py_ssize_t> n_threads, n_channels) if by_channels
                  else _threads_for(n_rows, n_channels, tiles, n_threads))
