@@ -133,6 +133,13 @@ def _channels(value, n_channels, default):
     return np.asarray(value, dtype=np.float64)
 
 
+def _normalized(x, mean, invstd):
+    """xhat = (x - mean) * invstd, formed before gamma multiplies it: gamma * (x -
+    mean) can overflow where y is finite (gamma 1e200, x - mean -1e200, invstd 0
+    from an infinite running variance: y = beta, not 0 * inf = NaN)."""
+    return (x - np.asarray(mean, dtype=np.float64)) * invstd
+
+
 def _activation(y, activation):
     """The fused activation: None, or "relu" (max(y, 0), NaN passed through)."""
     return y if activation is None else np.maximum(y, 0.0)
@@ -147,7 +154,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     gamma = _channels(gamma, n_channels, 1.0)
     beta = _channels(beta, n_channels, 0.0)
     invstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
-    y = gamma * (x - np.asarray(running_mean, dtype=np.float64)) * invstd + beta
+    y = gamma * _normalized(x, running_mean, invstd) + beta
     if residual is not None:
         y = y + np.asarray(residual, dtype=np.float64)
     return _activation(y, activation)
@@ -173,7 +180,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     mean = rows.mean(axis=0)
     var_b = ((rows - mean) ** 2).mean(axis=0)
     invstd = 1.0 / np.sqrt(var_b + eps)
-    y = _activation(gamma * (x - mean) * invstd + beta, activation)
+    y = _activation(gamma * _normalized(x, mean, invstd) + beta, activation)
     if running_mean is not None:
         stat_var = var_b * m / (m - 1) if running_var_unbiased else var_b
         running_mean[...] = (1 - momentum) * running_mean + momentum * mean

@@ -395,3 +395,23 @@ def test_lrn_backward_with_alpha_near_the_smallest_subnormal(isa):
     want = reference.local_response_norm_backward(dy.astype(np.float64), x.astype(np.float64),
                                                   1, alpha=alpha, beta=0.75, k=1.0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batch_norm_inference_huge_gamma_and_mean_with_tiny_invstd(dtype, isa):
+    # Found by the fuzzer (baseline, 800 examples): x = [nan, 0] along one
+    # channel, running_mean 1e200, running_var inf, gamma 1e200. invstd is
+    # exactly 0, so y = beta at x = 0, as the kernels give; the reference gave
+    # NaN, from gamma * (x - mean) = -inf before the multiply by 0 (and -inf
+    # where invstd is 1e-150 and y is -1e250). It normalizes first now.
+    x = np.array([[np.nan], [0.0], [1.0]], dtype)
+    beta = np.array([0.5])
+    for var, want in ((np.inf, [np.nan, 0.5, 0.5]), (1e300, [np.nan, -1e250, -1e250])):
+        args = dict(running_mean=np.array([1e200]), running_var=np.array([var]),
+                    gamma=np.array([1e200]), beta=beta, eps=1.0)
+        want = np.reshape(want, x.shape)
+        np.testing.assert_allclose(reference.batch_norm_inference(x, **args), want, rtol=1e-15)
+        with np.errstate(over="ignore"):
+            y = cnorm.batch_norm_inference(x, **args)
+            want = want.astype(dtype)
+        np.testing.assert_allclose(y, want, rtol=1e-6 if dtype == np.float32 else 1e-15)
