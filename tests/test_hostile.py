@@ -415,3 +415,29 @@ def test_batch_norm_inference_huge_gamma_and_mean_with_tiny_invstd(dtype, isa):
             y = cnorm.batch_norm_inference(x, **args)
             want = want.astype(dtype)
         np.testing.assert_allclose(y, want, rtol=1e-6 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("beta", [0.8648658, 0.75, 0.5, 1.0])
+def test_lrn_backward_float32_tiny_x_times_small_alpha(beta, isa):
+    # Found by the fuzzer (x86-64-v4, 800 examples): the float32 path formed
+    # 2*alpha*beta * x in float, subnormal for alpha 1.2e-7 and x -1.2e-38
+    # (float32's smallest normal): -2.4e-45, two significant bits, so dx there
+    # was 3.52e-37 for 3.04e-37 once times the window sum 1.5e8. The term is
+    # formed in double now (alpha 1.4e-45, a subnormal 2*alpha*beta, no longer
+    # needs the double path: test_lrn_backward_with_alpha_near_the_smallest_subnormal).
+    rng = np.random.default_rng(17)
+    x = np.zeros((2, 64), np.float32)
+    x[:, :40] = rng.uniform(1, 4, (2, 40))
+    x[:, 41] = -np.finfo(np.float32).tiny
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dy[:, 41] = 0.0
+    for axis in (-1, 0):
+        xt, dyt = (x, dy) if axis == -1 else (x.T.copy(), dy.T.copy())
+        got = cnorm.lrn_backward(dyt, xt, depth_radius=10 ** 30, bias=1e-3,
+                                 alpha=1.1920929e-07, beta=beta, axis=axis)
+        want = reference.lrn_backward(dyt.astype(np.float64), xt.astype(np.float64),
+                                      depth_radius=10 ** 30, bias=1e-3, alpha=1.1920929e-07,
+                                      beta=beta, axis=axis)
+        got, want = (got, want) if axis == -1 else (got.T, want.T)
+        np.testing.assert_allclose(got[:, 41], want[:, 41], rtol=1e-5, atol=0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
