@@ -441,3 +441,27 @@ def test_lrn_backward_float32_tiny_x_times_small_alpha(beta, isa):
         got, want = (got, want) if axis == -1 else (got.T, want.T)
         np.testing.assert_allclose(got[:, 41], want[:, 41], rtol=1e-5, atol=0)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_relu_backward_mask_below_float32_subnormals(isa):
+    # Found by the fuzzer (x86-64-v3, 800 examples): x = 0, mean -1.2e-38
+    # (float32's smallest normal), gamma = invstd = 1e-4. gamma*xhat + beta is
+    # 1.2e-46 > 0 in float64 but rounds to 0 in float32, where the forward's y
+    # is 0: the float32 backward's mask (the forward's own y > 0) is closed and
+    # dx, dbeta are 0, while float64 data pass dy. Both are right for their
+    # type; the fuzzer now leaves channels this close to the boundary uncompared.
+    mean, invstd, gamma = (np.array([v], np.float32) for v in (-1.1754944e-38, 1e-4, 1e-4))
+    assert np.float32(float(gamma[0]) * float(invstd[0]) * -float(mean[0])) == 0
+    dy = np.array([[1.0], [0.0], [2.0]])
+    for dtype, passed in ((np.float32, False), (np.float64, True)):
+        x = np.zeros((3, 1), dtype)
+        dx, dgamma, dbeta = cnorm.batch_norm_backward(dy.astype(dtype), x, mean, invstd, gamma,
+                                                      activation="relu")
+        assert dbeta[0] == (3.0 if passed else 0.0)
+        with np.errstate(all="ignore"):
+            want = reference.batch_norm_backward(dy, x, mean, invstd, gamma, activation="relu")
+        if passed:
+            # (dy - dbeta/m cancels exactly: the scale is gamma*invstd*|dy|, 1e-8)
+            np.testing.assert_allclose(dx, want[0], rtol=1e-12, atol=1e-12 * 1e-8)
+        else:
+            np.testing.assert_array_equal(dx, np.zeros_like(x))
