@@ -478,14 +478,14 @@ cdef inline float _power_float(float d, float exponent, float exponent_high) noe
 cdef void _backward_finish_float(const float* dy_row, const float* x_row, float* dx_row,
                                  const float* q, const double* g, Py_ssize_t n_channels,
                                  double two_a_beta) noexcept nogil:
-    # dx = dy*q - 2*a*beta * x * g, g the mirrored window sums (double),
-    # finite for rows within FloatPath's limits. The second term is formed in
-    # double and rounded once: in float, 2*a*beta * x could be subnormal where
-    # the term is not (alpha 1.2e-7, x -1.2e-38: -2.4e-45, two bits, and a
-    # 16% error once times g 1.5e8; found by the fuzzer).
+    # dx = dy*q - x * (2*a*beta * g), g the mirrored window sums (double),
+    # finite for rows within FloatPath's limits. 2*a*beta * g is formed in
+    # double and rounded once, then times x: (2*a*beta * x) * g in float had a
+    # subnormal factor where the term is not (alpha 1.2e-7, x -1.2e-38:
+    # -2.4e-45, two bits, a 16% error once times g 1.5e8; found by the fuzzer).
     cdef Py_ssize_t c
     for c in range(n_channels):
-        dx_row[c] = dy_row[c] * q[c] - <float>(two_a_beta * (<double>x_row[c] * g[c]))
+        dx_row[c] = dy_row[c] * q[c] - x_row[c] * <float>(two_a_beta * g[c])
 
 
 def power_float32(const float[::1] d, float exponent, float[::1] out):
