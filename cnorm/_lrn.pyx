@@ -616,6 +616,9 @@ cdef double _float_dy_limit(double a, double k, double beta, Py_ssize_t width,
     if not scale < FLT_MAX / 4:
         return 0.0
     cdef double worst = max(max(1.0, q), x_max * max(1.0, q1 * width * max(1.0, scale)))
+    # and 2*a*beta * g, rounded to float before x multiplies it
+    # (_backward_finish_float): larger than the term where x_max < 1.
+    worst = max(worst, q1 * width * scale)
     cdef int exponent
     if not worst < INFINITY:
         return 0.0
