@@ -599,7 +599,7 @@ def float_dy_limit(double a, double k, double beta, Py_ssize_t width):
 cdef double _float_dy_limit(double a, double k, double beta, Py_ssize_t width,
                             double square_limit) noexcept nogil:
     # The backward's float path computes p = dy*x*D**(-beta-1) and
-    # dx = dy*q - 2*a*beta*x*g (g: window sums of p) in float. For rows with
+    # dx = dy*q - x*(2*a*beta*g) (g: window sums of p) in float. For rows with
     # x**2 <= square_limit, |x| <= X and D lies in [k, Dmax], so
     # |q| <= Q, |D**(-beta-1)| <= Q1, |p| <= |dy|*X*Q1 and |g| <= width*|p|:
     # every intermediate stays below FLT_MAX/4 for |dy| up to the returned
