@@ -465,3 +465,26 @@ def test_relu_backward_mask_below_float32_subnormals(isa):
             np.testing.assert_allclose(dx, want[0], rtol=1e-12, atol=1e-12 * 1e-8)
         else:
             np.testing.assert_array_equal(dx, np.zeros_like(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batch_norm_backward_finite_dx_past_an_overflowing_bracket(dtype, isa):
+    # Found by the fuzzer (x86-64-v3, 800 examples): one 1e200 in a channel
+    # with invstd 4e-37 and dy 1 there. xhat is 4e163 and dgamma 4e163, so the
+    # reference's bracket g - dbeta/m - xhat*dgamma/m overflowed and it gave dx
+    # -inf; the answer, -1.654e290, is what the kernels give. The reference
+    # forms its products without intermediate overflow now (_product).
+    x = np.zeros((4, 2))
+    x[2, 1] = 1e200
+    dy = np.zeros_like(x)
+    dy[2, 1] = 1.0
+    mean, invstd = np.zeros(2), np.array([1.0, 4.044641e-37])
+    if dtype == np.float32:  # 1e200 is inf in float32: a smaller x, a smaller invstd
+        x[2, 1], invstd[1] = 1e30, 4.044641e-207
+    s, big = invstd[1], x[2, 1]  # dx = s*(3/4 - xhat**2/4), xhat = big*s, in a safe order
+    want = 0.75 * s - s ** 3 * big * big / 4
+    assert np.isfinite(want) and abs(want) < (1e38 if dtype == np.float32 else 1e300)
+    dx, dgamma, _ = reference.batch_norm_backward(dy, x, mean, invstd)
+    assert dx[2, 1] == pytest.approx(want, rel=1e-12) and dgamma[1] == pytest.approx(big * s)
+    got, _, _ = cnorm.batch_norm_backward(dy.astype(dtype), x.astype(dtype), mean, invstd)
+    assert got[2, 1] == pytest.approx(want, rel=1e-5 if dtype == np.float32 else 1e-12)
