@@ -52,7 +52,7 @@ Chunking and threads
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.float cimport FLT_MAX, FLT_MIN
+from libc.float cimport FLT_MAX
 from libc.math cimport INFINITY, fabs, fabsf, frexp, ldexp, pow, sqrt, sqrtf
 from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport calloc, free, malloc
@@ -477,12 +477,15 @@ cdef inline float _power_float(float d, float exponent, float exponent_high) noe
 
 cdef void _backward_finish_float(const float* dy_row, const float* x_row, float* dx_row,
                                  const float* q, const double* g, Py_ssize_t n_channels,
-                                 float two_a_beta) noexcept nogil:
-    # dx = dy*q - 2*a*beta * x * g in float, g the mirrored window sums
-    # (double), finite for rows within FloatPath's limits.
+                                 double two_a_beta) noexcept nogil:
+    # dx = dy*q - x * (2*a*beta * g), g the mirrored window sums (double),
+    # finite for rows within FloatPath's limits. 2*a*beta * g is formed in
+    # double and rounded once, then times x: (2*a*beta * x) * g in float had a
+    # subnormal factor where the term is not (alpha 1.2e-7, x -1.2e-38:
+    # -2.4e-45, two bits, a 16% error once times g 1.5e8; found by the fuzzer).
     cdef Py_ssize_t c
     for c in range(n_channels):
-        dx_row[c] = dy_row[c] * q[c] - two_a_beta * x_row[c] * <float>g[c]
+        dx_row[c] = dy_row[c] * q[c] - x_row[c] * <float>(two_a_beta * g[c])
 
 
 def power_float32(const float[::1] d, float exponent, float[::1] out):
@@ -596,7 +599,7 @@ def float_dy_limit(double a, double k, double beta, Py_ssize_t width):
 cdef double _float_dy_limit(double a, double k, double beta, Py_ssize_t width,
                             double square_limit) noexcept nogil:
     # The backward's float path computes p = dy*x*D**(-beta-1) and
-    # dx = dy*q - 2*a*beta*x*g (g: window sums of p) in float. For rows with
+    # dx = dy*q - x*(2*a*beta*g) (g: window sums of p) in float. For rows with
     # x**2 <= square_limit, |x| <= X and D lies in [k, Dmax], so
     # |q| <= Q, |D**(-beta-1)| <= Q1, |p| <= |dy|*X*Q1 and |g| <= width*|p|:
     # every intermediate stays below FLT_MAX/4 for |dy| up to the returned
@@ -612,12 +615,10 @@ cdef double _float_dy_limit(double a, double k, double beta, Py_ssize_t width,
     cdef double scale = 2.0 * a * fabs(beta) * x_max
     if not scale < FLT_MAX / 4:
         return 0.0
-    if 0 < 2.0 * a * fabs(beta) < FLT_MIN:
-        # 2*a*beta, a float on this path, would be subnormal: alpha 1.4e-45
-        # gave it one bit of precision and dx twice the answer (found by the
-        # fuzzer). The double path computes it.
-        return 0.0
     cdef double worst = max(max(1.0, q), x_max * max(1.0, q1 * width * max(1.0, scale)))
+    # and 2*a*beta * g, rounded to float before x multiplies it
+    # (_backward_finish_float): larger than the term where x_max < 1.
+    worst = max(worst, q1 * width * scale)
     cdef int exponent
     if not worst < INFINITY:
         return 0.0

@@ -133,6 +133,23 @@ def _channels(value, n_channels, default):
     return np.asarray(value, dtype=np.float64)
 
 
+def _product(*factors):
+    """The product of the factors, left to right, with no intermediate overflow
+    or underflow: their mantissas (frexp, in [0.5, 1)) multiplied, their
+    exponents added, and the result scaled once (ldexp). Where no intermediate
+    leaves float64's normal range it is bit for bit the plain product; where
+    one does, the plain product is wrong: gamma 1e200 times x - mean -1e200
+    times invstd 0 (an infinite running variance) is 0, not -inf * 0 = NaN;
+    invstd 4e-37 * xhat 4e163 * dgamma 4e163 is 7e290, not inf. NaN, inf and
+    0 * inf are as in the plain product."""
+    mantissa, exponent = np.float64(1.0), 0
+    for factor in factors:
+        m, e = np.frexp(np.asarray(factor, dtype=np.float64))
+        mantissa = mantissa * m
+        exponent = exponent + e
+    return np.ldexp(mantissa, exponent)
+
+
 def _activation(y, activation):
     """The fused activation: None, or "relu" (max(y, 0), NaN passed through)."""
     return y if activation is None else np.maximum(y, 0.0)
@@ -147,7 +164,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, ep
     gamma = _channels(gamma, n_channels, 1.0)
     beta = _channels(beta, n_channels, 0.0)
     invstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
-    y = gamma * (x - np.asarray(running_mean, dtype=np.float64)) * invstd + beta
+    y = _product(gamma, x - np.asarray(running_mean, dtype=np.float64), invstd) + beta
     if residual is not None:
         y = y + np.asarray(residual, dtype=np.float64)
     return _activation(y, activation)
@@ -173,7 +190,7 @@ def batch_norm_training(x, gamma=None, beta=None, eps=1e-5, *, running_mean=None
     mean = rows.mean(axis=0)
     var_b = ((rows - mean) ** 2).mean(axis=0)
     invstd = 1.0 / np.sqrt(var_b + eps)
-    y = _activation(gamma * (x - mean) * invstd + beta, activation)
+    y = _activation(_product(gamma, x - mean, invstd) + beta, activation)
     if running_mean is not None:
         stat_var = var_b * m / (m - 1) if running_var_unbiased else var_b
         running_mean[...] = (1 - momentum) * running_mean + momentum * mean
@@ -202,9 +219,15 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
     dbeta = g.sum(axis=0)
     dgamma = (g * xhat).sum(axis=0)
     if training:
-        dx = gamma * invstd * (g - dbeta / m - xhat * dgamma / m)
+        dx = _product(gamma, invstd, g - dbeta / m - _product(xhat, dgamma / m))
+        # Where the bracket overflowed (xhat*dgamma 1e327) but dx is finite:
+        # gamma*invstd*(g - dbeta/m) - gamma*invstd*(x - mean)*invstd*dgamma/m.
+        with np.errstate(invalid="ignore"):
+            split = (_product(gamma, invstd, g - dbeta / m)
+                     - _product(gamma, invstd, rows - mean, invstd, dgamma / m))
+        dx = np.where(~np.isfinite(dx) & np.isfinite(split), split, dx)
     else:
-        dx = gamma * invstd * g
+        dx = _product(gamma, invstd, g)
     return dx.reshape(x.shape), dgamma, dbeta
 
 

@@ -395,3 +395,96 @@ def test_lrn_backward_with_alpha_near_the_smallest_subnormal(isa):
     want = reference.local_response_norm_backward(dy.astype(np.float64), x.astype(np.float64),
                                                   1, alpha=alpha, beta=0.75, k=1.0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batch_norm_inference_huge_gamma_and_mean_with_tiny_invstd(dtype, isa):
+    # Found by the fuzzer (baseline, 800 examples): x = [nan, 0] along one
+    # channel, running_mean 1e200, running_var inf, gamma 1e200. invstd is
+    # exactly 0, so y = beta at x = 0, as the kernels give; the reference gave
+    # NaN, from gamma * (x - mean) = -inf before the multiply by 0 (and -inf
+    # where invstd is 1e-150 and y is -1e250). It normalizes first now.
+    x = np.array([[np.nan], [0.0], [1.0]], dtype)
+    beta = np.array([0.5])
+    for var, want in ((np.inf, [np.nan, 0.5, 0.5]), (1e300, [np.nan, -1e250, -1e250])):
+        args = dict(running_mean=np.array([1e200]), running_var=np.array([var]),
+                    gamma=np.array([1e200]), beta=beta, eps=1.0)
+        want = np.reshape(want, x.shape)
+        np.testing.assert_allclose(reference.batch_norm_inference(x, **args), want, rtol=1e-15)
+        with np.errstate(over="ignore"):
+            y = cnorm.batch_norm_inference(x, **args)
+            want = want.astype(dtype)
+        np.testing.assert_allclose(y, want, rtol=1e-6 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("beta", [0.8648658, 0.75, 0.5, 1.0])
+def test_lrn_backward_float32_tiny_x_times_small_alpha(beta, isa):
+    # Found by the fuzzer (x86-64-v4, 800 examples): the float32 path formed
+    # 2*alpha*beta * x in float, subnormal for alpha 1.2e-7 and x -1.2e-38
+    # (float32's smallest normal): -2.4e-45, two significant bits, so dx there
+    # was 3.52e-37 for 3.04e-37 once times the window sum 1.5e8. The term is
+    # formed in double now (alpha 1.4e-45, a subnormal 2*alpha*beta, no longer
+    # needs the double path: test_lrn_backward_with_alpha_near_the_smallest_subnormal).
+    rng = np.random.default_rng(17)
+    x = np.zeros((2, 64), np.float32)
+    x[:, :40] = rng.uniform(1, 4, (2, 40))
+    x[:, 41] = -np.finfo(np.float32).tiny
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dy[:, 41] = 0.0
+    for axis in (-1, 0):
+        xt, dyt = (x, dy) if axis == -1 else (x.T.copy(), dy.T.copy())
+        got = cnorm.lrn_backward(dyt, xt, depth_radius=10 ** 30, bias=1e-3,
+                                 alpha=1.1920929e-07, beta=beta, axis=axis)
+        want = reference.lrn_backward(dyt.astype(np.float64), xt.astype(np.float64),
+                                      depth_radius=10 ** 30, bias=1e-3, alpha=1.1920929e-07,
+                                      beta=beta, axis=axis)
+        got, want = (got, want) if axis == -1 else (got.T, want.T)
+        np.testing.assert_allclose(got[:, 41], want[:, 41], rtol=1e-5, atol=0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_relu_backward_mask_below_float32_subnormals(isa):
+    # Found by the fuzzer (x86-64-v3, 800 examples): x = 0, mean -1.2e-38
+    # (float32's smallest normal), gamma = invstd = 1e-4. gamma*xhat + beta is
+    # 1.2e-46 > 0 in float64 but rounds to 0 in float32, where the forward's y
+    # is 0: the float32 backward's mask (the forward's own y > 0) is closed and
+    # dx, dbeta are 0, while float64 data pass dy. Both are right for their
+    # type; the fuzzer now leaves channels this close to the boundary uncompared.
+    mean, invstd, gamma = (np.array([v], np.float32) for v in (-1.1754944e-38, 1e-4, 1e-4))
+    assert np.float32(float(gamma[0]) * float(invstd[0]) * -float(mean[0])) == 0
+    dy = np.array([[1.0], [0.0], [2.0]])
+    for dtype, passed in ((np.float32, False), (np.float64, True)):
+        x = np.zeros((3, 1), dtype)
+        dx, dgamma, dbeta = cnorm.batch_norm_backward(dy.astype(dtype), x, mean, invstd, gamma,
+                                                      activation="relu")
+        assert dbeta[0] == (3.0 if passed else 0.0)
+        with np.errstate(all="ignore"):
+            want = reference.batch_norm_backward(dy, x, mean, invstd, gamma, activation="relu")
+        if passed:
+            # (dy - dbeta/m cancels exactly: the scale is gamma*invstd*|dy|, 1e-8)
+            np.testing.assert_allclose(dx, want[0], rtol=1e-12, atol=1e-12 * 1e-8)
+        else:
+            np.testing.assert_array_equal(dx, np.zeros_like(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batch_norm_backward_finite_dx_past_an_overflowing_bracket(dtype, isa):
+    # Found by the fuzzer (x86-64-v3, 800 examples): one 1e200 in a channel
+    # with invstd 4e-37 and dy 1 there. xhat is 4e163 and dgamma 4e163, so the
+    # reference's bracket g - dbeta/m - xhat*dgamma/m overflowed and it gave dx
+    # -inf; the answer, -1.654e290, is what the kernels give. The reference
+    # forms its products without intermediate overflow now (_product).
+    x = np.zeros((4, 2))
+    x[2, 1] = 1e200
+    dy = np.zeros_like(x)
+    dy[2, 1] = 1.0
+    mean, invstd = np.zeros(2), np.array([1.0, 4.044641e-37])
+    if dtype == np.float32:  # 1e200 is inf in float32: a smaller x, a smaller invstd
+        x[2, 1], invstd[1] = 1e30, 4.044641e-207
+    s, big = invstd[1], x[2, 1]  # dx = s*(3/4 - xhat**2/4), xhat = big*s, in a safe order
+    want = 0.75 * s - s ** 3 * big * big / 4
+    assert np.isfinite(want) and abs(want) < (1e38 if dtype == np.float32 else 1e300)
+    dx, dgamma, _ = reference.batch_norm_backward(dy, x, mean, invstd)
+    assert dx[2, 1] == pytest.approx(want, rel=1e-12) and dgamma[1] == pytest.approx(big * s)
+    got, _, _ = cnorm.batch_norm_backward(dy.astype(dtype), x.astype(dtype), mean, invstd)
+    assert got[2, 1] == pytest.approx(want, rel=1e-5 if dtype == np.float32 else 1e-12)
