@@ -2149,19 +2149,6 @@ def backward_plain(dy, x, mean, invstd, gamma, beta, activation, training, out, 
     if dx is None or not _plain_vectors(view, 2, mean, invstd, gamma, beta):
         return None
     dgamma, dbeta = _empty(view[2]), _empty(view[2])
-    cdef Buffers b = Buffers()
-    cdef const void* dyp = b.get(dy, False)
-    cdef const void* xp = b.get(x, False)
-    cdef void* dxp = b.get(dx, True)
-    cdef const double* mean_p = <const double*> b.get(mean, False)
-    cdef const double* invstd_p = <const double*> b.get(invstd, False)
-    cdef const double* gamma_p = <const double*> b.get(gamma, False)
-    cdef double* dgamma_p = <double*> b.get(dgamma, True)
-    cdef double* dbeta_p = <double*> b.get(dbeta, True)
-    cdef const double* beta_p = <const double*> b.get(beta, False)
-    if DEBUG_CHECKS:
-        b.check(3, <int> view[0], view[1], view[2], view[3], -1, -1, threads)
-    cdef Grid g = _grid(<int> view[0], view[1], view[2], view[3])
-    _backward_view(dyp, xp, dxp, mean_p, invstd_p, gamma_p, training, dgamma_p, dbeta_p, &g,
-                   threads, False, 0, relu, beta_p)
+    backward(dy, x, dx, mean, invstd, gamma, training, dgamma, dbeta, threads, <int> view[0],
+             view[1], view[2], view[3], False, 0, relu, beta)
     return dx, dgamma, dbeta
