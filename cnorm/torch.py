@@ -257,6 +257,23 @@ def _batch_norm_needs_graph(x, weight, bias):
 
 _VECTORS = ("weight", "bias", "running_mean", "running_var")
 _CACHE = "_cnorm_vector_cache"
+# The cache entry, a list: the tensors (weight, bias, running_mean,
+# running_var), their data pointers, the vectors (as _cnorm_vectors returns),
+# the plan once made (_cnorm_plan), the input dtypes torch takes beside them.
+_TENSORS, _POINTERS, _VECTORS_OF, _PLAN, _DTYPES = range(5)
+
+
+def _holds(entry, weight, bias, mean, var):
+    """Whether the cache entry was made from these tensors over the same
+    memory (identity and data pointer; .data = ..., .double() and the like
+    give new memory, which the cached views, holding the old, keep apart)."""
+    tensors, pointers = entry[_TENSORS], entry[_POINTERS]
+    return (weight is tensors[0] and bias is tensors[1] and mean is tensors[2]
+            and var is tensors[3]
+            and (mean is None or mean.data_ptr() == pointers[2])
+            and (var is None or var.data_ptr() == pointers[3])
+            and (weight is None or weight.data_ptr() == pointers[0])
+            and (bias is None or bias.data_ptr() == pointers[1]))
 
 
 class _CnormBatchNorm:
@@ -304,15 +321,18 @@ class _CnormBatchNorm:
         vectors made from the views of the state, again whenever the state's
         bytes change, as cnorm.BatchNorm's), if they have none."""
         entry = self.__dict__.get(_CACHE)
-        if entry is None or entry[2] is not None or entry[1][2] is None or entry[1][3] is None:
+        if entry is None or entry[_PLAN] is not None:
+            return
+        vectors = entry[_VECTORS_OF]
+        if vectors[2] is None or vectors[3] is None:
             return
         try:
-            plan = _BatchNormPlan(entry[1], cnorm.batchnorm._bn.normalize, 1.0,
-                                  entry[1][0] is not None, True, 1)
+            plan = _BatchNormPlan(vectors, cnorm.batchnorm._bn.normalize, 1.0,
+                                  vectors[0] is not None, True, 1)
         except ValueError:  # running_var < 0: _batch_norm's error says where
             return
         plan.record = False  # (a record would hold this call's x)
-        entry[2] = plan
+        entry[_PLAN] = plan
 
     def _cnorm_eval(self, x):
         """The eval forward on the module's plan, or None: take the general
@@ -320,21 +340,16 @@ class _CnormBatchNorm:
         views, a graph to record, half state, x not plain, eps not a float > 0).
         The checks of the general path, in a few microseconds."""
         entry = self.__dict__.get(_CACHE)
-        if entry is None or entry[2] is None or type(self.eps) is not float or self.eps <= 0:
+        if (entry is None or entry[_PLAN] is None or type(self.eps) is not float
+                or self.eps <= 0):
             return None
         parameters, buffers = self._parameters, self._buffers
         weight, bias = parameters["weight"], parameters["bias"]
-        mean, var = buffers["running_mean"], buffers["running_var"]
-        tensors, pointers = entry[3], entry[4]
-        if (weight is not tensors[0] or bias is not tensors[1] or mean is not tensors[2]
-                or var is not tensors[3] or mean.data_ptr() != pointers[2]
-                or var.data_ptr() != pointers[3] or weight is not None and (
-                    weight.data_ptr() != pointers[0] or bias.data_ptr() != pointers[1])):
-            return None
-        if x.dtype not in entry[5] or _batch_norm_needs_graph(x, weight, bias):
+        if (not _holds(entry, weight, bias, buffers["running_mean"], buffers["running_var"])
+                or x.dtype not in entry[_DTYPES] or _batch_norm_needs_graph(x, weight, bias)):
             return None
         self._check_input_dim(x)
-        plan = entry[2]
+        plan = entry[_PLAN]
         plan.eps = self.eps
         try:
             xa = x.detach().numpy()
@@ -350,18 +365,15 @@ class _CnormBatchNorm:
         and float64 ones are views of the tensors (in-place changes are seen),
         kept while the module holds the same tensors over the same memory
         (about 1 us a call instead of 9); half ones are widened every call."""
-        key = [None if t is None else (id(t), t.data_ptr(), t.dtype) for t in tensors]
         cached = self.__dict__.get(_CACHE)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if cached is not None and _holds(cached, *tensors):
+            return cached[_VECTORS_OF]
         vectors = tuple(_vector(t, name) for t, name in zip(tensors, _VECTORS))
         if all(t is None or t.dtype in (torch.float32, torch.float64) for t in tensors):
-            # (the views hold their tensors: an id in the key is not reused)
-            # [key, vectors, the plan once made (_cnorm_plan), the tensors, their
-            # data, the input dtypes torch takes beside them (see _check_dtypes)]
-            self.__dict__[_CACHE] = [key, vectors, None, tensors,
-                                     tuple(None if t is None else t.data_ptr() for t in tensors),
-                                     _input_dtypes(tensors)]
+            # (the views hold their tensors, so their memory is not reused)
+            self.__dict__[_CACHE] = [
+                tensors, tuple(None if t is None else t.data_ptr() for t in tensors), vectors,
+                None, _input_dtypes(tensors)]
         return vectors
 
     def __getstate__(self):

@@ -459,4 +459,4 @@ def test_parameter_changes_are_seen():
             x_now = x.to(torch_module.weight.dtype)
             _close(cnorm_module(x_now), torch_module(x_now), 1e-5, "after a change")
     # (eval under no_grad runs on the module's plan: the changes were seen there)
-    assert cnorm_module.__dict__["_cnorm_vector_cache"][2] is not None
+    assert cnorm_module.__dict__["_cnorm_vector_cache"][ct._PLAN] is not None
