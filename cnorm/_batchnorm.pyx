@@ -96,8 +96,8 @@ from libc.float cimport FLT_MAX, FLT_MIN
 from libc.math cimport INFINITY, fabs, isfinite, sqrt
 from libc.stdlib cimport calloc, free, malloc
 
-from cnorm._buffers cimport (DEBUG_CHECKS, Buffers, check_sizes, plain_call, plain_like_x,
-                             plain_vector)
+from cnorm._buffers cimport (DEBUG_CHECKS, FLOAT32_MIN_EPS, Buffers, check_sizes, plain_call,
+                             plain_like_x, plain_vector)
 from cnorm._storage cimport (CN_FLOAT32, CN_FLOAT64, cn_is_half, cn_item_size, cn_load_run,
                              cn_store_run)
 
@@ -2030,8 +2030,6 @@ import numpy
 
 cdef object _empty = numpy.empty
 
-# As cnorm.batchnorm._FLOAT32_MIN_EPS: below it, 1/sqrt(eps) can exceed float32's range.
-cdef double _FLOAT32_MIN_EPS = 1e-76
 
 
 cdef int _plain_activation(object activation) noexcept:
@@ -2045,7 +2043,7 @@ cdef int _plain_activation(object activation) noexcept:
 
 cdef bint _plain_eps(object eps) noexcept:
     # eps a float in [1e-76, inf): valid, and float32 coefficients stay in range.
-    return type(eps) is float and _FLOAT32_MIN_EPS <= <double> eps < INFINITY
+    return type(eps) is float and FLOAT32_MIN_EPS <= <double> eps < INFINITY
 
 
 cdef bint _plain_vectors(const Py_ssize_t* view, int required, object v0, object v1,

@@ -23,6 +23,16 @@ cdef extern from *:
     """
     const bint DEBUG_CHECKS "CNORM_DEBUG_CHECKS"
 
+
+# Below this eps, 1/sqrt(var + eps) can exceed float32's largest value: data
+# stored as float32 or a half type are then normalized in float64 (the one
+# definition; cnorm.batchnorm reads it as cnorm._buffers.FLOAT32_MIN_EPS).
+cdef extern from *:
+    """
+    #define CNORM_FLOAT32_MIN_EPS 1e-76
+    """
+    const double FLOAT32_MIN_EPS "CNORM_FLOAT32_MIN_EPS"
+
 cdef int check_sizes(Py_ssize_t n_channels, Py_ssize_t before, Py_ssize_t after,
                      int n_threads) except -1
 

@@ -64,6 +64,8 @@ cdef object _empty = numpy.empty
 MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
 cdef int _max_threads = MAX_THREADS
 
+globals()["FLOAT32_MIN_EPS"] = FLOAT32_MIN_EPS  # (see _buffers.pxd)
+
 
 # ---------------------------------------------------------------------------
 # Plain calls: the common case of every public function and layer, checked in C

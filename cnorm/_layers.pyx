@@ -36,14 +36,12 @@ from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBuffer_Release,
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 
-from cnorm._buffers cimport plain_call, plain_vector
+from cnorm._buffers cimport FLOAT32_MIN_EPS, plain_call, plain_vector
 
 import numpy
 
 cdef object _empty = numpy.empty
 
-# As cnorm.batchnorm's: below it, 1/sqrt(eps) can exceed float32's range.
-cdef double _FLOAT32_MIN_EPS = 1e-76
 
 
 cdef class _BatchNormPlan:
@@ -173,7 +171,7 @@ cdef class _BatchNormPlan:
             self.refresh()
         y = plain_call(x, out, None, n_threads, self.axis, 2, self.n_channels, view, &threads,
                        &in_place)
-        if y is None or view[0] != 0 and (self.unsafe or self.eps < _FLOAT32_MIN_EPS):
+        if y is None or view[0] != 0 and (self.unsafe or self.eps < FLOAT32_MIN_EPS):
             return None  # (the checked path normalizes such data in float64)
         vectors = self.vectors
         mean, var, gamma, beta = vectors

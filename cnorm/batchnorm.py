@@ -195,7 +195,7 @@ def _residual(residual, x, out):
 
 
 # Below this eps, 1/sqrt(var + eps) can exceed float32's largest value.
-_FLOAT32_MIN_EPS = 1e-76
+_FLOAT32_MIN_EPS = _buffers.FLOAT32_MIN_EPS
 
 
 def _vectors(x, *vectors):
