@@ -105,6 +105,7 @@ cdef extern from "cnorm/_simd.h":
     enum:
         CN_STREAM_ALIGN
     void cn_stream_f32(float* p, const float* values) noexcept nogil
+    int cn_pages_resident(const void* p, size_t nbytes) noexcept nogil
 
 cdef extern from *:
     # GCC and clang: a hint, never a fault (even past the end of an array).
@@ -495,6 +496,11 @@ cdef enum:
     # (median 1.36 against 1.27) with it; paired probes streamed 8-15 %
     # faster. What costs at C = 2048 is the 16 KiB of coefficients that every
     # row reads (the same loop over a 2 KiB footprint ran at the copy's speed).
+    # Only into resident memory, though (cn_pages_resident, in _apply): a
+    # fresh output, whose pages the kernel zeroes into the cache at the first
+    # write, is written faster by normal stores (measured at 2 threads, BN
+    # inference of 16x256x56x56 and 16x64x112x112 NCHW into torch.empty_like
+    # outputs, 51 MB each: 1.33-1.40x torch's time streamed, 0.88-0.95x not).
     STREAM_WORKING_SET = 32 * 1024 * 1024
     # Values of a plane computed (and finished by the epilogue) per block before
     # its 16-value streaming stores (_apply_planes): 1 KiB of the stack, in L1;
@@ -589,12 +595,40 @@ cdef Py_ssize_t _rows_per_chunk(Py_ssize_t n_rows, Py_ssize_t n_channels) noexce
     return (n_rows + chunks - 1) // chunks
 
 
+# The machine's cache thresholds (bytes), set at import by cnorm._tuning
+# (from the last-level cache's size; CNORM_TUNING overrides) through
+# set_tuning; the compiled defaults are those measured on AMD Zen 5 (32 MiB of
+# L3 per CCD). They decide only how a pass stores and walks its data (the
+# streaming stores; the reductions' walk, see _reduction_order), never what
+# a thread computes, so the results are the same bits for any thread count.
+cdef Py_ssize_t _stream_bytes = STREAM_WORKING_SET
+cdef Py_ssize_t _reread_stream_bytes = REREAD_STREAM_WORKING_SET
+DEFAULT_TUNING = (STREAM_WORKING_SET, REREAD_STREAM_WORKING_SET)
+
+
+def set_tuning(Py_ssize_t stream_bytes, Py_ssize_t reread_stream_bytes):
+    """Set the cache thresholds of the passes (see cnorm._tuning); returns the
+    previous ``(stream_bytes, reread_stream_bytes)``."""
+    global _stream_bytes, _reread_stream_bytes
+    if stream_bytes < 0 or reread_stream_bytes < 0:
+        raise ValueError("cnorm: the cache thresholds must be >= 0 bytes")
+    previous = (_stream_bytes, _reread_stream_bytes)
+    _stream_bytes, _reread_stream_bytes = stream_bytes, reread_stream_bytes
+    return previous
+
+
+def tuning():
+    """The cache thresholds in use: ``(stream_bytes, reread_stream_bytes)``."""
+    return (_stream_bytes, _reread_stream_bytes)
+
+
 cdef inline bint _beyond_cache(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
                                Py_ssize_t item_size, bint reread) noexcept nogil:
-    # Whether ``tensors`` (M, C) tensors together exceed STREAM_WORKING_SET
-    # bytes, or REREAD_STREAM_WORKING_SET for a pass that re-reads its inputs.
+    # Whether ``tensors`` (M, C) tensors together exceed the stream threshold
+    # (STREAM_WORKING_SET by default), or the reread one
+    # (REREAD_STREAM_WORKING_SET) for a pass that re-reads its inputs.
     return (tensors * n_rows * n_channels * item_size
-            > (REREAD_STREAM_WORKING_SET if reread else STREAM_WORKING_SET))
+            > (_reread_stream_bytes if reread else _stream_bytes))
 
 
 cdef inline bint _streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
@@ -616,6 +650,13 @@ def streams(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
     backward).
     """
     return _streams(tensors, n_rows, n_channels, item_size, reread)
+
+
+def pages_resident(array):
+    """Whether the memory of a C-contiguous array is mapped to pages already
+    (sampled; see cn_pages_resident): the last condition of streaming stores."""
+    cdef const unsigned char[::1] data = numpy.asarray(array).reshape(-1).view(numpy.uint8)
+    return bool(cn_pages_resident(&data[0], data.shape[0])) if data.shape[0] else True
 
 
 def n_chunks(Py_ssize_t n_rows, Py_ssize_t n_channels):
@@ -1398,9 +1439,9 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     cdef Py_ssize_t thread
     cdef bint folded
     cdef bint native_rows = g.inner == 1 and not cn_is_half(g.storage)
-    cdef bint stream = not cn_is_half(g.storage) and _streams(
+    cdef bint stream = (not cn_is_half(g.storage) and _streams(
         (2 if dy == NULL else 3) + (residual != NULL), n_rows, n_channels, sizeof(floating),
-        reverse)
+        reverse) and cn_pages_resident(out, n_rows * n_channels * sizeof(floating)))
     cdef void* block = NULL
     cdef bint by_range = (floating is float and RANGE_KERNEL and native_rows
                           and (stream or n_channels <= RANGE_MAX_CHANNELS))

@@ -62,6 +62,9 @@ def config():
         "openmp.loaded_runtimes": "unknown" if loaded is None else loaded,
         "openmp.preload": runtimes["preload"],
     }
+    stream_bytes, reread_stream_bytes = _dispatch.kernels("_batchnorm").tuning()
+    info["tuning.stream_bytes"] = stream_bytes
+    info["tuning.reread_stream_bytes"] = reread_stream_bytes
     build = _build_info()
     flags = build.pop("isa_flags", {})
     info["isa_flags"] = flags.get(_dispatch.ISA_LEVEL.replace("-", "_"), "unknown")

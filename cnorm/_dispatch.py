@@ -16,7 +16,7 @@ import importlib
 import os
 import warnings
 
-from cnorm import _openmp
+from cnorm import _openmp, _tuning
 
 LEVELS = ("baseline", "x86-64-v3", "x86-64-v4")
 _SUFFIX = {"baseline": "", "x86-64-v3": "_x86_64_v3", "x86-64-v4": "_x86_64_v4"}
@@ -25,9 +25,10 @@ _CPU_LEVEL = {"baseline": 0, "x86-64-v3": 3, "x86-64-v4": 4}
 
 def _built(level, module):
     try:
-        return importlib.import_module(f"cnorm.{module}{_SUFFIX[level]}")
+        built = importlib.import_module(f"cnorm.{module}{_SUFFIX[level]}")
     except ImportError:
         return None
+    return _tuning.configure(built) if module == "_batchnorm" else built
 
 
 def _choose():
@@ -55,7 +56,8 @@ ISA_LEVEL = _choose()
 
 def kernels(module):
     """Return the kernel module `module` (e.g. "_lrn") built for ISA_LEVEL."""
-    return _built(ISA_LEVEL, module) or importlib.import_module(f"cnorm.{module}")
+    built = _built(ISA_LEVEL, module) or _built("baseline", module)
+    return built if built is not None else importlib.import_module(f"cnorm.{module}")
 
 
 def cpu_best_level():

@@ -40,3 +40,19 @@ def isa(request):
 
     with _dispatch.using(request.param):
         yield request.param
+
+
+@pytest.fixture
+def measured_tuning():
+    """The kernels' cache thresholds of the machine the decision tests pin
+    (cnorm._tuning's compiled defaults: 32 and 16 MiB), in every ISA build,
+    whatever this machine's cache; restored afterwards."""
+    from cnorm import _dispatch
+
+    modules = [_dispatch._built(level, "_batchnorm") for level in _dispatch.available_levels()]
+    saved = [module.set_tuning(*module.DEFAULT_TUNING) for module in modules]
+    try:
+        yield
+    finally:
+        for module, previous in zip(modules, saved):
+            module.set_tuning(*previous)

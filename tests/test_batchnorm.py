@@ -406,6 +406,7 @@ def test_inference_precision_either_side_of_the_fold(sigmas, dtype, rng):
                  rtol_factor=0.1)
 
 
+@pytest.mark.usefixtures("measured_tuning")
 def test_stream_decisions():
     # Streaming stores: float32 in AVX2/AVX-512 builds, for passes over more than
     # 32 MiB of tensors, or 16 MiB for the second pass of training and backward
@@ -432,6 +433,7 @@ def test_stream_decisions():
         assert bn.reduction_order(False, over, n_channels, 8) != "rows"
 
 
+@pytest.mark.usefixtures("measured_tuning")
 def test_reduction_order_decisions():
     # How the float32 reductions walk a chunk (see _reduction_order): channel
     # groups in AVX-512 builds for C a multiple of 8 when one group holds every
@@ -539,6 +541,7 @@ def test_narrow_rows_across_row_ends(n_channels, offset):
 
 
 @pytest.mark.parametrize("n_channels, offset", [(37, 0.0), (64, 0.0), (3, 1e4), (300, 0.0)])
+@pytest.mark.usefixtures("measured_tuning")
 def test_streamed_outputs_of_large_tensors(n_channels, offset):
     # float32 outputs of passes over more than 32 MiB of tensors are written with
     # streaming stores (AVX2/AVX-512 builds), in chunk-long runs whose vectors
@@ -556,7 +559,17 @@ def test_streamed_outputs_of_large_tensors(n_channels, offset):
     x, gamma, beta, dy = make_case(rng, (m, n_channels), np.float32, offset)
     running_mean = rows(x).mean(axis=0) + 0.1
     running_var = rows(x).var(axis=0) + 0.5
-    y = cnorm.batch_norm_inference(x, running_mean, running_var, gamma, beta)
+    # Streamed into resident memory only: outputs written beforehand (not
+    # fresh pages, which take normal stores; see cn_pages_resident), and the
+    # results of fresh outputs are the same bits.
+    def resident():
+        out = np.full_like(x, np.nan)
+        assert bn.pages_resident(out)
+        return out
+
+    fresh = cnorm.batch_norm_inference(x, running_mean, running_var, gamma, beta)
+    y = cnorm.batch_norm_inference(x, running_mean, running_var, gamma, beta, out=resident())
+    np.testing.assert_array_equal(fresh, y)
     y_ref = ref.batch_norm_inference(x, running_mean, running_var, gamma, beta)
     xhat = (rows(x) - running_mean) / np.sqrt(running_var + 1e-5)
     assert_close(y, y_ref, scale=np.abs(gamma * xhat) + np.abs(beta) + np.abs(gamma))
@@ -564,18 +577,23 @@ def test_streamed_outputs_of_large_tensors(n_channels, offset):
     cnorm.batch_norm_inference(in_place, running_mean, running_var, gamma, beta, out=in_place)
     np.testing.assert_array_equal(in_place, y)
     for shift in (1, 7):  # outputs 4 and 28 bytes past NumPy's alignment of the buffer
-        out = np.empty(x.size + shift, np.float32)[shift:].reshape(x.shape)
+        out = np.full(x.size + shift, np.nan, np.float32)[shift:].reshape(x.shape)
         cnorm.batch_norm_inference(x, running_mean, running_var, gamma, beta, out=out)
         np.testing.assert_array_equal(out, y)
 
     results = []
     for n_threads in (1, 2, 3):
-        y, mean, invstd = cnorm.batch_norm_training(x, gamma, beta, n_threads=n_threads)
+        y, mean, invstd = cnorm.batch_norm_training(x, gamma, beta, n_threads=n_threads,
+                                                    out=resident())
         dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma,
-                                                      n_threads=n_threads)
+                                                      n_threads=n_threads, out=resident())
         frozen, _, _ = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma, training=False,
-                                                 n_threads=n_threads)
+                                                 n_threads=n_threads, out=resident())
         results.append((y, dx, frozen, dgamma, dbeta))
+    fresh = cnorm.batch_norm_training(x, gamma, beta)[0], cnorm.batch_norm_backward(
+        dy, x, mean, invstd, gamma)[0]
+    np.testing.assert_array_equal(fresh[0], results[0][0])
+    np.testing.assert_array_equal(fresh[1], results[0][1])
     for other in results[1:]:
         for got, want in zip(other, results[0]):
             np.testing.assert_array_equal(got, want)
