@@ -92,12 +92,14 @@ Chunking and threads
 """
 from cython cimport floating
 from cython.parallel cimport prange
+from cpython.pycapsule cimport PyCapsule_New
 from libc.float cimport FLT_MAX, FLT_MIN
 from libc.math cimport INFINITY, fabs, isfinite, sqrt
 from libc.stdlib cimport calloc, free, malloc
 
-from cnorm._buffers cimport (DEBUG_CHECKS, FLOAT32_MIN_EPS, Buffers, check_sizes, plain_call,
-                             plain_like_x, plain_vector)
+from cnorm._buffers cimport (DEBUG_CHECKS, FLOAT32_MIN_EPS, NORMALIZE_PLAIN_NAME, Buffers,
+                             check_sizes, normalize_plain_t, plain_call, plain_like_x,
+                             plain_vector)
 from cnorm._storage cimport (CN_FLOAT32, CN_FLOAT64, cn_is_half, cn_item_size, cn_load_run,
                              cn_store_run)
 
@@ -1202,6 +1204,23 @@ def normalize(x, y, mean, var, gamma, beta, double eps, invstd, bint reverse,
     cdef Grid g = _grid(storage, outer, n_channels, inner)
     _normalize_view(xp, yp, mean_p, var_p, gamma_p, beta_p, eps, invstd_p, reverse, &g,
                     n_threads, residual_p, relu)
+
+
+cdef int _normalize_plain(const void* xp, void* yp, const double* mean_p,
+                          const double* var_p, const double* gamma_p, const double* beta_p,
+                          double eps, int n_threads, int storage, Py_ssize_t outer,
+                          Py_ssize_t n_channels, Py_ssize_t inner, bint relu) except -1:
+    # Inference on validated data (`normalize` without invstd, reverse or a
+    # residual), for the layers' fast paths (cnorm._layers), which call it
+    # through the NORMALIZE_PLAIN capsule: no Python call, no buffer requests.
+    cdef Grid g = _grid(storage, outer, n_channels, inner)
+    return _normalize_view(xp, yp, mean_p, var_p, gamma_p, beta_p, eps, NULL, False, &g,
+                           n_threads, NULL, relu)
+
+
+# The address of _normalize_plain, for cnorm._layers (the name is its type).
+cdef normalize_plain_t _normalize_plain_p = _normalize_plain
+NORMALIZE_PLAIN = PyCapsule_New(<void*> _normalize_plain_p, NORMALIZE_PLAIN_NAME, NULL)
 
 
 cdef int _normalize_view(const void* xp, void* yp, const double* mean_p, const double* var_p,

@@ -45,3 +45,17 @@ cdef object plain_call(object x, object out, object dy, object n_threads, object
                        bint* in_place)
 cdef bint plain_like_x(object value, object x) except -1
 cdef int plain_vector(object array, Py_ssize_t n, bint scan) except -2
+
+
+# The batch-norm kernels' inference on validated data (cnorm._batchnorm's
+# _normalize_plain: x, y, mean, var, gamma, beta, eps, n_threads, storage,
+# outer, n_channels, inner, relu), which each ISA build exports as a capsule of
+# this name (NORMALIZE_PLAIN) for the layers' fast paths (cnorm._layers).
+ctypedef int (*normalize_plain_t)(const void*, void*, const double*, const double*,
+                                  const double*, const double*, double, int, int, Py_ssize_t,
+                                  Py_ssize_t, Py_ssize_t, bint) except -1
+cdef extern from *:
+    """
+    #define CNORM_NORMALIZE_PLAIN_NAME "cnorm._batchnorm.normalize_plain_t"
+    """
+    const char* NORMALIZE_PLAIN_NAME "CNORM_NORMALIZE_PLAIN_NAME"

@@ -287,7 +287,7 @@ class BatchNorm:
         self._axis = axis
         self._num_batches_tracked = 0
         self._lock = threading.Lock()
-        self._plan = _BatchNormPlan(tuple(state), _kernels("batchnorm").normalize, eps, affine,
+        self._plan = _BatchNormPlan(tuple(state), _kernels("batchnorm"), eps, affine,
                                     track_running_stats, _plan_axis(axis))
         self._plan.relu = self._relu
 

@@ -44,6 +44,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
     raise ImportError('cnorm.torch needs torch: pip install "cnorm[torch]"') from error
 
 import cnorm
+from cnorm import _layers
 from cnorm._layers import _BatchNormPlan
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LocalResponseNorm", "convert",
@@ -110,6 +111,8 @@ def _grad(array, like):
 # Batch norm
 
 _REDUCED = (torch.float16, torch.bfloat16)
+_STORAGE = {dtype: _layers.STORAGE[str(dtype).split(".")[1]]
+            for dtype in (torch.float32, torch.float64) + _REDUCED}
 _FLOATS = (torch.float32, torch.float64) + _REDUCED
 
 
@@ -324,7 +327,7 @@ class _CnormBatchNorm:
         if vectors[2] is None or vectors[3] is None:
             return
         try:
-            plan = _BatchNormPlan(vectors, cnorm.batchnorm._bn.normalize, 1.0,
+            plan = _BatchNormPlan(vectors, cnorm.batchnorm._bn, 1.0,
                                   vectors[0] is not None, True, 1)
         except ValueError:  # running_var < 0: _batch_norm's error says where
             return
@@ -342,20 +345,15 @@ class _CnormBatchNorm:
             return None
         parameters, buffers = self._parameters, self._buffers
         weight, bias = parameters["weight"], parameters["bias"]
+        dtype = x.dtype
         if (not _holds(entry, weight, bias, buffers["running_mean"], buffers["running_var"])
-                or x.dtype not in entry[_DTYPES] or _batch_norm_needs_graph(x, weight, bias)):
+                or dtype not in entry[_DTYPES] or _batch_norm_needs_graph(x, weight, bias)):
             return None
         self._check_input_dim(x)
         plan = entry[_PLAN]
         plan.eps = self.eps
-        try:
-            xa = x.detach().numpy()
-        except TypeError:  # bfloat16 or not on the CPU: the general path says which
-            return None
-        y = torch.empty_like(x)  # (see _like)
-        if plan.infer(xa, y.numpy(), torch.get_num_threads()) is None:
-            return None
-        return y
+        # (None: not a contiguous CPU tensor; y is allocated as _like's)
+        return plan.infer_tensor(x, torch.empty_like, _STORAGE[dtype], torch.get_num_threads())
 
     def _cnorm_vectors(self, *tensors):
         """weight, bias, running_mean, running_var as cnorm reads them. float32

@@ -460,3 +460,59 @@ def test_parameter_changes_are_seen():
             _close(cnorm_module(x_now), torch_module(x_now), 1e-5, "after a change")
     # (eval under no_grad runs on the module's plan: the changes were seen there)
     assert cnorm_module.__dict__["_cnorm_vector_cache"][ct._PLAN] is not None
+
+
+@pytest.mark.parametrize("x_dtype, parameter_dtype", [
+    (torch.float32, torch.float32), (torch.float64, torch.float64),
+    (torch.float16, torch.float32), (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16)], ids=str)
+@pytest.mark.parametrize("make, shape", [
+    (ct.BatchNorm1d, (5, 6)), (ct.BatchNorm1d, (2, 6, 7)), (ct.BatchNorm2d, (2, 6, 3, 5)),
+    (ct.BatchNorm3d, (1, 6, 2, 3, 4))], ids=lambda v: getattr(v, "__name__", str(v)))
+def test_eval_plan_gives_the_general_paths_bits(make, shape, x_dtype, parameter_dtype):
+    # The eval forward on the module's plan (cnorm._layers._BatchNormPlan.
+    # infer_tensor: contiguous CPU tensors read at data_ptr()) writes the bits
+    # of the general path (the graph-recording one, which takes NumPy views
+    # and cnorm.batch_norm_inference); other layouts, and half parameters
+    # (widened every call, never cached), are left to that path.
+    torch.manual_seed(1)
+    module = make(6).to(parameter_dtype).eval()
+    with torch.no_grad():
+        module.running_mean.uniform_(-1, 1)
+        module.running_var.uniform_(0.5, 2)
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-1, 1)
+    x = (torch.randn(shape) * 3).to(x_dtype)
+    with torch.enable_grad():
+        general = module(x).detach()  # (the parameters require grad: a graph)
+    with torch.no_grad():
+        module(x)  # (makes the plan)
+        assert (module._cnorm_eval(x) is not None) == (
+            parameter_dtype in (torch.float32, torch.float64))
+        fast = module(x)
+    assert fast.dtype == general.dtype and fast.stride() == general.stride()
+    assert torch.equal(fast.view(torch.int16 if fast.element_size() == 2 else fast.dtype),
+                       general.view(torch.int16 if general.element_size() == 2
+                                    else general.dtype))
+    if len(shape) == 4:
+        with torch.no_grad():
+            for other in (x.to(memory_format=torch.channels_last), x.transpose(2, 3)):
+                assert module._cnorm_eval(other) is None
+                torch.testing.assert_close(module(other), module(other.contiguous()),
+                                           rtol=0, atol=0)
+
+
+def test_eval_plan_leaves_misaligned_tensors_to_the_general_path():
+    # torch.from_numpy of a float32 view at an odd byte offset: a data pointer
+    # that is not a multiple of 4 is never read as float* (the general path
+    # copies it).
+    module = ct.BatchNorm2d(3).eval()
+    buffer = np.zeros(2 * 3 * 4 * 4 * 4 + 1, np.uint8)
+    values = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    misaligned = buffer[1:].view(np.float32).reshape(2, 3, 4, 4)
+    misaligned[...] = values
+    x = torch.from_numpy(misaligned)
+    with torch.no_grad():
+        module(x)
+        assert x.data_ptr() % 4 != 0 and module._cnorm_eval(x) is None
+        torch.testing.assert_close(module(x), module(torch.from_numpy(values)), rtol=0, atol=0)
