@@ -263,13 +263,17 @@ def converted(model, against):
 # --- measurement ---------------------------------------------------------------------
 
 def interleaved(functions, repeat, warmup):
-    """Seconds per call of each function, {name: [one per repeat]}, the functions alternating."""
+    """Seconds per call of each function, {name: [one per repeat]}, the functions
+    alternating, in reverse order every other repeat (A B B A ...): a fixed
+    order made the second of two copies of torch's own ResNet-50 1.011x
+    slower at batch 1 (an A/A run), a bias as large as the effects measured."""
     for _ in range(warmup):
         for function in functions.values():
             function()
     seconds = {name: [] for name in functions}
-    for _ in range(repeat):
-        for name, function in functions.items():
+    items = list(functions.items())
+    for index in range(repeat):
+        for name, function in (items if index % 2 == 0 else items[::-1]):
             start = time.perf_counter()
             function()
             seconds[name].append(time.perf_counter() - start)

@@ -1959,6 +1959,8 @@ def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n
     backward of relu(bn(x)) (beta: float64 (C,) or None meaning 0), dy masked
     where the forward's gamma*(x - mean)*invstd + beta is not > 0, recomputed
     from x in each pass (see _mask_tile). The caller has validated everything.
+    Returns False if it declined to write dx (extreme statistics; see
+    _declines: dgamma and dbeta hold the sums then, dx is untouched), else True.
     """
     cdef Buffers b = Buffers()
     cdef const void* dyp = b.get(dy, False)
@@ -1973,8 +1975,8 @@ def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n
     if DEBUG_CHECKS:  # dx None (the sums only): two tensors
         b.check(2 if dx is None else 3, storage, outer, n_channels, inner, -1, -1, n_threads)
     cdef Grid g = _grid(storage, outer, n_channels, inner)
-    _backward_view(dyp, xp, dxp, mean_p, invstd_p, gamma_p, training, dgamma_p, dbeta_p, &g,
-                   n_threads, sums_given, count, relu, beta_p)
+    return _backward_view(dyp, xp, dxp, mean_p, invstd_p, gamma_p, training, dgamma_p,
+                          dbeta_p, &g, n_threads, sums_given, count, relu, beta_p) == 0
 
 
 cdef int _backward_view(const void* dyp, const void* xp, void* dxp, const double* mean_p,
@@ -1982,27 +1984,26 @@ cdef int _backward_view(const void* dyp, const void* xp, void* dxp, const double
                         double* dgamma_p, double* dbeta_p, const Grid* g, int n_threads,
                         bint sums_given, Py_ssize_t count, bint relu,
                         const double* beta_p) except -1:
-    # `backward` on its arrays' data (also backward_plain's).
+    # `backward` on its arrays' data (also backward_plain's); 1: dx declined.
     if g.outer * g.channels * g.inner == 0:
         return 0
     if count <= 0:
         count = g.outer * g.inner
     if g.storage == CN_FLOAT64:
-        _backward(<const double*> dyp, <const double*> xp, <double*> dxp, mean_p, invstd_p,
-                  gamma_p, training, dgamma_p, dbeta_p, g, n_threads, sums_given, count,
-                  relu, beta_p)
-    else:
-        _backward(<const float*> dyp, <const float*> xp, <float*> dxp, mean_p, invstd_p,
-                  gamma_p, training, dgamma_p, dbeta_p, g, n_threads, sums_given, count,
-                  relu, beta_p)
-    return 0
+        return _backward(<const double*> dyp, <const double*> xp, <double*> dxp, mean_p,
+                         invstd_p, gamma_p, training, dgamma_p, dbeta_p, g, n_threads,
+                         sums_given, count, relu, beta_p)
+    return _backward(<const float*> dyp, <const float*> xp, <float*> dxp, mean_p, invstd_p,
+                     gamma_p, training, dgamma_p, dbeta_p, g, n_threads, sums_given, count,
+                     relu, beta_p)
 
 
-cdef void _backward(const floating* dy, const floating* x, floating* dx, const double* mean,
-                    const double* invstd, const double* gamma, bint training,
-                    double* dgamma, double* dbeta, const Grid* g, int n_threads,
-                    bint sums_given, Py_ssize_t count, bint relu,
-                    const double* beta) except *:
+cdef int _backward(const floating* dy, const floating* x, floating* dx, const double* mean,
+                   const double* invstd, const double* gamma, bint training,
+                   double* dgamma, double* dbeta, const Grid* g, int n_threads,
+                   bint sums_given, Py_ssize_t count, bint relu,
+                   const double* beta) except -1:
+    # Returns 1 if it declined to write dx (see _declines), else 0.
     cdef Py_ssize_t c, n_channels = g.channels
     cdef double* coefficients = <double*> calloc(6 * n_channels, sizeof(double))
     if coefficients == NULL:
@@ -2031,7 +2032,7 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
             for c in range(n_channels):
                 dgamma[c] = sum_dy_centered[c] * invstd[c]
         if dx == NULL:
-            return
+            return 0
         for c in range(n_channels):
             dy_scale[c] = invstd[c] if gamma == NULL else gamma[c] * invstd[c]
             # invstd * dgamma first: with invstd near 1e200 and data equal to
@@ -2047,6 +2048,9 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
                 x_scale[c] = 0.0
                 shift[c] = 0.0
         if training:
+            if not sums_given and _declines(invstd, dy_scale, x_scale, dgamma,
+                                            sum_dy_centered, n_channels):
+                return 1
             # Right after _reduce read the tiles first to last: reverse.
             _apply(dy, x, dx, mean, x_scale, shift, dy_scale, invstd, g, True, n_threads,
                    NULL, False, mask, mask_folded)
@@ -2068,6 +2072,32 @@ cdef void _backward(const floating* dy, const floating* x, floating* dx, const d
     finally:
         free(coefficients)
         free(mask_block)
+    return 0
+
+
+cdef bint _declines(const double* invstd, const double* dy_scale, const double* x_scale,
+                    const double* dgamma, const double* sum_dy_centered,
+                    Py_ssize_t n_channels) noexcept nogil:
+    # Whether the training dx of some channel would be NaN where the
+    # reference's is not, because of how the coefficients group the product
+    # (found by the fuzzer; extreme statistics only):
+    # - invstd 0 (a variance that overflowed to inf) over finite data: the
+    #   reference's xhat is 0, so dgamma and dx are 0, where
+    #   sum(dy*(x - mean)) * invstd is inf * 0 (x = dy = [1e200, 0, 0]);
+    # - x_scale = -gamma*invstd * invstd*dgamma/m overflowed over finite
+    #   factors (invstd 1e200): (x - mean) * x_scale is 0 * inf at the mean,
+    #   where the reference's xhat * dgamma is 0 (x = dy = [1, 0 x 19]).
+    # The caller then computes the whole backward by the reference
+    # (cnorm.batchnorm._reference_backward); no other call pays more than
+    # this scan of the C coefficients.
+    cdef Py_ssize_t c
+    for c in range(n_channels):
+        if invstd[c] == 0 and not isfinite(sum_dy_centered[c]):
+            return True
+        if (not isfinite(x_scale[c]) and isfinite(dy_scale[c]) and isfinite(invstd[c])
+                and isfinite(dgamma[c])):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------
@@ -2207,6 +2237,7 @@ def backward_plain(dy, x, mean, invstd, gamma, beta, activation, training, out, 
     if dx is None or not _plain_vectors(view, 2, mean, invstd, gamma, beta):
         return None
     dgamma, dbeta = _empty(view[2]), _empty(view[2])
-    backward(dy, x, dx, mean, invstd, gamma, training, dgamma, dbeta, threads, <int> view[0],
-             view[1], view[2], view[3], False, 0, relu, beta)
+    if not backward(dy, x, dx, mean, invstd, gamma, training, dgamma, dbeta, threads,
+                    <int> view[0], view[1], view[2], view[3], False, 0, relu, beta):
+        return None  # declined: the checked path computes it by the reference
     return dx, dgamma, dbeta

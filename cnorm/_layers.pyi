@@ -14,10 +14,15 @@ class _BatchNormPlan:
     axis: int
     vectors: tuple[Any, ...] | None
     last: tuple[Any, ...] | None
-    def __init__(self, state: npt.NDArray[np.floating[Any]], normalize: Callable[..., None],
-                 eps: float, affine: bool, fast: bool, axis: int) -> None: ...
+    record: bool
+    def __init__(self, state: Any, kernels: Any, eps: float, affine: bool, fast: bool,
+                 axis: int) -> None: ...
     def refresh(self) -> tuple[Any, ...]: ...
     def infer(self, x: Any, out: Any, n_threads: Any) -> Any: ...
+    def infer_tensor(self, x: Any, empty_like: Callable[[Any], Any], storage: int,
+                     n_threads: Any) -> Any: ...
+
+STORAGE: dict[str, int]
 
 class _LocalResponseNormPlan:
     before: int

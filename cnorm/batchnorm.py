@@ -664,8 +664,9 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
         frozen_relu = relu and not training
         if frozen_relu:  # the inputs _frozen_relu_at_non_finite_x may read after the kernel
             inputs = _frozen_relu_inputs(x, dy, dx if out is not None else None)
-        _backward_pass(x, dy, dx, written, _widen(x, unsafe), mean, invstd, gamma, training,
-                       dgamma, dbeta, n_threads, relu=relu, beta=beta)
+        if not _backward_pass(x, dy, dx, written, _widen(x, unsafe), mean, invstd, gamma,
+                              training, dgamma, dbeta, n_threads, relu=relu, beta=beta):
+            return _reference_backward(dx, x, dy, mean, invstd, gamma, beta, relu)
         if frozen_relu and not np.isfinite(dgamma).all():
             _frozen_relu_at_non_finite_x(dx, x, *inputs, mean, invstd, gamma, beta, dgamma)
         return dx, dgamma, dbeta
@@ -683,17 +684,47 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, beta=None, activatio
 def _backward_pass(x, dy, dx, written, widen, mean, invstd, gamma, training, dgamma, dbeta,
                    n_threads, *, sums_given=False, count=0, relu=False, beta=None):
     """Run the kernel's backward into dx (see _output for `written`), over x's
-    storage, or in float64 if `widen` (see `_widen`), rounded once into dx."""
+    storage, or in float64 if `widen` (see `_widen`), rounded once into dx.
+    False if the kernel declined (extreme statistics: see `_reference_backward`;
+    dx is then untouched), else True."""
     args = (mean, invstd, gamma, training, dgamma, dbeta, n_threads)
     keywords = (sums_given, count, relu, beta)
     if widen:
         wide = _widened(x)
-        _bn.backward(_widened(x, dy), wide, wide, *args, 0, x.outer, x.channels, x.inner,
-                     *keywords)
-        return _store_widened(dx, x, wide)
-    _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), *args, x.storage, x.outer,
-                 x.channels, x.inner, *keywords)
-    return _layout.finish(dx, written)
+        if not _bn.backward(_widened(x, dy), wide, wide, *args, 0, x.outer, x.channels,
+                            x.inner, *keywords):
+            return False
+        _store_widened(dx, x, wide)
+        return True
+    if not _bn.backward(x.buffer(dy), x.buffer(), x.buffer(written), *args, x.storage,
+                        x.outer, x.channels, x.inner, *keywords):
+        return False
+    _layout.finish(dx, written)
+    return True
+
+
+def _reference_backward(dx, x, dy, mean, invstd, gamma, beta, relu):
+    """The training backward by cnorm.reference, in float64, rounded once into
+    dx: for the calls the kernel declines (cnorm._batchnorm._declines), whose
+    statistics are so extreme (invstd 0 from a variance that overflowed,
+    invstd near 1e200) that its per-channel coefficients would give NaN where
+    the reference's grouping of the same products does not. Found by the
+    fuzzer; no ordinary call comes here. x and dy are read before dx is
+    written (dx may be either)."""
+    from cnorm import reference
+
+    shape = (x.outer, x.channels, x.inner)
+    data = np.moveaxis(np.asarray(x.memory, np.float64).reshape(shape), 1, -1)
+    grad = np.moveaxis(np.asarray(_layout._in_order(dy, x.order), np.float64).reshape(shape),
+                       1, -1)
+    with np.errstate(all="ignore"):
+        result, dgamma, dbeta = reference.batch_norm_backward(
+            grad, data, mean, invstd, gamma, beta=beta, activation="relu" if relu else None)
+    memory = np.moveaxis(result, -1, 1).reshape(x.memory.shape)
+    with np.errstate(over="ignore"):  # (rounded to inf, as a kernel's store does)
+        np.copyto(dx, memory if x.order is None else memory.transpose(np.argsort(x.order)),
+                  casting="unsafe")
+    return dx, dgamma, dbeta
 
 
 def _sums_unsafe(x, sum_dy, sum_dy_xhat, count, invstd, gamma):

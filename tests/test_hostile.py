@@ -488,3 +488,62 @@ def test_batch_norm_backward_finite_dx_past_an_overflowing_bracket(dtype, isa):
     assert dx[2, 1] == pytest.approx(want, rel=1e-12) and dgamma[1] == pytest.approx(big * s)
     got, _, _ = cnorm.batch_norm_backward(dy.astype(dtype), x.astype(dtype), mean, invstd)
     assert got[2, 1] == pytest.approx(want, rel=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_training_backward_with_an_overflowed_variance(axis, isa):
+    # Found by the fuzzer: x = dy = [1e200, 0, 0] (float64) has the variance
+    # inf, so invstd is 0 and the reference's xhat is 0: dgamma and dx are 0.
+    # The kernel's dgamma = sum(dy*(x - mean)) * invstd was inf * 0 = NaN, and
+    # dx NaN with it. Such calls now take the reference (the kernel declines,
+    # cnorm._batchnorm._declines); a second, ordinary channel is unchanged.
+    x = np.array([[1e200, 1.0], [0.0, 2.0], [0.0, 4.0]])
+    dy = np.array([[1e200, 0.5], [0.0, -1.0], [0.0, 2.0]])
+    if axis == 0:
+        x, dy = np.ascontiguousarray(x.T), np.ascontiguousarray(dy.T)
+    y, mean, invstd = cnorm.batch_norm_training(x, axis=axis)
+    assert invstd[0] == 0 and np.isfinite(mean[0])
+    with np.errstate(all="ignore"):
+        want = reference.batch_norm_backward(np.moveaxis(dy, axis, -1), np.moveaxis(x, axis, -1),
+                                             mean, invstd)
+    assert want[1][0] == 0 and (want[0][:, 0] == 0).all()
+    out = np.full_like(x, np.nan)
+    for given in (None, out):
+        dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, axis=axis,
+                                                      out=given)
+        assert given is None or dx is given
+        np.testing.assert_array_equal(np.moveaxis(dx, axis, -1)[:, 0], 0.0)
+        assert dgamma[0] == 0
+        np.testing.assert_allclose(np.moveaxis(dx, axis, -1)[:, 1], want[0][:, 1], rtol=1e-12)
+        np.testing.assert_allclose(dgamma, want[1], rtol=1e-12)
+        np.testing.assert_allclose(dbeta, want[2], rtol=1e-12)
+    # A non-finite x with invstd 0 stays NaN, as in the reference.
+    x_inf = x.copy()
+    np.moveaxis(x_inf, axis, -1)[1, 0] = np.inf
+    dx, dgamma, _ = cnorm.batch_norm_backward(dy, x_inf, mean, invstd, axis=axis)
+    assert np.isnan(dgamma[0]) and np.isnan(np.moveaxis(dx, axis, -1)[:, 0]).all()
+    assert np.isfinite(np.moveaxis(dx, axis, -1)[:, 1]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("relu", [False, True])
+def test_training_backward_huge_invstd_at_the_mean_of_a_spread_channel(dtype, relu, isa):
+    # Found by the fuzzer: x = dy = [1, 0 x 19] with mean 0 and invstd 1e200.
+    # dx's coefficient of x - mean, gamma*invstd * invstd*dgamma/m, is inf, so
+    # dx = (x - mean) * inf was NaN at the 19 values equal to the mean, where
+    # the reference's xhat * dgamma is 0 * 1e200 = 0: dx = -invstd*sum(dy)/m
+    # there. The reference computes such calls now.
+    x = np.zeros((20, 1), dtype)
+    x[0] = 1
+    dy = x.copy()
+    mean, invstd, gamma, beta = np.zeros(1), np.array([1e200]), np.array([0.5]), np.zeros(1)
+    keywords = dict(beta=beta, activation="relu") if relu else {}
+    with np.errstate(all="ignore"):
+        want = reference.batch_norm_backward(dy, x, mean, invstd, gamma, **keywords)
+    assert want[0][0] == -np.inf and np.allclose(want[0][1:], -0.5e200 / 20, rtol=1e-15)
+    dx, dgamma, dbeta = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma, **keywords)
+    assert dx.dtype == dtype and not np.isnan(dx).any()
+    with np.errstate(over="ignore"):  # (float32, float16: -inf, rounded)
+        np.testing.assert_array_equal(dx, want[0].astype(dtype))
+    np.testing.assert_array_equal(dgamma, want[1])
+    np.testing.assert_array_equal(dbeta, want[2])
