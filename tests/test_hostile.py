@@ -229,6 +229,8 @@ def test_sanitizers_are_live():
                "_lrn.run(x, None, np.empty((4, 3)), 1, 1, 1.0, 1.0, 0.5, 1, 0, 4, 3, 1)\n")
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
     assert result.returncode != 0 and "runtime error" in result.stderr, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("beta", [1.5, 0.75, 0.6])
 @pytest.mark.parametrize("alpha", [5e-324, 1e-300])
 @pytest.mark.parametrize("axis", [-1, 0])
@@ -255,7 +257,6 @@ def test_lrn_float32_tiny_alpha_with_inf_data(alpha, beta, axis):
         np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
         finite = np.isfinite(expected)
         np.testing.assert_allclose(y[finite], expected[finite], rtol=1e-5, atol=1e-30)
-
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
