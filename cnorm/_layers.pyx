@@ -198,7 +198,8 @@ cdef class _BatchNormPlan:
             self.last = (False, None if in_place else x, self.vectors, self.eps)
         return y
 
-    def infer_tensor(self, x, empty_like, int storage, n_threads):
+    def infer_tensor(self, x, empty_like, int storage, n_threads, large=None,
+                     Py_ssize_t large_bytes=0):
         """y for a torch tensor x, or None: the caller takes the checked path.
 
         x: a tensor of the storage type `storage` (STORAGE; the caller has
@@ -207,7 +208,9 @@ cdef class _BatchNormPlan:
         like), and y = empty_like(x) is written. Its data are read at
         x.data_ptr(), without a NumPy view (in a ResNet-50 at batch 1, a
         tensor's first .numpy() after a convolution took 12-15 us).
-        `n_threads` as the functions take it.
+        `n_threads` as the functions take it. From `large_bytes` of data on,
+        y = large(x) instead of empty_like(x) (cnorm.torch: NumPy's memory, in
+        huge pages).
         """
         cdef Py_ssize_t outer, n_channels, inner = 1, d
         cdef size_t xp, item
@@ -235,7 +238,8 @@ cdef class _BatchNormPlan:
             self.refresh()
         if storage != CN_FLOAT64 and (self.unsafe or self.eps < FLOAT32_MIN_EPS):
             return None  # (the checked path normalizes such data in float64)
-        y = empty_like(x)
+        y = (large(x) if large is not None and outer * n_channels * inner * <Py_ssize_t> item
+             >= large_bytes else empty_like(x))
         self.normalize(<const void*> xp, <void*> <size_t> y.data_ptr(), self.data[0],
                        self.data[1], self.data[2], self.data[3], self.eps, threads, storage,
                        outer, n_channels, inner, self.relu)

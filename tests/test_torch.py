@@ -516,3 +516,38 @@ def test_eval_plan_leaves_misaligned_tensors_to_the_general_path():
         module(x)
         assert x.data_ptr() % 4 != 0 and module._cnorm_eval(x) is None
         torch.testing.assert_close(module(x), module(torch.from_numpy(values)), rtol=0, atol=0)
+
+
+def x_size(dtype):
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_outputs_of_4_mib_and_more_are_numpy_memory_in_the_layout_of_x(layout, dtype):
+    # From 4 MiB, y and dx are NumPy arrays (huge pages, see cnorm.torch._like)
+    # in x's layout: the same values and strides as torch's, every path.
+    torch.manual_seed(2)
+    x = torch.randn(2 * 4 // x_size(dtype), 64, 128, 64).to(dtype)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    assert x.numel() * x.element_size() >= 4 << 20
+    ours, theirs = ct.BatchNorm2d(64).to(dtype), torch.nn.BatchNorm2d(64).to(dtype)
+    tolerance = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else {}
+    for training in (True, False):
+        ours.train(training)
+        theirs.train(training)
+        inputs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+        outputs = [module(a) for module, a in zip((ours, theirs), inputs)]
+        assert outputs[0].stride() == outputs[1].stride()
+        torch.testing.assert_close(outputs[0], outputs[1], **tolerance)
+        grad = torch.randn_like(outputs[1])
+        for output in outputs:
+            output.backward(grad)
+        assert inputs[0].grad.stride() == inputs[1].grad.stride()
+        torch.testing.assert_close(inputs[0].grad, inputs[1].grad, **tolerance)
+        with torch.no_grad():
+            for _ in range(2):  # (the second eval call runs on the plan)
+                fast = ours(x)
+            assert fast.stride() == theirs(x).stride()
+            torch.testing.assert_close(fast, theirs(x), **tolerance)
