@@ -38,8 +38,9 @@ from libc.string cimport memcmp, memcpy
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
-from cnorm._buffers cimport (FLOAT32_MIN_EPS, NORMALIZE_PLAIN_NAME, Buffers, normalize_plain_t,
-                             plain_call, plain_threads, plain_vector)
+from cnorm._buffers cimport (DEBUG_CHECKS, FLOAT32_MIN_EPS, NORMALIZE_PLAIN_NAME, Buffers,
+                             check_sizes, normalize_plain_t, plain_call, plain_threads,
+                             plain_vector)
 from cnorm._storage cimport CN_BFLOAT16, CN_FLOAT16, CN_FLOAT32, CN_FLOAT64, cn_item_size
 
 import numpy
@@ -192,6 +193,8 @@ cdef class _BatchNormPlan:
         cdef Buffers b = Buffers()
         cdef const void* xp = b.get(x, False)
         cdef void* yp = b.get(y, True)
+        if DEBUG_CHECKS:
+            b.check(2, <int> view[0], view[1], view[2], view[3], -1, -1, threads)
         self.normalize(xp, yp, self.data[0], self.data[1], self.data[2], self.data[3],
                        self.eps, threads, <int> view[0], view[1], view[2], view[3], self.relu)
         if self.record:
@@ -240,6 +243,12 @@ cdef class _BatchNormPlan:
             return None  # (the checked path normalizes such data in float64)
         y = (large(x) if large is not None and outer * n_channels * inner * <Py_ssize_t> item
              >= large_bytes else empty_like(x))
+        if DEBUG_CHECKS:  # (the debug build checks what the kernel is given)
+            check_sizes(n_channels, -1, -1, threads)
+            if (tuple(y.shape) != tuple(shape) or not y.is_contiguous()
+                    or y.data_ptr() % item != 0 or y.dtype != x.dtype):
+                raise ValueError("cnorm kernel: the output tensor is not a contiguous, "
+                                 "aligned tensor like x")
         self.normalize(<const void*> xp, <void*> <size_t> y.data_ptr(), self.data[0],
                        self.data[1], self.data[2], self.data[3], self.eps, threads, storage,
                        outer, n_channels, inner, self.relu)
