@@ -598,7 +598,7 @@ cdef Py_ssize_t _rows_per_chunk(Py_ssize_t n_rows, Py_ssize_t n_channels) noexce
 
 
 # The machine's cache thresholds (bytes), set at import by cnorm._tuning
-# (from the last-level cache's size; CNORM_TUNING overrides) through
+# (the defaults, or the last-level cache if smaller; CNORM_TUNING overrides) through
 # set_tuning; the compiled defaults are those measured on AMD Zen 5 (32 MiB of
 # L3 per CCD). They decide only how a pass stores and walks its data (the
 # streaming stores; the reductions' walk, see _reduction_order), never what

@@ -9,20 +9,19 @@ the same test. The thresholds, in bytes of the pass's tensors together:
 
 ``stream_bytes``
     a pass that reads its inputs for the first time (inference; default:
-    the last-level cache's size);
+    32 MiB, or the last-level cache's size if it is smaller);
 ``reread_stream_bytes``
     the second pass of training and backward, which re-reads what the first
-    pass left in the cache (default: half of it).
+    pass left in the cache (default: 16 MiB, or half the cache if smaller).
 
-The last-level cache's size is read from Linux's sysfs
-(``/sys/devices/system/cpu/cpu0/cache/index*/size``, the highest level);
-elsewhere, or if it cannot be read, the compiled defaults apply: 32 MiB and
-16 MiB, measured on an AMD Zen 5 (32 MiB of L3 per CCD), which these rules
-reproduce there. A machine whose cache holds the tensors (480 MiB of L3 on
-the Xeon measured) then writes normally, so the next layer finds its input
-in the cache: in a profiled ResNet-50 training step at batch 16, torch's
-convolutions took 734 ms after streamed BN outputs, 573 after torch's layers,
-and 598 against 612 once the outputs were written normally.
+The defaults were measured on an AMD Zen 5 (32 MiB of L3 per CCD). The
+last-level cache's size is read from Linux's sysfs
+(``/sys/devices/system/cpu/cpu0/cache/index*/size``, the highest level).
+A larger cache does not raise them: on the Intel Xeon VM with 480 MiB of L3,
+thresholds of 480 and 240 MiB made the benchmark suite's batch norms over
+25.7 MB tensors 1.2-1.95x slower (out= given, A/B against the 32 MiB build,
+2 threads); in a network the outputs cnorm.torch allocates are mostly fresh
+memory, which is not streamed (see cn_pages_resident).
 
 ``CNORM_TUNING`` in the environment overrides them, as comma-separated
 ``name=bytes`` pairs (suffixes K, M, G: powers of 1024), e.g.
@@ -75,8 +74,9 @@ def thresholds(defaults, cache_bytes=None, environ=None):
     """The thresholds, as a dict of NAMES: from `cache_bytes` (the last-level
     cache; `defaults` when None), then CNORM_TUNING of `environ`."""
     values = dict(zip(NAMES, defaults))
-    if cache_bytes:
-        values = {"stream_bytes": cache_bytes, "reread_stream_bytes": cache_bytes // 2}
+    if cache_bytes:  # (a smaller cache streams sooner; a larger one keeps the defaults)
+        values = {"stream_bytes": min(cache_bytes, defaults[0]),
+                  "reread_stream_bytes": min(cache_bytes // 2, defaults[1])}
     setting = (os.environ if environ is None else environ).get(ENV_VAR, "").strip()
     for item in filter(None, (part.strip() for part in setting.split(","))):
         name, _, size = item.partition("=")

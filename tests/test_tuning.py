@@ -36,9 +36,11 @@ def test_thresholds_follow_the_cache_and_the_environment():
     assert _tuning.thresholds(defaults, None, {}) == {
         "stream_bytes": 32 * 2**20, "reread_stream_bytes": 16 * 2**20}
     assert _tuning.thresholds(defaults, 480 * 2**20, {}) == {
-        "stream_bytes": 480 * 2**20, "reread_stream_bytes": 240 * 2**20}
+        "stream_bytes": 32 * 2**20, "reread_stream_bytes": 16 * 2**20}
+    assert _tuning.thresholds(defaults, 8 * 2**20, {}) == {
+        "stream_bytes": 8 * 2**20, "reread_stream_bytes": 4 * 2**20}
     assert _tuning.thresholds(defaults, 480 * 2**20, {_tuning.ENV_VAR: " stream_bytes = 1M "}) == {
-        "stream_bytes": 2**20, "reread_stream_bytes": 240 * 2**20}
+        "stream_bytes": 2**20, "reread_stream_bytes": 16 * 2**20}
     with pytest.raises(ImportError, match="CNORM_TUNING: unknown name 'stream'"):
         _tuning.thresholds(defaults, None, {_tuning.ENV_VAR: "stream=1M"})
     with pytest.raises(ImportError, match="CNORM_TUNING: reread_stream_bytes must be a size"):
