@@ -23,7 +23,6 @@ class _BatchNormPlan:
                      n_threads: Any, large: Callable[[Any], Any] | None = ...,
                      large_bytes: int = ...) -> Any: ...
 
-STORAGE: dict[str, int]
 
 class _LocalResponseNormPlan:
     before: int

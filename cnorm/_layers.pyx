@@ -41,15 +41,11 @@ from cpython.pycapsule cimport PyCapsule_GetPointer
 from cnorm._buffers cimport (DEBUG_CHECKS, FLOAT32_MIN_EPS, NORMALIZE_PLAIN_NAME, Buffers,
                              check_sizes, normalize_plain_t, plain_call, plain_threads,
                              plain_vector)
-from cnorm._storage cimport CN_BFLOAT16, CN_FLOAT16, CN_FLOAT32, CN_FLOAT64, cn_item_size
+from cnorm._storage cimport CN_BFLOAT16, CN_FLOAT64, cn_item_size
 
 import numpy
 
 cdef object _empty = numpy.empty
-
-# Storage codes of cnorm/_storage.h by dtype name, for infer_tensor's callers.
-STORAGE = {"float64": CN_FLOAT64, "float32": CN_FLOAT32, "float16": CN_FLOAT16,
-           "bfloat16": CN_BFLOAT16}
 
 
 cdef class _BatchNormPlan:
@@ -205,7 +201,7 @@ cdef class _BatchNormPlan:
                      Py_ssize_t large_bytes=0):
         """y for a torch tensor x, or None: the caller takes the checked path.
 
-        x: a tensor of the storage type `storage` (STORAGE; the caller has
+        x: a tensor of the storage type `storage` (cnorm._layout.STORAGE; the caller has
         checked its dtype and that no graph is recorded); it is taken here if
         it is a contiguous CPU tensor with its channels on axis 1 (NCHW and the
         like), and y = empty_like(x) is written. Its data are read at

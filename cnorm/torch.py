@@ -44,7 +44,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
     raise ImportError('cnorm.torch needs torch: pip install "cnorm[torch]"') from error
 
 import cnorm
-from cnorm import _layers
+from cnorm import _layout
 from cnorm._layers import _BatchNormPlan
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LocalResponseNorm", "convert",
@@ -143,7 +143,7 @@ def _grad(array, like):
 # Batch norm
 
 _REDUCED = (torch.float16, torch.bfloat16)
-_STORAGE = {dtype: _layers.STORAGE[str(dtype).split(".")[1]]
+_STORAGE = {dtype: _layout.STORAGE[str(dtype).split(".")[1]]
             for dtype in (torch.float32, torch.float64) + _REDUCED}
 _FLOATS = (torch.float32, torch.float64) + _REDUCED
 
