@@ -115,10 +115,11 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    #include "cnorm/_simd.h"
     /* Rows per block of the reductions: 8 where the build has AVX-512's 32
        vector registers (measured: statistics 10-23 % faster than 4), 4
        elsewhere (AVX2's 16 registers: 8 rows were slower for narrow layers). */
-    #if defined(__AVX512F__)
+    #if CN_REGISTERS >= 32
     #define CNORM_REDUCE_ROWS 8
     #else
     #define CNORM_REDUCE_ROWS 4
@@ -158,50 +159,30 @@ cdef extern from *:
        Each channel's sum runs over the rows in order, in double (a float32
        value, its difference from another and their products are exact or
        nearly so in double), so the result is a function of the chunk alone. */
-    #if defined(__AVX512F__) || defined(__AVX2__)
-    #include <immintrin.h>
+    /* Written with the native-width vectors of _simd.h (cn_vdn: CN_VDN_LANES
+       channels, one register): a group is CN_REGISTERS / 4 of them, so that
+       the three arrays of the backward's sums take 3/4 of the registers. */
+    #if CN_WIDE
     #define CNORM_GROUPS 1
-    #if defined(__AVX512F__)
-    #define CNORM_GW 8              /* channels (doubles) per vector */
-    #define CNORM_GV 8              /* vectors per group: 64 channels */
-    #define CNORM_SWEEPS 1          /* wider C in several sweeps (see _reduction_order) */
-    #define CNORM_VD __m512d
-    #define CNORM_CVT(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
-    #define CNORM_LOADD _mm512_loadu_pd
-    #define CNORM_STORED _mm512_storeu_pd
-    #define CNORM_ZEROD _mm512_setzero_pd
-    #define CNORM_ADDD _mm512_add_pd
-    #define CNORM_SUBD _mm512_sub_pd
-    #define CNORM_FMAD _mm512_fmadd_pd
-    #else                           /* AVX2: 16 registers, 12 of them for sums */
-    #define CNORM_GW 4
-    #define CNORM_GV 4              /* 16 channels */
-    #define CNORM_SWEEPS 0          /* one sweep only: C <= 16 */
-    #define CNORM_VD __m256d
-    #define CNORM_CVT(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
-    #define CNORM_LOADD _mm256_loadu_pd
-    #define CNORM_STORED _mm256_storeu_pd
-    #define CNORM_ZEROD _mm256_setzero_pd
-    #define CNORM_ADDD _mm256_add_pd
-    #define CNORM_SUBD _mm256_sub_pd
-    #define CNORM_FMAD _mm256_fmadd_pd
-    #endif
+    #define CNORM_GW CN_VDN_LANES             /* channels (doubles) per vector */
+    #define CNORM_GV (CN_REGISTERS / 4)       /* vectors per group: 64 or 16 channels */
+    #define CNORM_SWEEPS (CN_REGISTERS >= 32) /* wider C in several sweeps (see _reduction_order) */
     /* Shifted sums of x's rows: total += x - shift, squares += (x - shift)**2,
        shift the chunk's first row; NV vectors of CNORM_GW channels from g. */
     #define CNORM_STATS_GROUP(NV) do { \
-        CNORM_VD s[NV], t[NV], q[NV]; int v; Py_ssize_t r; \
+        cn_vdn s[NV], t[NV], q[NV]; int v; Py_ssize_t r; \
         for (v = 0; v < NV; v++) { \
-            s[v] = CNORM_CVT(x + g + CNORM_GW * v); \
-            t[v] = CNORM_ZEROD(); q[v] = CNORM_ZEROD(); } \
+            s[v] = cn_load_dn_f32(x + g + CNORM_GW * v); \
+            t[v] = cn_zero_dn(); q[v] = cn_zero_dn(); } \
         for (r = 0; r < n_rows; r++) { \
             const float *row = x + r * n + g; \
             for (v = 0; v < NV; v++) { \
-                CNORM_VD d = CNORM_SUBD(CNORM_CVT(row + CNORM_GW * v), s[v]); \
-                t[v] = CNORM_ADDD(t[v], d); \
-                q[v] = CNORM_FMAD(d, d, q[v]); } } \
+                cn_vdn d = cn_load_dn_f32(row + CNORM_GW * v) - s[v]; \
+                t[v] = t[v] + d; \
+                q[v] = cn_fma_dn(d, d, q[v]); } } \
         for (v = 0; v < NV; v++) { \
-            CNORM_STORED(total + g + CNORM_GW * v, t[v]); \
-            CNORM_STORED(squares + g + CNORM_GW * v, q[v]); } \
+            cn_store_dn(total + g + CNORM_GW * v, t[v]); \
+            cn_store_dn(squares + g + CNORM_GW * v, q[v]); } \
         g += CNORM_GW * NV; } while (0)
     /* The vectors left after the full groups as one more group: one sweep,
        not one per vector (at most CNORM_GV - 1 of them). */
@@ -215,7 +196,7 @@ cdef extern from *:
     static void cnorm_prefetch_chunk(const float *a, Py_ssize_t n_rows, Py_ssize_t n) {
         const char *p = (const char *)a, *end = (const char *)(a + n_rows * n);
         if (n <= CNORM_GW * CNORM_GV) return;
-        for (; p < end; p += 64) _mm_prefetch(p, _MM_HINT_T1);
+        for (; p < end; p += 64) cn_prefetch_l2(p);
     }
     /* n (C) must be a multiple of CNORM_GW: _reduction_order sends no other here. */
     static void cnorm_group_stats(const float *x, Py_ssize_t n_rows, Py_ssize_t n,
@@ -227,20 +208,19 @@ cdef extern from *:
     }
     /* The backward's sums: sum_dy += dy, sum_dyc += dy*(x - center). */
     #define CNORM_SUMS_GROUP(NV) do { \
-        CNORM_VD m[NV], a[NV], b[NV]; int v; Py_ssize_t r; \
+        cn_vdn m[NV], a[NV], b[NV]; int v; Py_ssize_t r; \
         for (v = 0; v < NV; v++) { \
-            m[v] = CNORM_LOADD(center + g + CNORM_GW * v); \
-            a[v] = CNORM_ZEROD(); b[v] = CNORM_ZEROD(); } \
+            m[v] = cn_load_dn(center + g + CNORM_GW * v); \
+            a[v] = cn_zero_dn(); b[v] = cn_zero_dn(); } \
         for (r = 0; r < n_rows; r++) { \
             const float *dy_row = dy + r * n + g, *x_row = x + r * n + g; \
             for (v = 0; v < NV; v++) { \
-                CNORM_VD gv = CNORM_CVT(dy_row + CNORM_GW * v); \
-                a[v] = CNORM_ADDD(a[v], gv); \
-                b[v] = CNORM_FMAD(gv, CNORM_SUBD(CNORM_CVT(x_row + CNORM_GW * v), m[v]), \
-                                  b[v]); } } \
+                cn_vdn gv = cn_load_dn_f32(dy_row + CNORM_GW * v); \
+                a[v] = a[v] + gv; \
+                b[v] = cn_fma_dn(gv, cn_load_dn_f32(x_row + CNORM_GW * v) - m[v], b[v]); } } \
         for (v = 0; v < NV; v++) { \
-            CNORM_STORED(sum_dy + g + CNORM_GW * v, a[v]); \
-            CNORM_STORED(sum_dyc + g + CNORM_GW * v, b[v]); } \
+            cn_store_dn(sum_dy + g + CNORM_GW * v, a[v]); \
+            cn_store_dn(sum_dyc + g + CNORM_GW * v, b[v]); } \
         g += CNORM_GW * NV; } while (0)
     static void cnorm_group_sums(const float *dy, const float *x, const double *center,
                                  Py_ssize_t n_rows, Py_ssize_t n, double *sum_dy,
@@ -251,7 +231,6 @@ cdef extern from *:
         while (g + CNORM_GW * CNORM_GV <= n) CNORM_SUMS_GROUP(CNORM_GV);
         CNORM_LAST_GROUP(CNORM_SUMS_GROUP)
     }
-    #undef CNORM_CVT
     #undef CNORM_LAST_GROUP
     #else
     #define CNORM_GROUPS 0
@@ -297,24 +276,11 @@ cdef extern from *:
        in a cache line (see _coefficients). The same fused multiply-adds as
        the compiler contracts the Cython loops into, so every element has the
        same bits whichever way it is computed. */
-    #if defined(__AVX512F__) || defined(__AVX2__)
-    #include <immintrin.h>
+    /* Written with the native-width float vectors of _simd.h (cn_vfn:
+       CNORM_W floats, one register). */
+    #if CN_WIDE
     #define CNORM_RANGE 1
-    #if defined(__AVX512F__)
-    #define CNORM_W 16
-    #define CNORM_LOAD _mm512_loadu_ps
-    #define CNORM_FMA _mm512_fmadd_ps
-    #define CNORM_SUB _mm512_sub_ps
-    #define CNORM_STORE _mm512_storeu_ps
-    #define CNORM_STORE_NT _mm512_stream_ps
-    #else
-    #define CNORM_W 8
-    #define CNORM_LOAD _mm256_loadu_ps
-    #define CNORM_FMA _mm256_fmadd_ps
-    #define CNORM_SUB _mm256_sub_ps
-    #define CNORM_STORE _mm256_storeu_ps
-    #define CNORM_STORE_NT _mm256_stream_ps
-    #endif
+    #define CNORM_W CN_VFN_LANES
     #define CNORM_ALIGN (CNORM_W * 4)
     /* out[i] for i in [start, stop) of the flat (M, C) arrays, i = start a
        row's first element; the coefficient arrays hold C + CNORM_W values,
@@ -338,12 +304,12 @@ cdef extern from *:
                                                : fmaf(x[i] - center[c], scale[c], shift[c])))
     #define CNORM_NEXT(c, step) do { c += (step); while (c >= n) c -= n; } while (0)
     #define CNORM_AFFINE(i, c, folded) ((folded) \
-            ? CNORM_FMA(CNORM_LOAD(x + i), CNORM_LOAD(scale + c), CNORM_LOAD(shift + c)) \
-            : CNORM_FMA(CNORM_SUB(CNORM_LOAD(x + i), CNORM_LOAD(center + c)), \
-                        CNORM_LOAD(scale + c), CNORM_LOAD(shift + c)))
+            ? cn_fma_fn(cn_load_fn(x + i), cn_load_fn(scale + c), cn_load_fn(shift + c)) \
+            : cn_fma_fn(cn_load_fn(x + i) - cn_load_fn(center + c), \
+                        cn_load_fn(scale + c), cn_load_fn(shift + c)))
     #define CNORM_VECTORS(STORE, with_dy, folded) \
         for (; i + CNORM_W <= stop; i += CNORM_W) { \
-            STORE(out + i, (with_dy) ? CNORM_FMA(CNORM_LOAD(dy + i), CNORM_LOAD(dy_scale + c), \
+            STORE(out + i, (with_dy) ? cn_fma_fn(cn_load_fn(dy + i), cn_load_fn(dy_scale + c), \
                                                  CNORM_AFFINE(i, c, folded)) \
                                      : CNORM_AFFINE(i, c, folded)); \
             CNORM_NEXT(c, CNORM_W); \
@@ -355,9 +321,9 @@ cdef extern from *:
         else { CNORM_VECTORS(STORE, 1, 0) }
         for (; i < aligned; i++) { out[i] = CNORM_ONE(i, c); CNORM_NEXT(c, 1); }
         if (stream) {
-            CNORM_CASES(CNORM_STORE_NT)
+            CNORM_CASES(cn_stream_fn)
         } else {
-            CNORM_CASES(CNORM_STORE)
+            CNORM_CASES(cn_store_fn)
         }
         for (; i < stop; i++) { out[i] = CNORM_ONE(i, c); CNORM_NEXT(c, 1); }
     #undef CNORM_ONE
@@ -366,7 +332,6 @@ cdef extern from *:
     #undef CNORM_VECTORS
     #undef CNORM_CASES
     }
-    static void cnorm_stream_fence(void) { _mm_sfence(); }
     #else
     #define CNORM_RANGE 0
     #define CNORM_W 1
@@ -375,7 +340,6 @@ cdef extern from *:
                                    const float *shift, const float *dy_scale,
                                    int folded, int stream, Py_ssize_t start,
                                    Py_ssize_t stop, Py_ssize_t n) {}
-    static void cnorm_stream_fence(void) {}
     #endif
     """
     # The build has cnorm_affine_range, and with it streaming stores.
@@ -385,7 +349,7 @@ cdef extern from *:
                                             const float* shift, const float* dy_scale,
                                             int folded, int stream, Py_ssize_t start,
                                             Py_ssize_t stop, Py_ssize_t n) noexcept nogil
-    void _stream_fence "cnorm_stream_fence"() noexcept nogil
+    void _stream_fence "cn_stream_fence"() noexcept nogil
 
 cdef extern from *:
     """

@@ -1,28 +1,38 @@
-/* SIMD primitives: the one place that names vector instructions for the
-   kernels written with them (the planar reductions and streaming stores of
-   _batchnorm.pyx, the LRN window sum and beta-0.75 rows of _lrn.pyx; the
-   older channels-last batch-norm kernels still carry their own intrinsics,
-   to be moved here).
+/* SIMD primitives: the one place that names vector instructions. Every
+   vector kernel (the batch-norm reductions and elementwise passes of
+   _batchnorm.pyx, the LRN window sums and beta-0.75 rows of _lrn.pyx, the
+   float16 conversions of _storage.h) is written with these types and
+   functions, and none carries an intrinsic of its own.
 
-   GCC/clang vector extensions: a cn_vd is 8 doubles, a cn_vf 8 floats, and
-   arithmetic on them is lane by lane, so a kernel written with them computes
-   the same lanes in the same order in every build; each kernel module is
-   compiled once per ISA level (setup.py), and the compiler maps the vectors
-   to 4 SSE2 registers, 2 AVX2 or 1 AVX-512 register. Only fused multiply-adds
-   differ between levels (contracted where the level has FMA).
+   GCC/clang vector extensions, in two kinds:
+   - fixed width: a cn_vd is 8 doubles, a cn_vf 8 floats, a cn_vf16 16
+     floats, the same lanes in every build; the compiler maps them to 4 SSE2
+     registers, 2 AVX2 or 1 AVX-512 register. A kernel written with them
+     computes the same lanes in the same order at every ISA level.
+   - native width: a cn_vdn or cn_vfn is one register of the build's widest
+     kind (CN_NATIVE_BYTES: 16 in the baseline build, 32 AVX2, 64 AVX-512),
+     CN_VDN_LANES doubles or CN_VFN_LANES floats, and CN_REGISTERS of them
+     exist (16, or 32 in AVX-512 builds). For kernels whose blocking depends
+     on the register file (the channel groups of the batch-norm reductions);
+     such a kernel must give results that do not depend on the width (each
+     lane a channel of its own, say).
+   Each kernel module is compiled once per ISA level (setup.py). Fused
+   multiply-adds are named (cn_fma_*) where a kernel's bits depend on them;
+   in builds without FMA (baseline) they round twice, and the kernels that
+   use them run only where CN_WIDE is 1 (AVX2 or AVX-512, which have FMA).
 
    Loads and stores are unaligned (memcpy of a vector: one instruction).
-   cn_stream_f32 writes 16 floats with a non-temporal store where the build
-   has one (AVX-512, AVX2; the address must then be 64-byte aligned) and a
-   normal store elsewhere; cn_stream_fence orders them before the data is
-   read by another thread. */
+   cn_stream_f32 and cn_stream_fn write with a non-temporal store where the
+   build has one (CN_WIDE; the address must then be 64-byte aligned, or 32
+   for cn_stream_fn in AVX2 builds) and a normal store elsewhere;
+   cn_stream_fence orders them before the data is read by another thread. */
 #ifndef CNORM_SIMD_H
 #define CNORM_SIMD_H
 
 #include <stddef.h>
 #include <string.h>
 
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -66,6 +76,117 @@ static inline double cn_lanes_sum(cn_vd v) {
     return total;
 }
 
+/* Native width (see above). CN_WIDE: the build has 256-bit or wider FMA
+   vectors and streaming stores (AVX2, AVX-512). */
+#if defined(__AVX512F__)
+#define CN_NATIVE_BYTES 64
+#define CN_REGISTERS 32
+#elif defined(__AVX2__)
+#define CN_NATIVE_BYTES 32
+#define CN_REGISTERS 16
+#else
+#define CN_NATIVE_BYTES 16
+#define CN_REGISTERS 16
+#endif
+#define CN_WIDE (CN_NATIVE_BYTES >= 32)
+#define CN_VDN_LANES (CN_NATIVE_BYTES / 8)
+#define CN_VFN_LANES (CN_NATIVE_BYTES / 4)
+
+typedef double cn_vdn __attribute__((vector_size(CN_NATIVE_BYTES)));
+typedef float cn_vfn __attribute__((vector_size(CN_NATIVE_BYTES)));
+typedef float cn_vfh __attribute__((vector_size(CN_NATIVE_BYTES / 2)));
+
+static inline cn_vdn cn_zero_dn(void) {
+    cn_vdn v = {0};
+    return v;
+}
+
+static inline cn_vdn cn_load_dn(const double *p) {
+    cn_vdn v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void cn_store_dn(double *p, cn_vdn v) { memcpy(p, &v, sizeof v); }
+
+/* CN_VDN_LANES consecutive floats as doubles (exact). */
+static inline cn_vdn cn_load_dn_f32(const float *p) {
+#if defined(__AVX512F__)
+    return (cn_vdn)_mm512_cvtps_pd(_mm256_loadu_ps(p));
+#elif defined(__AVX2__)
+    return (cn_vdn)_mm256_cvtps_pd(_mm_loadu_ps(p));
+#else
+    cn_vfh v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, cn_vdn);
+#endif
+}
+
+static inline cn_vfn cn_load_fn(const float *p) {
+    cn_vfn v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void cn_store_fn(float *p, cn_vfn v) { memcpy(p, &v, sizeof v); }
+
+/* a*b + c, rounded once where the build has FMA (CN_WIDE), twice elsewhere. */
+static inline cn_vdn cn_fma_dn(cn_vdn a, cn_vdn b, cn_vdn c) {
+#if defined(__AVX512F__)
+    return (cn_vdn)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif defined(__AVX2__)
+    return (cn_vdn)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#else
+    return a * b + c;
+#endif
+}
+
+static inline cn_vfn cn_fma_fn(cn_vfn a, cn_vfn b, cn_vfn c) {
+#if defined(__AVX512F__)
+    return (cn_vfn)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__AVX2__)
+    return (cn_vfn)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    return a * b + c;
+#endif
+}
+
+/* A non-temporal store of v at p (CN_NATIVE_BYTES-aligned) where CN_WIDE. */
+static inline void cn_stream_fn(float *p, cn_vfn v) {
+#if defined(__AVX512F__)
+    _mm512_stream_ps(p, (__m512)v);
+#elif defined(__AVX2__)
+    _mm256_stream_ps(p, (__m256)v);
+#else
+    memcpy(p, &v, sizeof v);
+#endif
+}
+
+/* Bring the line at p into L2 (prefetcht1 on x86). */
+static inline void cn_prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }
+
+/* float16 (IEEE binary16) <-> float, 8 values: with F16C (x86-64-v3 and v4
+   builds, CN_HAS_F16_VECTORS) one instruction, rounding to nearest even. */
+#if defined(__F16C__)
+#define CN_HAS_F16_VECTORS 1
+static inline void cn_widen_f16x8(const unsigned short *src, float *dst) {
+    _mm256_storeu_ps(dst, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)src)));
+}
+
+static inline void cn_narrow_f16x8(const float *src, unsigned short *dst) {
+    _mm_storeu_si128((__m128i *)dst,
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src), _MM_FROUND_TO_NEAREST_INT));
+}
+
+static inline float cn_widen_f16(unsigned short h) { return _cvtsh_ss(h); }
+
+static inline unsigned short cn_narrow_f16(float f) {
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+}
+#else
+#define CN_HAS_F16_VECTORS 0
+#endif
+
 #define CN_STREAM_ALIGN 64
 
 /* Whether the memory at [p, p + bytes) is mapped to pages already (Linux:
@@ -102,14 +223,6 @@ static inline int cn_pages_resident(const void *p, size_t bytes) {
 }
 #endif
 
-static inline int cn_has_streaming(void) {
-#if defined(__AVX512F__) || defined(__AVX2__)
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 /* 16 floats at p (64-byte aligned where streaming exists). */
 static inline void cn_stream_f32(float *p, const float *values) {
 #if defined(__AVX512F__)
@@ -123,7 +236,7 @@ static inline void cn_stream_f32(float *p, const float *values) {
 }
 
 static inline void cn_stream_fence(void) {
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if CN_WIDE
     _mm_sfence();
 #endif
 }

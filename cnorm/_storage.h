@@ -13,7 +13,8 @@
    cnorm/_layout.py. No kernel changes.
 
    float16: IEEE binary16 (NumPy's float16). With F16C (x86-64-v3 and v4
-   builds) eight values per instruction; the baseline build converts one
+   builds) eight values per instruction (cn_widen_f16x8 and cn_narrow_f16x8
+   of _simd.h); the baseline build converts one
    value at a time through the compiler's _Float16 (GCC >= 12, clang >= 15),
    which rounds to nearest even as the hardware does.
    bfloat16: the high half of a float32 (ml_dtypes.bfloat16, passed in as a
@@ -28,9 +29,7 @@
 #include <string.h>
 #include <stddef.h>
 
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
+#include "cnorm/_simd.h"
 
 enum {
     CN_FLOAT64 = 0,
@@ -72,12 +71,11 @@ static void cn_load_run(int storage, const void *src, float *dst, ptrdiff_t n) {
         return;
     }
     /* CN_FLOAT16 */
-#if defined(__F16C__)
+#if CN_HAS_F16_VECTORS
     {
-        const uint16_t *s = (const uint16_t *)src;
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
-        for (; i < n; i++) dst[i] = _cvtsh_ss(s[i]);
+        const unsigned short *s = (const unsigned short *)src;
+        for (; i + 8 <= n; i += 8) cn_widen_f16x8(s + i, dst + i);
+        for (; i < n; i++) dst[i] = cn_widen_f16(s[i]);
     }
 #else
     {
@@ -95,13 +93,11 @@ static void cn_store_run(int storage, const float *src, void *dst, ptrdiff_t n) 
         for (i = 0; i < n; i++) d[i] = cn_float_to_bf16(src[i]);
         return;
     }
-#if defined(__F16C__)
+#if CN_HAS_F16_VECTORS
     {
-        uint16_t *d = (uint16_t *)dst;
-        for (; i + 8 <= n; i += 8)
-            _mm_storeu_si128((__m128i *)(d + i),
-                             _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
-        for (; i < n; i++) d[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
+        unsigned short *d = (unsigned short *)dst;
+        for (; i + 8 <= n; i += 8) cn_narrow_f16x8(src + i, d + i);
+        for (; i < n; i++) d[i] = cn_narrow_f16(src[i]);
     }
 #else
     {
