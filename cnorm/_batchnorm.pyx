@@ -80,8 +80,9 @@ Elementwise arithmetic
     another are exact in double).
 Chunking and threads
     Rows are cut into chunks of ``_rows_per_chunk`` rows (a function of the
-    shape: about CHUNK_ELEMENTS values, a chunk count that is a multiple of
-    CHUNK_MULTIPLE).  Each thread owns one contiguous share of the chunks
+    shape and the tuning number chunk_elements, CHUNK_ELEMENTS by default, see
+    cnorm/_tuning.py: about that many values, a chunk count that is a
+    multiple of CHUNK_MULTIPLE).  Each thread owns one contiguous share of the chunks
     (``_first_chunk``), the same in both passes of a call, so the reverse
     second pass starts on the chunks that thread's own cache read last.
     ``n_threads`` is capped by the number of chunks, and inputs below
@@ -553,7 +554,7 @@ cdef Py_ssize_t _rows_per_chunk(Py_ssize_t n_rows, Py_ssize_t n_channels) noexce
     # out so that the number of chunks is a multiple of CHUNK_MULTIPLE: 2, 4 or
     # 8 threads get equal shares (32x7x7x2048: 32 chunks of 49 rows, where 64-row
     # chunks made 25 and one thread of two did 13). A function of the shape only.
-    cdef Py_ssize_t rows = max(<Py_ssize_t>MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(n_channels, 1))
+    cdef Py_ssize_t rows = max(<Py_ssize_t>MIN_CHUNK_ROWS, _chunk_elements // max(n_channels, 1))
     cdef Py_ssize_t chunks = (n_rows + rows - 1) // rows
     if chunks <= 1:
         return max(n_rows, 1)
@@ -561,31 +562,42 @@ cdef Py_ssize_t _rows_per_chunk(Py_ssize_t n_rows, Py_ssize_t n_channels) noexce
     return (n_rows + chunks - 1) // chunks
 
 
-# The machine's cache thresholds (bytes), set at import by cnorm._tuning
-# (the defaults, or the last-level cache if smaller; CNORM_TUNING overrides) through
-# set_tuning; the compiled defaults are those measured on AMD Zen 5 (32 MiB of
-# L3 per CCD). They decide only how a pass stores and walks its data (the
-# streaming stores; the reductions' walk, see _reduction_order), never what
-# a thread computes, so the results are the same bits for any thread count.
+# The tuning numbers in use, set at import by cnorm._tuning (the compiled
+# defaults of the enum above, lowered where this machine's caches are smaller;
+# CNORM_TUNING overrides) through set_tuning. The stream thresholds and
+# group_chunk_bytes decide only how a pass stores and walks its data;
+# chunk_elements and planar_tile_values where the statistics' partial sums
+# begin and end. None depends on the thread count, so neither do the bits.
 cdef Py_ssize_t _stream_bytes = STREAM_WORKING_SET
 cdef Py_ssize_t _reread_stream_bytes = REREAD_STREAM_WORKING_SET
-DEFAULT_TUNING = (STREAM_WORKING_SET, REREAD_STREAM_WORKING_SET)
+cdef Py_ssize_t _chunk_elements = CHUNK_ELEMENTS
+cdef Py_ssize_t _group_chunk_bytes = GROUP_CHUNK_BYTES
+cdef Py_ssize_t _planar_tile = PLANAR_TILE
+TUNING_NAMES = ("stream_bytes", "reread_stream_bytes", "chunk_elements", "group_chunk_bytes",
+                "planar_tile_values")
+DEFAULT_TUNING = (STREAM_WORKING_SET, REREAD_STREAM_WORKING_SET, CHUNK_ELEMENTS,
+                  GROUP_CHUNK_BYTES, PLANAR_TILE)
+# Each number's range (a planar tile beyond PLANAR_MAX_TILE would be cut anyway).
+TUNING_RANGES = ((0, 2**62), (0, 2**62), (1, 2**40), (0, 2**62),
+                 (SEGMENT_MULTIPLE, PLANAR_MAX_TILE))
 
 
-def set_tuning(Py_ssize_t stream_bytes, Py_ssize_t reread_stream_bytes):
-    """Set the cache thresholds of the passes (see cnorm._tuning); returns the
-    previous ``(stream_bytes, reread_stream_bytes)``."""
-    global _stream_bytes, _reread_stream_bytes
-    if stream_bytes < 0 or reread_stream_bytes < 0:
-        raise ValueError("cnorm: the cache thresholds must be >= 0 bytes")
-    previous = (_stream_bytes, _reread_stream_bytes)
-    _stream_bytes, _reread_stream_bytes = stream_bytes, reread_stream_bytes
+def set_tuning(*values):
+    """Set the tuning numbers, one value for each of TUNING_NAMES (see
+    cnorm._tuning); returns the previous ones, as a tuple."""
+    global _stream_bytes, _reread_stream_bytes, _chunk_elements, _group_chunk_bytes
+    global _planar_tile
+    from cnorm._tuning import checked
+    previous = tuning()
+    (_stream_bytes, _reread_stream_bytes, _chunk_elements, _group_chunk_bytes,
+     _planar_tile) = checked(TUNING_NAMES, TUNING_RANGES, values)
     return previous
 
 
 def tuning():
-    """The cache thresholds in use: ``(stream_bytes, reread_stream_bytes)``."""
-    return (_stream_bytes, _reread_stream_bytes)
+    """The tuning numbers in use, one for each of TUNING_NAMES."""
+    return (_stream_bytes, _reread_stream_bytes, _chunk_elements, _group_chunk_bytes,
+            _planar_tile)
 
 
 cdef inline bint _beyond_cache(Py_ssize_t tensors, Py_ssize_t n_rows, Py_ssize_t n_channels,
@@ -689,15 +701,15 @@ cdef Grid _grid(int storage, Py_ssize_t outer, Py_ssize_t channels,
     g.segment = inner
     if inner == 1:
         g.block = _rows_per_chunk(outer, channels)
-    elif plane <= PLANAR_TILE and outer >= 2 * PLANAR_MIN_TILES * PLANAR_TILE // plane:
-        g.block = PLANAR_TILE // plane          # several whole plane sets
-    elif (plane <= PLANAR_TILE or outer >= PLANAR_MIN_TILES) and plane <= PLANAR_MAX_TILE:
+    elif plane <= _planar_tile and outer >= 2 * PLANAR_MIN_TILES * _planar_tile // plane:
+        g.block = _planar_tile // plane          # several whole plane sets
+    elif (plane <= _planar_tile or outer >= PLANAR_MIN_TILES) and plane <= PLANAR_MAX_TILE:
         g.block = 1                             # one plane set
     elif inner < 2 * MIN_SEGMENT and plane <= PLANAR_MAX_TILE:  # too short to cut
         g.block = 1
     else:                                       # segments of the planes
         g.block = 1
-        g.segments = max((plane + PLANAR_TILE - 1) // PLANAR_TILE,
+        g.segments = max((plane + _planar_tile - 1) // _planar_tile,
                          (PLANAR_MIN_TILES + outer - 1) // outer)
         g.segment = (inner + g.segments - 1) // g.segments
         g.segment = (g.segment + SEGMENT_MULTIPLE - 1) // SEGMENT_MULTIPLE * SEGMENT_MULTIPLE
@@ -1762,7 +1774,7 @@ cdef int _reduction_order(bint stats, Py_ssize_t n_rows, Py_ssize_t n_channels,
     if n_channels <= GROUP_VECTOR * GROUP_VECTORS:
         return BY_GROUPS
     if (GROUP_SWEEPS and tensors * _rows_per_chunk(n_rows, n_channels) * n_channels * item_size
-            <= GROUP_CHUNK_BYTES
+            <= _group_chunk_bytes
             and not _beyond_cache(tensors, n_rows, n_channels, item_size, False)):
         return BY_GROUPS
     return BY_BLOCKS

@@ -3,7 +3,7 @@ import platform
 import sys
 import warnings
 
-from cnorm import _dispatch, _openmp, _openmp_runtime
+from cnorm import _dispatch, _openmp, _openmp_runtime, _tuning
 
 
 def openmp_enabled():
@@ -62,9 +62,9 @@ def config():
         "openmp.loaded_runtimes": "unknown" if loaded is None else loaded,
         "openmp.preload": runtimes["preload"],
     }
-    stream_bytes, reread_stream_bytes = _dispatch.kernels("_batchnorm").tuning()
-    info["tuning.stream_bytes"] = stream_bytes
-    info["tuning.reread_stream_bytes"] = reread_stream_bytes
+    for kernels in ("_batchnorm", "_lrn"):
+        numbers = _tuning.current(_dispatch.kernels(kernels))
+        info.update({f"tuning.{name}": value for name, value in numbers.items()})
     build = _build_info()
     flags = build.pop("isa_flags", {})
     info["isa_flags"] = flags.get(_dispatch.ISA_LEVEL.replace("-", "_"), "unknown")

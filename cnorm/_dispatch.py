@@ -28,7 +28,7 @@ def _built(level, module):
         built = importlib.import_module(f"cnorm.{module}{_SUFFIX[level]}")
     except ImportError:
         return None
-    return _tuning.configure(built) if module == "_batchnorm" else built
+    return _tuning.configure(built) if hasattr(built, "TUNING_NAMES") else built
 
 
 def _choose():

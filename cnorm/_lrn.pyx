@@ -45,7 +45,7 @@ Power
     that vectorises (_power_float, relative error below 1e-6).
 Chunking and threads
     Rows are cut into chunks of a fixed number of rows (about CHUNK_ELEMENTS
-    values), handed out by a static schedule.  Rows are independent, so the result
+    values, the tuning number lrn_chunk_elements of cnorm/_tuning.py), handed out by a static schedule.  Rows are independent, so the result
     is bit-identical for every thread count.  Small inputs take a serial path that
     never enters an OpenMP region.  Each thread owns one scratch row of a buffer
     allocated before the parallel region (rows padded to whole cache lines).
@@ -221,8 +221,35 @@ cdef BetaPath _beta_path(double beta) noexcept nogil:
     return BETA_GENERAL
 
 
+# The tuning numbers in use, set at import by cnorm._tuning (the compiled
+# defaults above, lowered where this machine's L2 is smaller; CNORM_TUNING
+# overrides) through set_tuning. They cut the work into chunks and tiles;
+# LRN's value at a point does not depend on its tile, so no setting changes
+# a bit.
+cdef Py_ssize_t _chunk_elements = CHUNK_ELEMENTS
+cdef Py_ssize_t _plane_tile_values = PLANE_TILE_VALUES
+TUNING_NAMES = ("lrn_chunk_elements", "lrn_plane_tile_values")
+DEFAULT_TUNING = (CHUNK_ELEMENTS, PLANE_TILE_VALUES)
+TUNING_RANGES = ((1, 2**40), (PLANE_BLOCK_MIN, 2**40))
+
+
+def set_tuning(*values):
+    """Set the tuning numbers, one value for each of TUNING_NAMES (see
+    cnorm._tuning); returns the previous ones, as a tuple."""
+    global _chunk_elements, _plane_tile_values
+    from cnorm._tuning import checked
+    previous = tuning()
+    _chunk_elements, _plane_tile_values = checked(TUNING_NAMES, TUNING_RANGES, values)
+    return previous
+
+
+def tuning():
+    """The tuning numbers in use, one for each of TUNING_NAMES."""
+    return (_chunk_elements, _plane_tile_values)
+
+
 cdef Py_ssize_t _rows_per_chunk(Py_ssize_t n_channels) noexcept nogil:
-    return max(1, CHUNK_ELEMENTS // max(n_channels, 1))
+    return max(1, _chunk_elements // max(n_channels, 1))
 
 
 def n_chunks(Py_ssize_t n_rows, Py_ssize_t n_channels):
@@ -759,7 +786,7 @@ cdef Py_ssize_t _plane_block(Py_ssize_t n_channels, Py_ssize_t inner,
     # smaller (down to PLANE_SMALL_BLOCK pixels) where that leaves fewer than
     # PLANE_MIN_TILES tiles, so that a batch of one still keeps every thread
     # busy (1x96x55x55 made 5 tiles: 3 for one thread, 2 for the other).
-    cdef Py_ssize_t block = PLANE_TILE_VALUES // max(n_channels, 1)
+    cdef Py_ssize_t block = _plane_tile_values // max(n_channels, 1)
     cdef Py_ssize_t per_outer
     block = min(max(block, <Py_ssize_t>PLANE_BLOCK_MIN), <Py_ssize_t>PLANE_BLOCK_MAX)
     block = (block + PLANE_BLOCK_MIN - 1) // PLANE_BLOCK_MIN * PLANE_BLOCK_MIN

@@ -44,12 +44,14 @@ def isa(request):
 
 @pytest.fixture
 def measured_tuning():
-    """The kernels' cache thresholds of the machine the decision tests pin
-    (cnorm._tuning's compiled defaults: 32 and 16 MiB), in every ISA build,
-    whatever this machine's cache; restored afterwards."""
+    """The kernels' tuning numbers of the machine the decision tests pin
+    (cnorm._tuning's compiled defaults: thresholds of 32 and 16 MiB, ...), in
+    every ISA build of both kernel modules, whatever this machine's caches;
+    restored afterwards."""
     from cnorm import _dispatch
 
-    modules = [_dispatch._built(level, "_batchnorm") for level in _dispatch.available_levels()]
+    modules = [_dispatch._built(level, kernels) for level in _dispatch.available_levels()
+               for kernels in ("_batchnorm", "_lrn")]
     saved = [module.set_tuning(*module.DEFAULT_TUNING) for module in modules]
     try:
         yield
