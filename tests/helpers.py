@@ -1,5 +1,6 @@
 """The one comparator of kernels against the float64 reference, its tolerances,
-and the sizes of the terms a result sums (the scale of the tolerance)."""
+the ulp bound of the half types, and the sizes of the terms a result sums (the
+scale of the tolerance)."""
 import importlib
 import os
 
@@ -27,6 +28,37 @@ def finfo(dtype):
     """np.finfo, also for ml_dtypes' bfloat16."""
     dtype = np.dtype(dtype)
     return ml_dtypes.finfo(dtype) if dtype == BFLOAT16 else np.finfo(dtype)
+
+
+# Significand bits (with the implicit one) and smallest normal exponent.
+_FORMAT = {"float16": (11, -14), "bfloat16": (8, -126)}
+
+
+def ulp(values, dtype):
+    """The unit in the last place of `dtype` at each of `values` (float64)."""
+    bits, min_exponent = _FORMAT[np.dtype(dtype).name]
+    magnitude = np.abs(np.asarray(values, dtype=np.float64))
+    exponent = np.floor(np.log2(np.where(magnitude > 0, magnitude, 1.0)))
+    return np.ldexp(1.0, (np.maximum(exponent, min_exponent) - (bits - 1)).astype(int))
+
+
+def assert_within_ulp(actual, expected, *, scale=None):
+    """|actual - expected| <= 1 ulp of actual's dtype at expected, + 2e-5 * scale
+    (float32's error relative to the terms that were summed, where they cancel).
+    Values beyond the storage type's range must be infinite; NaN must match NaN."""
+    a = np.asarray(actual).astype(np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(expected))
+    top = float(finfo(actual.dtype).max)
+    beyond = np.abs(expected) > top * (1 + 2.0 ** -(_FORMAT[actual.dtype.name][0]))
+    np.testing.assert_array_equal(np.isinf(a) & ~np.isnan(expected), beyond)
+    ok = ~(np.isnan(expected) | beyond)
+    bound = ulp(expected, actual.dtype) + (0.0 if scale is None else 2e-5 * np.abs(scale))
+    error = np.abs(a - expected)
+    bad = ok & (error > bound)
+    assert not bad.any(), (f"{bad.sum()} of {a.size} beyond 1 ulp; worst "
+                           f"{(error / bound)[ok].max():.3g} ulp: got {a[bad][:3]}, "
+                           f"expected {expected[bad][:3]}")
 
 
 def lrn_backward_scale(dy, x, before, after, a, k, beta):

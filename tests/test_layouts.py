@@ -20,7 +20,7 @@ import cnorm
 from cnorm import reference as ref
 from cnorm._dispatch import kernels
 
-from helpers import assert_close
+from helpers import assert_close, assert_within_ulp
 
 try:
     import ml_dtypes
@@ -31,37 +31,6 @@ except ImportError:  # optional: the bfloat16 tests skip
 HALF = [pytest.param(np.dtype(np.float16), id="float16"),
         pytest.param(BFLOAT16, id="bfloat16",
                      marks=pytest.mark.skipif(BFLOAT16 is None, reason="needs ml_dtypes"))]
-
-# Significand bits (with the implicit one) and smallest normal exponent.
-_FORMAT = {"float16": (11, -14), "bfloat16": (8, -126)}
-
-
-def ulp(values, dtype):
-    """The unit in the last place of `dtype` at each of `values` (float64)."""
-    bits, min_exponent = _FORMAT[np.dtype(dtype).name]
-    magnitude = np.abs(np.asarray(values, dtype=np.float64))
-    exponent = np.floor(np.log2(np.where(magnitude > 0, magnitude, 1.0)))
-    return np.ldexp(1.0, (np.maximum(exponent, min_exponent) - (bits - 1)).astype(int))
-
-
-def assert_within_ulp(actual, expected, *, scale=None):
-    """|actual - expected| <= 1 ulp of actual's dtype at expected, + 2e-5 * scale
-    (float32's error relative to the terms that were summed, where they cancel).
-    Values beyond the storage type's range must be infinite; NaN must match NaN."""
-    a = np.asarray(actual).astype(np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    np.testing.assert_array_equal(np.isnan(a), np.isnan(expected))
-    top = float(np.finfo(actual.dtype).max) if actual.dtype != BFLOAT16 else 3.3895313892515355e38
-    beyond = np.abs(expected) > top * (1 + 2.0 ** -(_FORMAT[actual.dtype.name][0]))
-    np.testing.assert_array_equal(np.isinf(a) & ~np.isnan(expected), beyond)
-    ok = ~(np.isnan(expected) | beyond)
-    bound = ulp(expected, actual.dtype) + (0.0 if scale is None else 2e-5 * np.abs(scale))
-    error = np.abs(a - expected)
-    bad = ok & (error > bound)
-    assert not bad.any(), (f"{bad.sum()} of {a.size} beyond 1 ulp; worst "
-                           f"{(error / bound)[ok].max():.3g} ulp: got {a[bad][:3]}, "
-                           f"expected {expected[bad][:3]}")
-
 
 def nchw(array):
     return np.ascontiguousarray(np.moveaxis(array, -1, 1))
