@@ -151,6 +151,14 @@ static inline cn_vfn cn_fma_fn(cn_vfn a, cn_vfn b, cn_vfn c) {
 #endif
 }
 
+/* max(v, 0) lane by lane as cnorm's ReLU computes it (_relu in
+   _batchnorm.pyx: 0 where v < 0, else v), so NaN and -0.0 pass through. */
+typedef int cn_vin __attribute__((vector_size(CN_NATIVE_BYTES)));
+static inline cn_vfn cn_relu_fn(cn_vfn v) {
+    cn_vfn zero = {0};
+    return (cn_vfn)((cn_vin)v & ~(cn_vin)(v < zero));
+}
+
 /* A non-temporal store of v at p (CN_NATIVE_BYTES-aligned) where CN_WIDE. */
 static inline void cn_stream_fn(float *p, cn_vfn v) {
 #if defined(__AVX512F__)
