@@ -1,6 +1,7 @@
 """The one comparator of kernels against the float64 reference, its tolerances,
 the ulp bound of the half types, and the sizes of the terms a result sums (the
 scale of the tolerance)."""
+import glob
 import importlib
 import os
 
@@ -151,3 +152,20 @@ def need(module):
     if os.environ.get("CNORM_REQUIRE_FRAMEWORKS") == "1":
         return importlib.import_module(module)
     return pytest.importorskip(module)
+
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "data")
+
+
+def golden_load(name, folder=GOLDEN):
+    """The arrays of the golden file `name` (tests/golden/data, or `folder`)."""
+    with np.load(os.path.join(folder, name + ".npz"), allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def golden_names(prefix, folder=GOLDEN):
+    """The golden files whose names start with `prefix`; at least one."""
+    found = sorted(os.path.basename(f)[:-4]
+                   for f in glob.glob(os.path.join(folder, prefix + "*.npz")))
+    assert found, f"no golden files {prefix}* in {folder}"
+    return found

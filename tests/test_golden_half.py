@@ -10,7 +10,6 @@ framework's errors are recorded, not bounded; its NaN and inf outputs where the
 answer is finite are counted. ``python tests/test_golden_half.py`` prints the
 table of docs/guide/precision.md.
 """
-import glob
 import os
 
 import numpy as np
@@ -19,20 +18,18 @@ import pytest
 import cnorm
 from cnorm import reference as ref
 
-from helpers import RTOL, assert_within_ulp, batch_norm_backward_scales, ulp
+from helpers import (RTOL, assert_within_ulp, batch_norm_backward_scales, golden_load,
+                     golden_names, ulp)
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "data", "half")
 
 
 def load(name):
-    with np.load(os.path.join(GOLDEN, name + ".npz"), allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    return golden_load(name, GOLDEN)
 
 
 def names(prefix):
-    found = sorted(os.path.basename(f)[:-4] for f in glob.glob(os.path.join(GOLDEN, prefix + "*.npz")))
-    assert found, f"no golden files {prefix}*"
-    return found
+    return golden_names(prefix, GOLDEN)
 
 
 def storage(d):

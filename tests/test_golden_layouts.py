@@ -1,6 +1,5 @@
 """PyTorch's golden outputs in its native NCHW layout (tests/golden/data/torch_nchw_*),
 read by cnorm with axis=1 and no copy; tolerances per dtype as the NHWC golden tests."""
-import glob
 import os
 
 import numpy as np
@@ -8,20 +7,17 @@ import pytest
 
 import cnorm
 
-from helpers import assert_close
+from helpers import assert_close, golden_load, golden_names
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "data")
 
 
 def load(name):
-    with np.load(os.path.join(GOLDEN, name + ".npz"), allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    return golden_load(name)
 
 
 def names(prefix):
-    found = sorted(os.path.basename(f)[:-4] for f in glob.glob(os.path.join(GOLDEN, prefix + "*.npz")))
-    assert found, f"no golden files {prefix}*"
-    return found
+    return golden_names(prefix)
 
 
 def channels(values):
