@@ -292,17 +292,25 @@ cdef extern from *:
                                    const float *shift, const float *dy_scale,
                                    int folded, int stream, Py_ssize_t start,
                                    Py_ssize_t stop, Py_ssize_t n, const float *residual,
-                                   int relu) {
+                                   int relu, const float *mask, Py_ssize_t stride,
+                                   int mask_folded) {
         Py_ssize_t i = start, c = 0;
         Py_ssize_t aligned = i + (Py_ssize_t)(((CNORM_ALIGN - ((size_t)(out + i) % CNORM_ALIGN))
                                               % CNORM_ALIGN) / 4);
         if ((size_t)out % 4 != 0)  /* no vector of it is ever aligned */
             aligned = stream ? stop : start;
         if (aligned > stop) aligned = stop;
+    /* dy, or with ``mask`` (the ReLU backward, see _relu_gradient: the
+       forward's center, scale, shift, wrapped as the others) dy where the
+       forward's affine step is > 0, else 0. */
+    #define CNORM_DY(i, c) (mask == NULL ? dy[i] \
+            : ((mask_folded ? fmaf(x[i], mask[stride + c], mask[2 * stride + c]) \
+                            : fmaf(x[i] - mask[c], mask[stride + c], mask[2 * stride + c])) > 0 \
+               ? dy[i] : 0.0f))
     #define CNORM_ONE(i, c) (dy == NULL \
             ? (folded ? fmaf(x[i], scale[c], shift[c]) \
                       : fmaf(x[i] - center[c], scale[c], shift[c])) \
-            : fmaf(dy[i], dy_scale[c], folded ? fmaf(x[i], scale[c], shift[c]) \
+            : fmaf(CNORM_DY(i, c), dy_scale[c], folded ? fmaf(x[i], scale[c], shift[c]) \
                                                : fmaf(x[i] - center[c], scale[c], shift[c])))
     #define CNORM_NEXT(c, step) do { c += (step); while (c >= n) c -= n; } while (0)
     #define CNORM_AFFINE(i, c, folded) ((folded) \
@@ -315,9 +323,18 @@ cdef extern from *:
     #define CNORM_EPILOGUE(v, i, with_residual, with_relu) \
         ((with_relu) ? cn_relu_fn((with_residual) ? (v) + cn_load_fn(residual + i) : (v)) \
                      : ((with_residual) ? (v) + cn_load_fn(residual + i) : (v)))
+    /* The vector of dy, masked (with_mask: 1 with the forward's folded form,
+       2 with its centered form) as CNORM_DY. */
+    #define CNORM_MASKED_DY(i, c, with_mask) ((with_mask) == 0 ? cn_load_fn(dy + i) \
+            : cn_and_fn(cn_load_fn(dy + i), cn_positive_fn(cn_fma_fn( \
+                  (with_mask) == 1 ? cn_load_fn(x + i) : cn_load_fn(x + i) - cn_load_fn(mask + c), \
+                  cn_load_fn(mask + stride + c), cn_load_fn(mask + 2 * stride + c)))))
     #define CNORM_VECTORS(STORE, with_dy, folded, with_residual, with_relu) \
+        CNORM_VECTORS_M(STORE, with_dy, folded, with_residual, with_relu, 0)
+    #define CNORM_VECTORS_M(STORE, with_dy, folded, with_residual, with_relu, with_mask) \
         for (; i + CNORM_W <= stop; i += CNORM_W) { \
-            cn_vfn v = (with_dy) ? cn_fma_fn(cn_load_fn(dy + i), cn_load_fn(dy_scale + c), \
+            cn_vfn v = (with_dy) ? cn_fma_fn(CNORM_MASKED_DY(i, c, with_mask), \
+                                             cn_load_fn(dy_scale + c), \
                                              CNORM_AFFINE(i, c, folded)) \
                                  : CNORM_AFFINE(i, c, folded); \
             STORE(out + i, CNORM_EPILOGUE(v, i, with_residual, with_relu)); \
@@ -331,8 +348,14 @@ cdef extern from *:
     #define CNORM_CASES(STORE) \
         if (dy == NULL && folded) { CNORM_FORWARD(STORE, 1) } \
         else if (dy == NULL) { CNORM_FORWARD(STORE, 0) } \
+        else if (mask != NULL) { CNORM_BACKWARD_MASKED(STORE) } \
         else if (folded) { CNORM_VECTORS(STORE, 1, 1, 0, 0) } \
         else { CNORM_VECTORS(STORE, 1, 0, 0, 0) }
+    #define CNORM_BACKWARD_MASKED(STORE) \
+        if (folded && mask_folded) { CNORM_VECTORS_M(STORE, 1, 1, 0, 0, 1) } \
+        else if (folded) { CNORM_VECTORS_M(STORE, 1, 1, 0, 0, 2) } \
+        else if (mask_folded) { CNORM_VECTORS_M(STORE, 1, 0, 0, 0, 1) } \
+        else { CNORM_VECTORS_M(STORE, 1, 0, 0, 0, 2) }
     #define CNORM_SCALAR(i, c) do { \
             float v = CNORM_ONE(i, c); \
             if (residual != NULL) v = v + residual[i]; \
@@ -344,11 +367,15 @@ cdef extern from *:
             CNORM_CASES(cn_store_fn)
         }
         for (; i < stop; i++) { CNORM_SCALAR(i, c); CNORM_NEXT(c, 1); }
+    #undef CNORM_DY
     #undef CNORM_ONE
     #undef CNORM_NEXT
     #undef CNORM_AFFINE
     #undef CNORM_EPILOGUE
+    #undef CNORM_MASKED_DY
     #undef CNORM_VECTORS
+    #undef CNORM_VECTORS_M
+    #undef CNORM_BACKWARD_MASKED
     #undef CNORM_FORWARD
     #undef CNORM_CASES
     #undef CNORM_SCALAR
@@ -361,7 +388,8 @@ cdef extern from *:
                                    const float *shift, const float *dy_scale,
                                    int folded, int stream, Py_ssize_t start,
                                    Py_ssize_t stop, Py_ssize_t n, const float *residual,
-                                   int relu) {}
+                                   int relu, const float *mask, Py_ssize_t stride,
+                                   int mask_folded) {}
     #endif
     """
     # The build has cnorm_affine_range, and with it streaming stores.
@@ -371,7 +399,9 @@ cdef extern from *:
                                             const float* shift, const float* dy_scale,
                                             int folded, int stream, Py_ssize_t start,
                                             Py_ssize_t stop, Py_ssize_t n,
-                                            const float* residual, int relu) noexcept nogil
+                                            const float* residual, int relu,
+                                            const float* mask, Py_ssize_t mask_stride,
+                                            int mask_folded) noexcept nogil
     void _stream_fence "cn_stream_fence"() noexcept nogil
 
 cdef extern from *:
@@ -1298,7 +1328,8 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
                 residual_t = residual + offset
             channel_stride = g.inner
         dy_channel_stride = channel_stride
-        if mask != NULL:
+        # (by_range rows mask dy in the range kernel's registers instead)
+        if mask != NULL and not (g.inner == 1 and by_range):
             _mask_tile(g, &tile, dy_t, x_t, channel_stride, mask_scratch, mask, mask_folded)
             dy_t = mask_scratch
             dy_channel_stride = tile.n_inner
@@ -1309,7 +1340,8 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
                 _affine_range(dy_t, x_t, out_t, coefficients, coefficients + stride,
                               coefficients + 2 * stride, coefficients + 3 * stride,
                               folded, stream, 0, tile.n_outer * g.channels, g.channels,
-                              residual_t if residual != NULL else NULL, relu)
+                              residual_t if residual != NULL else NULL, relu, mask, stride,
+                              mask_folded)
         elif g.inner == 1 and epilogue:
             r = 0
             while r < tile.n_outer:
@@ -1375,7 +1407,7 @@ cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                 _affine_range(NULL if dy == NULL else dy_s, x_s, x_s, coefficients,
                               coefficients + stride, coefficients + 2 * stride,
                               coefficients + 3 * stride, folded, False, 0, n, n_channels,
-                              r_s, relu)
+                              r_s, relu, NULL, 0, False)
             else:
                 _apply_rows(NULL if dy == NULL else dy_s, x_s, x_s, coefficients, folded, 0,
                             n // n_channels, n_channels)

@@ -159,6 +159,15 @@ static inline cn_vfn cn_relu_fn(cn_vfn v) {
     return (cn_vfn)((cn_vin)v & ~(cn_vin)(v < zero));
 }
 
+/* All ones in the lanes where v > 0 (not NaN), and v kept in those lanes, 0
+   (+0.0) in the others. */
+static inline cn_vin cn_positive_fn(cn_vfn v) {
+    cn_vfn zero = {0};
+    return (cn_vin)(v > zero);
+}
+
+static inline cn_vfn cn_and_fn(cn_vfn v, cn_vin keep) { return (cn_vfn)((cn_vin)v & keep); }
+
 /* A non-temporal store of v at p (CN_NATIVE_BYTES-aligned) where CN_WIDE. */
 static inline void cn_stream_fn(float *p, cn_vfn v) {
 #if defined(__AVX512F__)
