@@ -1492,7 +1492,9 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
                  else _threads_for(n_rows, n_channels, tiles, n_threads))
     try:
         scratch = _half_scratch(g, n_threads, tensors)
-        mask_scratch = <floating*> _mask_scratch(g, n_threads, sizeof(floating), mask != NULL)
+        # (by_range rows mask dy in the range kernel, without the tile)
+        mask_scratch = <floating*> _mask_scratch(g, n_threads, sizeof(floating), mask != NULL
+                                                 and not (g.inner == 1 and by_range))
         if n_threads == 1:
             with nogil:
                 _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, 0, tiles,

@@ -45,7 +45,8 @@ Power
     that vectorises (_power_float, relative error below 1e-6).
 Chunking and threads
     Rows are cut into chunks of a fixed number of rows (about CHUNK_ELEMENTS
-    values, the tuning number lrn_chunk_elements of cnorm/_tuning.py), handed out by a static schedule.  Rows are independent, so the result
+    values: the tuning number lrn_chunk_elements of cnorm/_tuning.py),
+    handed out by a static schedule.  Rows are independent, so the result
     is bit-identical for every thread count.  Small inputs take a serial path that
     never enters an OpenMP region.  Each thread owns one scratch row of a buffer
     allocated before the parallel region (rows padded to whole cache lines).

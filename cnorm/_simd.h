@@ -46,22 +46,6 @@ static inline cn_vd cn_broadcast_d(double value) {
     return v;
 }
 
-/* 8 consecutive values as doubles (exact for float). */
-static inline cn_vd cn_load_d_f32(const float *p) {
-#if defined(__AVX512F__)
-    return (cn_vd)_mm512_cvtps_pd(_mm256_loadu_ps(p));
-#elif defined(__AVX2__)
-    union { cn_vd v; __m256d half[2]; } u;
-    u.half[0] = _mm256_cvtps_pd(_mm_loadu_ps(p));
-    u.half[1] = _mm256_cvtps_pd(_mm_loadu_ps(p + 4));
-    return u.v;
-#else  /* GCC 12 widens this through 128-bit halves: fine for the baseline build */
-    cn_vf v;
-    memcpy(&v, p, sizeof v);
-    return __builtin_convertvector(v, cn_vd);
-#endif
-}
-
 static inline cn_vd cn_load_d_f64(const double *p) {
     cn_vd v;
     memcpy(&v, p, sizeof v);
@@ -120,6 +104,15 @@ static inline cn_vdn cn_load_dn_f32(const float *p) {
     memcpy(&v, p, sizeof v);
     return __builtin_convertvector(v, cn_vdn);
 #endif
+}
+
+/* 8 consecutive floats as doubles (exact), from native-width loads. */
+static inline cn_vd cn_load_d_f32(const float *p) {
+    union { cn_vd v; cn_vdn part[CN_VD_LANES / CN_VDN_LANES]; } u;
+    int j;
+    for (j = 0; j < CN_VD_LANES / CN_VDN_LANES; j++)
+        u.part[j] = cn_load_dn_f32(p + j * CN_VDN_LANES);
+    return u.v;
 }
 
 static inline cn_vfn cn_load_fn(const float *p) {

@@ -64,17 +64,17 @@ import os
 import re
 
 ENV_VAR = "CNORM_TUNING"
-# name: (cache, fraction of it, bytes per unit, smallest value): a number is
-# at most fraction * the cache's bytes / bytes per unit, and at least the
-# smallest value.
+# name: (cache, fraction of it, bytes per unit): a number is at most fraction
+# * the cache's bytes / bytes per unit. Its range (what the kernels can take)
+# is the kernel module's TUNING_RANGES.
 RULES = {
-    "stream_bytes": ("llc", 1, 1, 0),
-    "reread_stream_bytes": ("llc", 1 / 2, 1, 0),
-    "chunk_elements": ("l2", 1 / 8, 4, 1),
-    "group_chunk_bytes": ("l2", 1 / 2, 1, 0),
-    "planar_tile_values": ("l2", 1 / 2, 4, 16),
-    "lrn_chunk_elements": ("l2", 1 / 8, 4, 1),
-    "lrn_plane_tile_values": ("l2", 1 / 2, 8, 16),
+    "stream_bytes": ("llc", 1, 1),
+    "reread_stream_bytes": ("llc", 1 / 2, 1),
+    "chunk_elements": ("l2", 1 / 8, 4),
+    "group_chunk_bytes": ("l2", 1 / 2, 1),
+    "planar_tile_values": ("l2", 1 / 2, 4),
+    "lrn_chunk_elements": ("l2", 1 / 8, 4),
+    "lrn_plane_tile_values": ("l2", 1 / 2, 8),
 }
 NAMES = tuple(RULES)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
@@ -114,16 +114,19 @@ def cache_sizes(pattern=_SYSFS):
     return sizes
 
 
-def settings(defaults, caches=None, environ=None):
+def settings(defaults, caches=None, environ=None, least=None):
     """The numbers of a kernel module, as a dict: `defaults` (a dict of some
-    of NAMES), each lowered to its rule's share of `caches` (see cache_sizes),
-    then CNORM_TUNING of `environ` (os.environ when None) for the names of
+    of NAMES), each lowered to its rule's share of `caches` (see cache_sizes)
+    but not below its `least` value (a dict, see smallest; 0 when None), then
+    CNORM_TUNING of `environ` (os.environ when None) for the names of
     `defaults`; names of other modules are checked and left to them."""
     values = dict(defaults)
+    least = least or {}
     for name, default in defaults.items():
-        cache, fraction, unit, smallest = RULES[name]
+        cache, fraction, unit = RULES[name]
         if caches and caches.get(cache):
-            values[name] = max(smallest, min(default, int(caches[cache] * fraction) // unit))
+            values[name] = max(least.get(name, 0),
+                               min(default, int(caches[cache] * fraction) // unit))
     setting = (os.environ if environ is None else environ).get(ENV_VAR, "").strip()
     for item in filter(None, (part.strip() for part in setting.split(","))):
         name, _, size = item.partition("=")
@@ -132,9 +135,9 @@ def settings(defaults, caches=None, environ=None):
             raise ImportError(f"{ENV_VAR}: unknown name {name!r} in {setting!r}; the names "
                               f"are {', '.join(NAMES)}")
         value = parse_size(size)
-        if value is None or value < RULES[name][3]:
+        if value is None or value < least.get(name, 0):
             raise ImportError(f"{ENV_VAR}: {name} must be a size such as 32M, at least "
-                              f"{RULES[name][3]}, got {size.strip()!r}")
+                              f"{least.get(name, 0)}, got {size.strip()!r}")
         if name in values:
             values[name] = value
     return values
@@ -144,8 +147,8 @@ _configured = set()
 
 
 @functools.lru_cache(maxsize=None)
-def _values(defaults):
-    return settings(dict(defaults), cache_sizes())
+def _values(defaults, least):
+    return settings(dict(defaults), cache_sizes(), least=dict(least))
 
 
 def checked(names, ranges, values):
@@ -187,11 +190,17 @@ def defaults(module):
     return dict(zip(module.TUNING_NAMES, module.DEFAULT_TUNING))
 
 
+def smallest(module):
+    """The least value of each of a kernel module's numbers, as a dict."""
+    return {name: least for name, (least, _) in zip(module.TUNING_NAMES,
+                                                     module.TUNING_RANGES)}
+
+
 def configure(module):
     """Set the numbers of a kernel module (cnorm._batchnorm or cnorm._lrn at
     any ISA level) the first time it is loaded; later calls leave it as it is."""
     if module.__name__ not in _configured:
-        values = _values(tuple(defaults(module).items()))
+        values = _values(tuple(defaults(module).items()), tuple(smallest(module).items()))
         try:
             module.set_tuning(*(values[name] for name in module.TUNING_NAMES))
         except ValueError as error:

@@ -59,13 +59,15 @@ def test_numbers_follow_the_caches_and_the_environment():
     with pytest.raises(ImportError, match="CNORM_TUNING: reread_stream_bytes must be a size"):
         _tuning.settings(BN_DEFAULTS, None, {_tuning.ENV_VAR: "reread_stream_bytes=lots"})
     with pytest.raises(ImportError, match="CNORM_TUNING: planar_tile_values .* at least 16"):
-        _tuning.settings(BN_DEFAULTS, None, {_tuning.ENV_VAR: "planar_tile_values=8"})
+        _tuning.settings(BN_DEFAULTS, None, {_tuning.ENV_VAR: "planar_tile_values=8"},
+                         _tuning.smallest(kernels))
 
 
 def test_every_build_is_configured_at_import():
     for kernels in ("_batchnorm", "_lrn"):
         expected = _tuning.settings(_tuning.defaults(_dispatch.kernels(kernels)),
-                                    _tuning.cache_sizes())
+                                    _tuning.cache_sizes(),
+                                    least=_tuning.smallest(_dispatch.kernels(kernels)))
         for level in _dispatch.available_levels():
             assert _tuning.current(_dispatch._built(level, kernels)) == expected
         config = cnorm._config.config()
