@@ -109,6 +109,8 @@ cdef extern from "cnorm/_simd.h":
         CN_STREAM_ALIGN
     void cn_stream_f32(float* p, const float* values) noexcept nogil
     int cn_pages_resident(const void* p, size_t nbytes) noexcept nogil
+    float cn_keep_f32(float v, int keep) noexcept nogil
+    double cn_keep_f64(double v, int keep) noexcept nogil
 
 cdef extern from *:
     # GCC and clang: a hint, never a fault (even past the end of an array).
@@ -207,8 +209,11 @@ cdef extern from *:
         while (g + CNORM_GW * CNORM_GV <= n) CNORM_STATS_GROUP(CNORM_GV);
         CNORM_LAST_GROUP(CNORM_STATS_GROUP)
     }
-    /* The backward's sums: sum_dy += dy, sum_dyc += dy*(x - center). */
-    #define CNORM_SUMS_GROUP(NV) do { \
+    /* The backward's sums: sum_dy += dy, sum_dyc += dy*(x - center); dy as
+       GET(dy at p, x at q, channel) reads it: plain, or masked by the fused
+       ReLU's forward (cn_masked_dn_f32; ``mask`` its center, scale and shift
+       arrays, ``stride`` apart: see _relu_gradient). */
+    #define CNORM_SUMS_GROUP_AS(NV, GET) do { \
         cn_vdn m[NV], a[NV], b[NV]; int v; Py_ssize_t r; \
         for (v = 0; v < NV; v++) { \
             m[v] = cn_load_dn(center + g + CNORM_GW * v); \
@@ -216,22 +221,38 @@ cdef extern from *:
         for (r = 0; r < n_rows; r++) { \
             const float *dy_row = dy + r * n + g, *x_row = x + r * n + g; \
             for (v = 0; v < NV; v++) { \
-                cn_vdn gv = cn_load_dn_f32(dy_row + CNORM_GW * v); \
+                cn_vdn gv = GET(dy_row + CNORM_GW * v, x_row + CNORM_GW * v, \
+                                g + CNORM_GW * v); \
                 a[v] = a[v] + gv; \
                 b[v] = cn_fma_dn(gv, cn_load_dn_f32(x_row + CNORM_GW * v) - m[v], b[v]); } } \
         for (v = 0; v < NV; v++) { \
             cn_store_dn(sum_dy + g + CNORM_GW * v, a[v]); \
             cn_store_dn(sum_dyc + g + CNORM_GW * v, b[v]); } \
         g += CNORM_GW * NV; } while (0)
+    #define CNORM_PLAIN_DY(p, q, c) cn_load_dn_f32(p)
+    #define CNORM_MASKED_DY(p, q, c) cn_masked_dn_f32(p, q, cn_load_fh(mask + (c)), \
+        cn_load_fh(mask + stride + (c)), cn_load_fh(mask + 2 * stride + (c)))
+    #define CNORM_SUMS_GROUP(NV) CNORM_SUMS_GROUP_AS(NV, CNORM_PLAIN_DY)
+    #define CNORM_MASKED_SUMS_GROUP(NV) CNORM_SUMS_GROUP_AS(NV, CNORM_MASKED_DY)
     static void cnorm_group_sums(const float *dy, const float *x, const double *center,
                                  Py_ssize_t n_rows, Py_ssize_t n, double *sum_dy,
-                                 double *sum_dyc) {
+                                 double *sum_dyc, const float *mask, Py_ssize_t stride) {
         Py_ssize_t g = 0;
         cnorm_prefetch_chunk(dy, n_rows, n);
         cnorm_prefetch_chunk(x, n_rows, n);
-        while (g + CNORM_GW * CNORM_GV <= n) CNORM_SUMS_GROUP(CNORM_GV);
-        CNORM_LAST_GROUP(CNORM_SUMS_GROUP)
+        if (mask == NULL) {
+            while (g + CNORM_GW * CNORM_GV <= n) CNORM_SUMS_GROUP(CNORM_GV);
+            CNORM_LAST_GROUP(CNORM_SUMS_GROUP)
+        } else {
+            while (g + CNORM_GW * CNORM_GV <= n) CNORM_MASKED_SUMS_GROUP(CNORM_GV);
+            CNORM_LAST_GROUP(CNORM_MASKED_SUMS_GROUP)
+        }
     }
+    #undef CNORM_SUMS_GROUP_AS
+    #undef CNORM_PLAIN_DY
+    #undef CNORM_MASKED_DY
+    #undef CNORM_SUMS_GROUP
+    #undef CNORM_MASKED_SUMS_GROUP
     #undef CNORM_LAST_GROUP
     #else
     #define CNORM_GROUPS 0
@@ -242,7 +263,7 @@ cdef extern from *:
                                   double *total, double *squares) {}
     static void cnorm_group_sums(const float *dy, const float *x, const double *center,
                                  Py_ssize_t n_rows, Py_ssize_t n, double *sum_dy,
-                                 double *sum_dyc) {}
+                                 double *sum_dyc, const float *mask, Py_ssize_t stride) {}
     #endif
     """
     const bint GROUP_KERNELS "CNORM_GROUPS"
@@ -255,7 +276,8 @@ cdef extern from *:
                                           double* total, double* squares) noexcept nogil
     void _group_sums "cnorm_group_sums"(const float* dy, const float* x, const double* center,
                                         Py_ssize_t n_rows, Py_ssize_t n, double* sum_dy,
-                                        double* sum_dyc) noexcept nogil
+                                        double* sum_dyc, const float* mask,
+                                        Py_ssize_t stride) noexcept nogil
 
 cdef extern from *:
     """
@@ -436,22 +458,26 @@ cdef extern from *:
     }
     CN_PLANE_STATS(cn_plane_stats_f32, float, cn_load_d_f32)
     CN_PLANE_STATS(cn_plane_stats_f64, double, cn_load_d_f64)
-    #define CN_PLANE_SUMS(NAME, T, LOAD) \
+    /* GET(p, q): the vector of dy at p (x at q), GET1(a, b) one value of it:
+       plain, or masked by the fused ReLU's forward (cn_masked_*: mc, ms, mb
+       the channel's forward center, scale and shift). */
+    #define CN_PLANE_SUMS(NAME, T, LOAD, GET, GET1) \
     static void NAME(const T *dy, const T *x, ptrdiff_t n_outer, ptrdiff_t n_inner, \
                      ptrdiff_t outer_stride, double center, double *sum_dy, \
-                     double *sum_dy_centered) { \
+                     double *sum_dy_centered, T mc, T ms, T mb) { \
         cn_vd m = cn_broadcast_d(center), zero = cn_broadcast_d(0.0); \
         cn_vd a0 = zero, a1 = zero, b0 = zero, b1 = zero; \
         ptrdiff_t o, i, j; \
+        (void)mc; (void)ms; (void)mb; \
         for (o = 0; o < n_outer; o++) { \
             const T *g = dy + o * outer_stride, *v = x + o * outer_stride; \
             for (i = 0; i + 16 <= n_inner; i += 16) { \
-                cn_vd g0 = LOAD(g + i), g1 = LOAD(g + i + 8); \
+                cn_vd g0 = GET(g + i, v + i), g1 = GET(g + i + 8, v + i + 8); \
                 a0 += g0; a1 += g1; \
                 b0 += g0 * (LOAD(v + i) - m); b1 += g1 * (LOAD(v + i + 8) - m); \
             } \
             for (j = 0; i < n_inner; i++, j++) { \
-                double gi = (double)g[i], di = (double)v[i] - center; \
+                double gi = (double)GET1(g[i], v[i]), di = (double)v[i] - center; \
                 if (j < 8) { a0[j] += gi; b0[j] += gi * di; } \
                 else { a1[j - 8] += gi; b1[j - 8] += gi * di; } \
             } \
@@ -459,8 +485,24 @@ cdef extern from *:
         *sum_dy = cn_lanes_sum(a0) + cn_lanes_sum(a1); \
         *sum_dy_centered = cn_lanes_sum(b0) + cn_lanes_sum(b1); \
     }
-    CN_PLANE_SUMS(cn_plane_sums_f32, float, cn_load_d_f32)
-    CN_PLANE_SUMS(cn_plane_sums_f64, double, cn_load_d_f64)
+    #define CN_PLAIN_F32(p, q) cn_load_d_f32(p)
+    #define CN_PLAIN_F64(p, q) cn_load_d_f64(p)
+    #define CN_PLAIN1(a, b) (a)
+    #define CN_MASKED_F32(p, q) cn_masked_d_f32(p, q, mc, ms, mb)
+    #define CN_MASKED_F64(p, q) cn_masked_d_f64(p, q, mc, ms, mb)
+    #define CN_MASKED1_F32(a, b) cn_masked_f32(a, b, mc, ms, mb)
+    #define CN_MASKED1_F64(a, b) cn_masked_f64(a, b, mc, ms, mb)
+    CN_PLANE_SUMS(cn_plane_sums_f32, float, cn_load_d_f32, CN_PLAIN_F32, CN_PLAIN1)
+    CN_PLANE_SUMS(cn_plane_sums_f64, double, cn_load_d_f64, CN_PLAIN_F64, CN_PLAIN1)
+    CN_PLANE_SUMS(cn_plane_sums_masked_f32, float, cn_load_d_f32, CN_MASKED_F32, CN_MASKED1_F32)
+    CN_PLANE_SUMS(cn_plane_sums_masked_f64, double, cn_load_d_f64, CN_MASKED_F64, CN_MASKED1_F64)
+    #undef CN_PLAIN_F32
+    #undef CN_PLAIN_F64
+    #undef CN_PLAIN1
+    #undef CN_MASKED_F32
+    #undef CN_MASKED_F64
+    #undef CN_MASKED1_F32
+    #undef CN_MASKED1_F64
     #undef CN_PLANE_STATS
     #undef CN_PLANE_SUMS
     """
@@ -475,13 +517,21 @@ cdef extern from *:
     void _plane_sums_f32 "cn_plane_sums_f32"(const float* dy, const float* x,
                                              Py_ssize_t n_outer, Py_ssize_t n_inner,
                                              Py_ssize_t outer_stride, double center,
-                                             double* sum_dy,
-                                             double* sum_dy_centered) noexcept nogil
+                                             double* sum_dy, double* sum_dy_centered,
+                                             float mc, float ms, float mb) noexcept nogil
     void _plane_sums_f64 "cn_plane_sums_f64"(const double* dy, const double* x,
                                              Py_ssize_t n_outer, Py_ssize_t n_inner,
                                              Py_ssize_t outer_stride, double center,
-                                             double* sum_dy,
-                                             double* sum_dy_centered) noexcept nogil
+                                             double* sum_dy, double* sum_dy_centered,
+                                             double mc, double ms, double mb) noexcept nogil
+    void _plane_sums_masked_f32 "cn_plane_sums_masked_f32"(
+        const float* dy, const float* x, Py_ssize_t n_outer, Py_ssize_t n_inner,
+        Py_ssize_t outer_stride, double center, double* sum_dy, double* sum_dy_centered,
+        float mc, float ms, float mb) noexcept nogil
+    void _plane_sums_masked_f64 "cn_plane_sums_masked_f64"(
+        const double* dy, const double* x, Py_ssize_t n_outer, Py_ssize_t n_inner,
+        Py_ssize_t outer_stride, double center, double* sum_dy, double* sum_dy_centered,
+        double mc, double ms, double mb) noexcept nogil
 
 
 cdef enum:
@@ -860,71 +910,46 @@ cdef inline floating _relu_gradient(floating dy, floating x, floating center, fl
                                    floating shift, bint folded) noexcept nogil:
     # The backward of the fused ReLU: dy where the forward's ReLU passed its
     # input (_affine(x) > 0, with the forward's own coefficients and so its
-    # bits), else 0. The mask is recomputed from x wherever dy is read; no
-    # mask tensor is kept.
-    return dy if _affine(x, center, scale, shift, folded) > 0 else 0
+    # bits: center is 0 for its folded form, and x - 0 is x), else 0. The
+    # mask is recomputed from x wherever dy is read, inside each kernel that
+    # reads dy (the `masking` variants below; cn_masked_* in _simd.h for the
+    # vector kernels); no mask tensor is kept and no tile is masked first.
+    # (cn_keep_*: a select that loops vectorise.)
+    if floating is float:
+        return cn_keep_f32(dy, _affine(x, center, scale, shift, folded) > 0)
+    return cn_keep_f64(dy, _affine(x, center, scale, shift, folded) > 0)
 
 
-cdef void _mask_rows(const floating* dy, const floating* x, floating* dst,
-                     const floating* mask, bint folded, Py_ssize_t n_rows,
-                     Py_ssize_t n_channels) noexcept nogil:
-    # dst = _relu_gradient(dy, x) over rows of channels; ``mask`` the
-    # forward's (center, scale, shift) block (see _coefficients).
-    cdef Py_ssize_t r, c, o, stride = _coefficient_stride(n_channels)
-    for r in range(n_rows):
-        o = r * n_channels
-        if folded:
-            for c in range(n_channels):
-                dst[o + c] = _relu_gradient(dy[o + c], x[o + c], mask[c], mask[stride + c],
-                                            mask[2 * stride + c], True)
-        else:
-            for c in range(n_channels):
-                dst[o + c] = _relu_gradient(dy[o + c], x[o + c], mask[c], mask[stride + c],
-                                            mask[2 * stride + c], False)
+# The ways a kernel reads dy, as a compile-time parameter (a fused type of
+# empty structs: each kernel taking a ``masking*`` is compiled once for each,
+# the pointer itself never read): as it is, or masked by the fused ReLU's
+# forward (_relu_gradient; the forward's (center, scale, shift) block from
+# _coefficients, which the kernel takes beside its own), in the forward's
+# centered or folded form (the folded one reads no center: one load and one
+# subtraction less per vector; the C kernels take the center, 0 there).
+cdef struct _Plain:
+    char unused
+
+cdef struct _Masked:
+    char unused
+
+cdef struct _MaskedFolded:
+    char unused
+
+ctypedef fused masking:
+    _Plain
+    _Masked
+    _MaskedFolded
 
 
-cdef void _mask_run(const floating* dy, const floating* x, floating* dst, floating center,
-                    floating scale, floating shift, bint folded, Py_ssize_t n) noexcept nogil:
-    # dst = _relu_gradient(dy, x) over a run of one channel.
-    cdef Py_ssize_t i
-    if folded:
-        for i in range(n):
-            dst[i] = _relu_gradient(dy[i], x[i], center, scale, shift, True)
-    else:
-        for i in range(n):
-            dst[i] = _relu_gradient(dy[i], x[i], center, scale, shift, False)
-
-
-cdef void _mask_tile(const Grid* g, const Tile* tile, const floating* dy, const floating* x,
-                     Py_ssize_t channel_stride, floating* dst, const floating* mask,
-                     bint folded) noexcept nogil:
-    # The masked dy of one tile (dy and x at the tile's start, planes
-    # ``channel_stride`` apart) into dst, packed as (n_outer, C, n_inner); dst
-    # may be dy when dy is packed so (the half-precision scratch). Both passes
-    # of the ReLU backward call this on the tile they are about to read, so
-    # the mask costs no pass of its own and the tile is read from the cache.
-    cdef Py_ssize_t o, c, offset, n_channels = g.channels
-    cdef Py_ssize_t stride = _coefficient_stride(n_channels)
-    if g.inner == 1:
-        _mask_rows(dy, x, dst, mask, folded, tile.n_outer, n_channels)
-        return
-    for o in range(tile.n_outer):
-        for c in range(n_channels):
-            offset = (o * n_channels + c) * channel_stride
-            _mask_run(dy + offset, x + offset, dst + (o * n_channels + c) * tile.n_inner,
-                      mask[c], mask[stride + c], mask[2 * stride + c], folded, tile.n_inner)
-
-
-cdef void* _mask_scratch(const Grid* g, int n_threads, Py_ssize_t item_size,
-                         bint needed) except? NULL:
-    # Per-thread tile of the masked dy for float32/float64 data (half data mask
-    # their dy scratch in place), NULL when not ``needed``.
-    if not needed or cn_is_half(g.storage):
-        return NULL
-    cdef void* buffer = malloc(n_threads * _scratch_stride(g) * item_size)
-    if buffer == NULL:
-        raise MemoryError("cnorm: cannot allocate batch-norm scratch")
-    return buffer
+cdef inline floating _dy_of(floating dy, floating x, floating center, floating scale,
+                            floating shift, masking* how) noexcept nogil:
+    # dy as a kernel of the ``how`` variant reads it.
+    if masking is _Masked:
+        return _relu_gradient(dy, x, center, scale, shift, False)
+    if masking is _MaskedFolded:
+        return _relu_gradient(dy, x, 0, scale, shift, True)
+    return dy
 
 
 cdef inline floating _relu(floating v) noexcept nogil:
@@ -954,16 +979,19 @@ cdef void _finish_run(floating* out, const floating* residual, bint relu,
 
 cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
                       const floating* coefficients, bint folded, Py_ssize_t row_start,
-                      Py_ssize_t row_stop, Py_ssize_t n_channels) noexcept nogil:
+                      Py_ssize_t row_stop, Py_ssize_t n_channels, const floating* mask,
+                      masking* how) noexcept nogil:
     # Rows of channels (inner == 1): out = _affine(x), plus dy*dy_scale when dy
     # is not NULL, in the compute precision; coefficients holds center, scale,
-    # shift, dy_scale (see _coefficients), one vector of C each.
+    # shift, dy_scale (see _coefficients), one vector of C each; dy read as
+    # ``how`` (_dy_of; ``mask`` the forward's coefficients).
     cdef Py_ssize_t r, c, n = n_channels
     cdef Py_ssize_t stride = _coefficient_stride(n_channels)
     cdef const floating* center = coefficients
     cdef const floating* scale = coefficients + stride
     cdef const floating* shift = coefficients + 2 * stride
     cdef const floating* dy_scale = coefficients + 3 * stride
+    cdef const floating* m = coefficients if masking is _Plain else mask
     cdef Py_ssize_t offset
     for r in range(row_start, row_stop):
         offset = r * n
@@ -975,11 +1003,13 @@ cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
                 out[offset + c] = _affine(x[offset + c], center[c], scale[c], shift[c], False)
         elif folded:
             for c in range(n):
-                out[offset + c] = dy[offset + c] * dy_scale[c] + _affine(
+                out[offset + c] = _dy_of(dy[offset + c], x[offset + c], m[c], m[stride + c],
+                                         m[2 * stride + c], how) * dy_scale[c] + _affine(
                     x[offset + c], center[c], scale[c], shift[c], True)
         else:
             for c in range(n):
-                out[offset + c] = dy[offset + c] * dy_scale[c] + _affine(
+                out[offset + c] = _dy_of(dy[offset + c], x[offset + c], m[c], m[stride + c],
+                                         m[2 * stride + c], how) * dy_scale[c] + _affine(
                     x[offset + c], center[c], scale[c], shift[c], False)
 
 
@@ -987,15 +1017,13 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
                         const floating* coefficients, bint folded, bint stream,
                         Py_ssize_t n_outer, Py_ssize_t n_channels, Py_ssize_t n_inner,
                         Py_ssize_t channel_stride, Py_ssize_t outer_stride,
-                        const floating* residual, bint relu,
-                        Py_ssize_t dy_channel_stride, Py_ssize_t c_first,
-                        Py_ssize_t c_stop) noexcept nogil:
+                        const floating* residual, bint relu, Py_ssize_t c_first,
+                        Py_ssize_t c_stop, const floating* mask, masking* how) noexcept nogil:
     # Planes of channels [c_first, c_stop) of n_channels (inner > 1): the run
-    # of n_inner values of channel c at o*outer_stride + c*channel_stride
-    # (dy's at c*dy_channel_stride: a masked dy in packed scratch, see
-    # _mask_tile), with that channel's
-    # coefficients as scalars; the same formula as _apply_rows, so the same
-    # bits per element. ``stream`` (float32 only): whole aligned blocks of 16
+    # of n_inner values of channel c at o*outer_stride + c*channel_stride, dy's
+    # read as ``how`` (_dy_of; ``mask`` the forward's coefficients), with that
+    # channel's coefficients as scalars; the same formula as _apply_rows, so
+    # the same bits per element. ``stream`` (float32 only): whole aligned blocks of 16
     # outputs written by cn_stream_f32 (see _streams), the same values,
     # computed STREAM_BLOCK values at a time into a stack block. The
     # epilogue (residual at the offsets of x, relu; see _finish_run) finishes
@@ -1003,7 +1031,7 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
     cdef bint epilogue = residual != NULL or relu
     cdef Py_ssize_t o, c, i, base, aligned
     cdef Py_ssize_t stride = _coefficient_stride(n_channels)
-    cdef floating center, scale, shift, dy_scale
+    cdef floating center, scale, shift, dy_scale, mc = 0, ms = 0, mb = 0
     cdef const floating* x_r
     cdef const floating* dy_r
     cdef const floating* residual_r
@@ -1015,19 +1043,23 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
             base = o * outer_stride + c * channel_stride
             x_r = x + base
             out_r = out + base
-            dy_r = NULL if dy == NULL else dy + o * outer_stride + c * dy_channel_stride
+            dy_r = NULL if dy == NULL else dy + base
             residual_r = NULL if residual == NULL else residual + base
             center = coefficients[c]
             scale = coefficients[stride + c]
             shift = coefficients[2 * stride + c]
             dy_scale = coefficients[3 * stride + c]
+            if masking is not _Plain:
+                mc = mask[c]
+                ms = mask[stride + c]
+                mb = mask[2 * stride + c]
             if floating is float:
                 if stream and (<size_t>out) % sizeof(float) == 0:
                     aligned = min(n_inner, <Py_ssize_t>(
                         ((CN_STREAM_ALIGN - (<size_t>out_r) % CN_STREAM_ALIGN)
                          % CN_STREAM_ALIGN) // sizeof(float)))
                     _affine_run(dy_r, x_r, out_r, center, scale, shift, dy_scale, folded, 0,
-                                aligned)
+                                aligned, mc, ms, mb, how)
                     if epilogue:
                         _finish_run(out_r, residual_r, relu, aligned)
                     i = aligned
@@ -1039,7 +1071,8 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
                             if dy == NULL:
                                 block[j] = _affine(x_r[i + j], center, scale, shift, folded)
                             else:
-                                block[j] = dy_r[i + j] * dy_scale + _affine(
+                                block[j] = _dy_of(dy_r[i + j], x_r[i + j], mc, ms, mb,
+                                                  how) * dy_scale + _affine(
                                     x_r[i + j], center, scale, shift, folded)
                         if epilogue:
                             _finish_run(block, NULL if residual == NULL else residual_r + i,
@@ -1048,12 +1081,13 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
                             cn_stream_f32(out_r + i + j, block + j)
                         i += m
                     _affine_run(dy_r, x_r, out_r, center, scale, shift, dy_scale, folded, i,
-                                n_inner)
+                                n_inner, mc, ms, mb, how)
                     if epilogue:
                         _finish_run(out_r + i, NULL if residual == NULL else residual_r + i,
                                     relu, n_inner - i)
                     continue
-            _affine_run(dy_r, x_r, out_r, center, scale, shift, dy_scale, folded, 0, n_inner)
+            _affine_run(dy_r, x_r, out_r, center, scale, shift, dy_scale, folded, 0, n_inner,
+                        mc, ms, mb, how)
             if epilogue:
                 _finish_run(out_r, residual_r, relu, n_inner)
 
@@ -1061,8 +1095,11 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
 cdef inline void _affine_run(const floating* dy, const floating* x, floating* out,
                              floating center, floating scale, floating shift,
                              floating dy_scale, bint folded, Py_ssize_t start,
-                             Py_ssize_t stop) noexcept nogil:
-    # out[i] = _affine(x[i]) [+ dy[i]*dy_scale] for i in [start, stop), one channel.
+                             Py_ssize_t stop, floating mc, floating ms, floating mb,
+                             masking* how) noexcept nogil:
+    # out[i] = _affine(x[i]) [+ dy[i]*dy_scale] for i in [start, stop), one
+    # channel; dy read as ``how`` (_dy_of; mc, ms, mb the forward's
+    # coefficients of the channel).
     cdef Py_ssize_t i
     if dy == NULL and folded:
         for i in range(start, stop):
@@ -1072,10 +1109,12 @@ cdef inline void _affine_run(const floating* dy, const floating* x, floating* ou
             out[i] = _affine(x[i], center, scale, shift, False)
     elif folded:
         for i in range(start, stop):
-            out[i] = dy[i] * dy_scale + _affine(x[i], center, scale, shift, True)
+            out[i] = _dy_of(dy[i], x[i], mc, ms, mb, how) * dy_scale + _affine(
+                x[i], center, scale, shift, True)
     else:
         for i in range(start, stop):
-            out[i] = dy[i] * dy_scale + _affine(x[i], center, scale, shift, False)
+            out[i] = _dy_of(dy[i], x[i], mc, ms, mb, how) * dy_scale + _affine(
+                x[i], center, scale, shift, False)
 
 
 cdef inline Py_ssize_t _coefficient_stride(Py_ssize_t n_channels) noexcept nogil:
@@ -1278,8 +1317,7 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
                        bint by_range, const Grid* g, Py_ssize_t first, Py_ssize_t stop,
                        bint reverse, float* scratch, const floating* residual,
                        bint relu, const floating* mask, bint mask_folded,
-                       floating* mask_scratch, Py_ssize_t c_first,
-                       Py_ssize_t c_stop) noexcept nogil:
+                       Py_ssize_t c_first, Py_ssize_t c_stop, masking* how) noexcept nogil:
     # The elementwise pass over channels [c_first, c_stop) (all but for
     # planes: see _apply) of tiles [first, stop), last to first if
     # ``reverse``: rows (inner == 1) by _apply_rows, or by _affine_range if
@@ -1295,11 +1333,10 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
     # at 2 threads, NHWC 32x56x56x64 inference with ReLU 1.32x the plain pass
     # when the streamed rows went through a scratch piece, _finish_run and a
     # copying streamed store).
-    # ``mask`` (the backward of the fused ReLU; see _mask_tile): dy of each
-    # tile is masked first, into ``mask_scratch`` (float32/float64) or in the
-    # half-precision scratch.
+    # ``how`` (the backward of the fused ReLU: _Masked, ``mask`` the forward's
+    # coefficients, folded or not; see _relu_gradient): every kernel masks dy
+    # as it reads it, in its registers.
     cdef Py_ssize_t i, t, offset, stride = _coefficient_stride(g.channels)
-    cdef Py_ssize_t dy_channel_stride
     cdef Py_ssize_t r, n, rows = max(1, HALF_PIECE // g.channels)
     cdef bint epilogue = residual != NULL or relu
     cdef Tile tile
@@ -1315,7 +1352,7 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
             if scratch != NULL and cn_is_half(g.storage):
                 _apply_half_tile(dy, x, out, coefficients, folded, g, &tile, scratch,
                                  scratch + _scratch_stride(g), residual, relu, mask,
-                                 mask_folded, c_first, c_stop)
+                                 mask_folded, c_first, c_stop, how)
                 continue
         if True:
             offset = _tile_offset(g, &tile)
@@ -1327,12 +1364,6 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
             if residual != NULL:
                 residual_t = residual + offset
             channel_stride = g.inner
-        dy_channel_stride = channel_stride
-        # (by_range rows mask dy in the range kernel's registers instead)
-        if mask != NULL and not (g.inner == 1 and by_range):
-            _mask_tile(g, &tile, dy_t, x_t, channel_stride, mask_scratch, mask, mask_folded)
-            dy_t = mask_scratch
-            dy_channel_stride = tile.n_inner
         outer_stride = g.channels * channel_stride
         if g.inner == 1 and by_range:  # (float32 only)
             if floating is float:
@@ -1340,8 +1371,8 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
                 _affine_range(dy_t, x_t, out_t, coefficients, coefficients + stride,
                               coefficients + 2 * stride, coefficients + 3 * stride,
                               folded, stream, 0, tile.n_outer * g.channels, g.channels,
-                              residual_t if residual != NULL else NULL, relu, mask, stride,
-                              mask_folded)
+                              residual_t if residual != NULL else NULL, relu,
+                              NULL if masking is _Plain else mask, stride, mask_folded)
         elif g.inner == 1 and epilogue:
             r = 0
             while r < tile.n_outer:
@@ -1349,33 +1380,58 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
                 offset = r * g.channels
                 r += rows
                 _apply_rows(dy_t, x_t + offset, out_t + offset, coefficients, folded, 0,
-                            n // g.channels, g.channels)
+                            n // g.channels, g.channels, mask, how)
                 _finish_run(out_t + offset, NULL if residual == NULL
                             else residual_t + offset, relu, n)
         elif g.inner == 1:
-            _apply_rows(dy_t, x_t, out_t, coefficients, folded, 0, tile.n_outer, g.channels)
+            _apply_rows(dy_t, x_t, out_t, coefficients, folded, 0, tile.n_outer, g.channels,
+                        mask, how)
         else:
             _apply_planes(dy_t, x_t, out_t, coefficients, folded, stream, tile.n_outer,
                           g.channels, tile.n_inner, channel_stride, outer_stride, residual_t,
-                          relu, dy_channel_stride, c_first, c_stop)
+                          relu, c_first, c_stop, mask, how)
     if stream:
         _stream_fence()
+
+
+cdef inline void _apply_tiles_of(const floating* dy, const floating* x, floating* out,
+                                 const floating* coefficients, bint folded, bint stream,
+                                 bint by_range, const Grid* g, Py_ssize_t first,
+                                 Py_ssize_t stop, bint reverse, float* scratch,
+                                 const floating* residual, bint relu, const floating* mask,
+                                 bint mask_folded, Py_ssize_t c_first,
+                                 Py_ssize_t c_stop) noexcept nogil:
+    # _apply_tiles of the variant ``mask`` asks for (NULL: plain).
+    if mask == NULL:
+        _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, first, stop,
+                     reverse, scratch, residual, relu, mask, mask_folded, c_first, c_stop,
+                     <_Plain*> NULL)
+    elif mask_folded:
+        _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, first, stop,
+                     reverse, scratch, residual, relu, mask, mask_folded, c_first, c_stop,
+                     <_MaskedFolded*> NULL)
+    else:
+        _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, first, stop,
+                     reverse, scratch, residual, relu, mask, mask_folded, c_first, c_stop,
+                     <_Masked*> NULL)
 
 
 cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                            const float* coefficients, bint folded, const Grid* g,
                            const Tile* tile, float* x_s, float* dy_s, const void* residual,
                            bint relu, const float* mask, bint mask_folded, Py_ssize_t c_first,
-                           Py_ssize_t c_stop) noexcept nogil:
+                           Py_ssize_t c_stop, masking* how) noexcept nogil:
     # The elementwise pass over one tile of half-precision data, a piece of at
     # most HALF_PIECE values (or one row) at a time: loaded into the float
     # scratch, computed there in place by the float kernels, stored back
     # rounded once; the pieces stay in L1. Every value is computed as in a
     # float32 tensor holding the same values. The epilogue (see _finish_run)
     # adds the residual, loaded into the scratch after dy's (or in dy's place:
-    # the forward has no dy), before the store.
+    # the forward has no dy), before the store. dy is read as ``how`` (see
+    # _apply_tiles).
     cdef bint epilogue = residual != NULL or relu
     cdef float* r_s = NULL
+    cdef float mc = 0, ms = 0, mb = 0
     if residual != NULL:
         r_s = dy_s if dy == NULL else dy_s + _scratch_stride(g)
     cdef const char* rb = <const char*> residual
@@ -1394,9 +1450,6 @@ cdef void _apply_half_tile(const void* dy, const void* x, void* out,
             cn_load_run(g.storage, xb + offset * item, x_s, n)
             if dy != NULL:
                 cn_load_run(g.storage, dyb + offset * item, dy_s, n)
-                if mask != NULL:
-                    _mask_rows(dy_s, x_s, dy_s, mask, mask_folded, n // n_channels,
-                               n_channels)
             if r_s != NULL:
                 cn_load_run(g.storage, rb + offset * item, r_s, n)
             # With an epilogue (in registers) or narrow rows, the range kernel, as
@@ -1407,10 +1460,11 @@ cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                 _affine_range(NULL if dy == NULL else dy_s, x_s, x_s, coefficients,
                               coefficients + stride, coefficients + 2 * stride,
                               coefficients + 3 * stride, folded, False, 0, n, n_channels,
-                              r_s, relu, NULL, 0, False)
+                              r_s, relu, NULL if masking is _Plain else mask, stride,
+                              mask_folded)
             else:
                 _apply_rows(NULL if dy == NULL else dy_s, x_s, x_s, coefficients, folded, 0,
-                            n // n_channels, n_channels)
+                            n // n_channels, n_channels, mask, how)
                 if epilogue:
                     _finish_run(x_s, r_s, relu, n)
             cn_store_run(g.storage, x_s, outb + offset * item, n)
@@ -1425,12 +1479,13 @@ cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                 cn_load_run(g.storage, xb + offset * item, x_s, n)
                 if dy != NULL:
                     cn_load_run(g.storage, dyb + offset * item, dy_s, n)
-                    if mask != NULL:
-                        _mask_run(dy_s, x_s, dy_s, mask[c], mask[stride + c],
-                                  mask[2 * stride + c], mask_folded, n)
+                if masking is not _Plain:
+                    mc = mask[c]
+                    ms = mask[stride + c]
+                    mb = mask[2 * stride + c]
                 _affine_run(NULL if dy == NULL else dy_s, x_s, x_s, coefficients[c],
                             coefficients[stride + c], coefficients[2 * stride + c],
-                            coefficients[3 * stride + c], folded, 0, n)
+                            coefficients[3 * stride + c], folded, 0, n, mc, ms, mb, how)
                 if epilogue:
                     if r_s != NULL:
                         cn_load_run(g.storage, rb + offset * item, r_s, n)
@@ -1475,7 +1530,6 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     cdef float* scratch = NULL
     # Scratch tiles per thread: x and dy for half data, and the residual.
     cdef Py_ssize_t tensors = (1 if dy == NULL else 2) + (residual != NULL)
-    cdef floating* mask_scratch = NULL
     # Planes in fewer tiles than threads (a batch of one, NCHW), or cut into
     # segments (large planes of few images) in a first pass: each thread takes
     # a share of the channels of every tile instead, which for one image is
@@ -1483,43 +1537,36 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     # convolution before has likely left it in that core's cache). Elementwise,
     # so the same bits; the threads meet in one cache line a plane set, not
     # one a plane. Not in a second pass (``reverse``: it re-reads the tiles
-    # the first pass left in each core's cache), nor with the ReLU backward's
-    # mask, which is made per tile.
-    cdef bint by_channels = (g.inner > 1 and mask == NULL
+    # the first pass left in each core's cache).
+    cdef bint by_channels = (g.inner > 1
                              and (tiles < n_threads or g.segments > 1 and not reverse)
                              and n_rows * n_channels >= SERIAL_ELEMENTS)
     n_threads = (<int> min(<Py_ssize_t> n_threads, n_channels) if by_channels
                  else _threads_for(n_rows, n_channels, tiles, n_threads))
     try:
         scratch = _half_scratch(g, n_threads, tensors)
-        # (by_range rows mask dy in the range kernel, without the tile)
-        mask_scratch = <floating*> _mask_scratch(g, n_threads, sizeof(floating), mask != NULL
-                                                 and not (g.inner == 1 and by_range))
         if n_threads == 1:
             with nogil:
-                _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, 0, tiles,
-                             reverse, scratch, residual, relu, mask, mask_folded,
-                             mask_scratch, 0, n_channels)
+                _apply_tiles_of(dy, x, out, coefficients, folded, stream, by_range, g, 0,
+                                tiles, reverse, scratch, residual, relu, mask, mask_folded,
+                                0, n_channels)
         else:
             for thread in prange(n_threads, nogil=True, schedule="static",
                                  num_threads=n_threads):
-                _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g,
-                             0 if by_channels else _first_chunk(tiles, n_threads, thread),
-                             tiles if by_channels
-                             else _first_chunk(tiles, n_threads, thread + 1), reverse,
-                             NULL if scratch == NULL
-                             else scratch + thread * tensors * _scratch_stride(g),
-                             residual, relu, mask, mask_folded,
-                             NULL if mask_scratch == NULL
-                             else mask_scratch + thread * _scratch_stride(g),
-                             _first_chunk(n_channels, n_threads, thread) if by_channels
-                             else 0,
-                             _first_chunk(n_channels, n_threads, thread + 1) if by_channels
-                             else n_channels)
+                _apply_tiles_of(dy, x, out, coefficients, folded, stream, by_range, g,
+                                0 if by_channels else _first_chunk(tiles, n_threads, thread),
+                                tiles if by_channels
+                                else _first_chunk(tiles, n_threads, thread + 1), reverse,
+                                NULL if scratch == NULL
+                                else scratch + thread * tensors * _scratch_stride(g),
+                                residual, relu, mask, mask_folded,
+                                _first_chunk(n_channels, n_threads, thread) if by_channels
+                                else 0,
+                                _first_chunk(n_channels, n_threads, thread + 1)
+                                if by_channels else n_channels)
     finally:
         free(block)
         free(scratch)
-        free(mask_scratch)
 
 
 # ---------------------------------------------------------------------------
@@ -1632,21 +1679,31 @@ cdef void _plane_stats(const floating* x, Py_ssize_t n_outer, Py_ssize_t n_chann
 cdef void _plane_sums(const floating* dy, const floating* x, const double* center,
                       Py_ssize_t n_outer, Py_ssize_t n_channels, Py_ssize_t n_inner,
                       Py_ssize_t channel_stride, Py_ssize_t outer_stride, double* sum_dy,
-                      double* sum_dy_centered, Py_ssize_t dy_channel_stride) noexcept nogil:
+                      double* sum_dy_centered, const floating* mask,
+                      masking* how) noexcept nogil:
     # sum(dy) and sum(dy*(x - center)) of each channel over a tile of planes
-    # (cn_plane_sums_*, lanes as _plane_stats). dy's planes are
-    # dy_channel_stride apart (a packed masked dy, see _mask_tile: then the
-    # tile has one outer index, or whole planes, so outer_stride holds for it
-    # too).
-    cdef Py_ssize_t c, offset
+    # (cn_plane_sums_*, lanes as _plane_stats; cn_plane_sums_masked_* read dy
+    # as _dy_of, ``mask`` the forward's coefficients).
+    cdef Py_ssize_t c, offset, stride = _coefficient_stride(n_channels)
     for c in range(n_channels):
         offset = c * channel_stride
-        if floating is float:
-            _plane_sums_f32(dy + c * dy_channel_stride, x + offset, n_outer, n_inner,
-                            outer_stride, center[c], &sum_dy[c], &sum_dy_centered[c])
+        if masking is not _Plain:
+            if floating is float:
+                _plane_sums_masked_f32(dy + offset, x + offset, n_outer, n_inner,
+                                       outer_stride, center[c], &sum_dy[c],
+                                       &sum_dy_centered[c], mask[c], mask[stride + c],
+                                       mask[2 * stride + c])
+            else:
+                _plane_sums_masked_f64(dy + offset, x + offset, n_outer, n_inner,
+                                       outer_stride, center[c], &sum_dy[c],
+                                       &sum_dy_centered[c], mask[c], mask[stride + c],
+                                       mask[2 * stride + c])
+        elif floating is float:
+            _plane_sums_f32(dy + offset, x + offset, n_outer, n_inner, outer_stride,
+                            center[c], &sum_dy[c], &sum_dy_centered[c], 0, 0, 0)
         else:
-            _plane_sums_f64(dy + c * dy_channel_stride, x + offset, n_outer, n_inner,
-                            outer_stride, center[c], &sum_dy[c], &sum_dy_centered[c])
+            _plane_sums_f64(dy + offset, x + offset, n_outer, n_inner, outer_stride,
+                            center[c], &sum_dy[c], &sum_dy_centered[c], 0, 0, 0)
 
 
 cdef void _merge_stats(const double* chunk_mean, const double* chunk_m2, const Grid* g,
@@ -1716,18 +1773,23 @@ cdef bint _stats_view(const void* xp, double* mean_p, double* var_p, const Grid*
 
 cdef void _chunk_sums(const floating* dy, const floating* x, const double* center,
                       Py_ssize_t n_rows, Py_ssize_t n_channels, int order,
-                      double* sum_dy, double* sum_dy_centered) noexcept nogil:
+                      double* sum_dy, double* sum_dy_centered, const floating* mask,
+                      masking* how) noexcept nogil:
     # sum(dy) and sum(dy*(x - center)) over the rows of one chunk, REDUCE_ROWS
     # rows at a time as in _chunk_stats, one at a time (BY_ROWS) or by channel
-    # groups (BY_GROUPS; see _reduction_order).
+    # groups (BY_GROUPS; see _reduction_order); dy read as ``how`` (_dy_of,
+    # ``mask`` the forward's coefficients).
     cdef Py_ssize_t r, c, o, n = n_channels
     cdef Py_ssize_t blocked = 0 if order == BY_ROWS else n_rows - n_rows % REDUCE_ROWS
     cdef double g0, g1, g2, g3, m, total, products
     cdef Py_ssize_t block_bytes = REDUCE_ROWS * n_channels * sizeof(floating)
     cdef bint prefetch = block_bytes <= PREFETCH_MAX_BLOCK * REDUCE_ROWS // 4
+    cdef Py_ssize_t stride = _coefficient_stride(n_channels)
+    cdef floating mc = 0, ms = 0, mb = 0
     if floating is float:
         if order == BY_GROUPS:
-            _group_sums(dy, x, center, n_rows, n_channels, sum_dy, sum_dy_centered)
+            _group_sums(dy, x, center, n_rows, n_channels, sum_dy, sum_dy_centered,
+                        NULL if masking is _Plain else mask, stride)
             return
     for c in range(n_channels):
         sum_dy[c] = 0.0
@@ -1739,18 +1801,22 @@ cdef void _chunk_sums(const floating* dy, const floating* x, const double* cente
             _prefetch_block(x + o, block_bytes)
         for c in range(n_channels):
             m = center[c]
-            g0 = dy[o + c]
-            g1 = dy[o + n + c]
-            g2 = dy[o + 2 * n + c]
-            g3 = dy[o + 3 * n + c]
+            if masking is not _Plain:
+                mc = mask[c]
+                ms = mask[stride + c]
+                mb = mask[2 * stride + c]
+            g0 = _dy_of(dy[o + c], x[o + c], mc, ms, mb, how)
+            g1 = _dy_of(dy[o + n + c], x[o + n + c], mc, ms, mb, how)
+            g2 = _dy_of(dy[o + 2 * n + c], x[o + 2 * n + c], mc, ms, mb, how)
+            g3 = _dy_of(dy[o + 3 * n + c], x[o + 3 * n + c], mc, ms, mb, how)
             total = (g0 + g1) + (g2 + g3)
             products = ((g0 * (x[o + c] - m) + g1 * (x[o + n + c] - m))
                         + (g2 * (x[o + 2 * n + c] - m) + g3 * (x[o + 3 * n + c] - m)))
             if REDUCE_ROWS == 8:  # a compile-time constant: one branch is compiled
-                g0 = dy[o + 4 * n + c]
-                g1 = dy[o + 5 * n + c]
-                g2 = dy[o + 6 * n + c]
-                g3 = dy[o + 7 * n + c]
+                g0 = _dy_of(dy[o + 4 * n + c], x[o + 4 * n + c], mc, ms, mb, how)
+                g1 = _dy_of(dy[o + 5 * n + c], x[o + 5 * n + c], mc, ms, mb, how)
+                g2 = _dy_of(dy[o + 6 * n + c], x[o + 6 * n + c], mc, ms, mb, how)
+                g3 = _dy_of(dy[o + 7 * n + c], x[o + 7 * n + c], mc, ms, mb, how)
                 total = total + ((g0 + g1) + (g2 + g3))
                 products = products + (
                     (g0 * (x[o + 4 * n + c] - m) + g1 * (x[o + 5 * n + c] - m))
@@ -1760,7 +1826,11 @@ cdef void _chunk_sums(const floating* dy, const floating* x, const double* cente
     for r in range(blocked, n_rows):
         o = r * n_channels
         for c in range(n_channels):
-            g0 = dy[o + c]
+            if masking is not _Plain:
+                mc = mask[c]
+                ms = mask[stride + c]
+                mb = mask[2 * stride + c]
+            g0 = _dy_of(dy[o + c], x[o + c], mc, ms, mb, how)
             sum_dy[c] += g0
             sum_dy_centered[c] += g0 * (x[o + c] - center[c])
 
@@ -1834,14 +1904,13 @@ cdef void _merge_sums(const double* chunk_a, const double* chunk_b, const Grid* 
 cdef inline void _tile_partials(const floating* dy, const floating* x, const double* center,
                                 const Grid* g, Py_ssize_t t, int order, double* partial_a,
                                 double* partial_b, float* scratch, const floating* mask,
-                                bint mask_folded, floating* mask_scratch) noexcept nogil:
+                                masking* how) noexcept nogil:
     # Row ``t`` of the partials: mean and M2 of the tile's x (dy NULL), or
-    # sum(dy) and sum(dy*(x - center)); half-precision data is loaded into
-    # ``scratch`` first (see _apply_tiles).
-    # ``mask``: dy masked first (the ReLU backward, see _mask_tile).
+    # sum(dy) and sum(dy*(x - center)) with dy read as ``how`` (the ReLU
+    # backward: see _dy_of); half-precision data is loaded into ``scratch``
+    # first (see _apply_tiles).
     cdef Tile tile = _tile(g, t)
     cdef Py_ssize_t offset, channel_stride, n_channels = g.channels
-    cdef Py_ssize_t dy_channel_stride
     cdef const floating* x_t
     cdef const floating* dy_t = NULL
     cdef double* a = partial_a + t * n_channels
@@ -1859,26 +1928,34 @@ cdef inline void _tile_partials(const floating* dy, const floating* x, const dou
         if dy != NULL:
             dy_t = dy + offset
         channel_stride = g.inner
-    dy_channel_stride = channel_stride
-    if mask != NULL and dy != NULL:
-        if scratch != NULL:  # in place in the packed half scratch
-            _mask_tile(g, &tile, dy_t, x_t, channel_stride, <floating*> dy_t, mask,
-                       mask_folded)
-        else:
-            _mask_tile(g, &tile, dy_t, x_t, channel_stride, mask_scratch, mask, mask_folded)
-            dy_t = mask_scratch
-            dy_channel_stride = tile.n_inner
     if g.inner == 1:
         if dy == NULL:
             _chunk_stats(x_t, tile.n_outer, n_channels, order, a, b)
         else:
-            _chunk_sums(dy_t, x_t, center, tile.n_outer, n_channels, order, a, b)
+            _chunk_sums(dy_t, x_t, center, tile.n_outer, n_channels, order, a, b, mask, how)
     elif dy == NULL:
         _plane_stats(x_t, tile.n_outer, n_channels, tile.n_inner, channel_stride,
                      n_channels * channel_stride, a, b)
     else:
         _plane_sums(dy_t, x_t, center, tile.n_outer, n_channels, tile.n_inner,
-                    channel_stride, n_channels * channel_stride, a, b, dy_channel_stride)
+                    channel_stride, n_channels * channel_stride, a, b, mask, how)
+
+
+cdef inline void _tile_partials_of(const floating* dy, const floating* x,
+                                   const double* center, const Grid* g, Py_ssize_t t,
+                                   int order, double* partial_a, double* partial_b,
+                                   float* scratch, const floating* mask,
+                                   bint mask_folded) noexcept nogil:
+    # _tile_partials of the variant ``mask`` asks for (NULL: plain).
+    if mask == NULL:
+        _tile_partials(dy, x, center, g, t, order, partial_a, partial_b, scratch, mask,
+                       <_Plain*> NULL)
+    elif mask_folded:
+        _tile_partials(dy, x, center, g, t, order, partial_a, partial_b, scratch, mask,
+                       <_MaskedFolded*> NULL)
+    else:
+        _tile_partials(dy, x, center, g, t, order, partial_a, partial_b, scratch, mask,
+                       <_Masked*> NULL)
 
 
 cdef inline void _merge_partials(bint stats, const double* partial_a, const double* partial_b,
@@ -1894,7 +1971,9 @@ cdef void _reduce(const floating* dy, const floating* x, const double* center,
                   double* total_a, double* total_b, const Grid* g, int n_threads,
                   const floating* mask=NULL, bint mask_folded=False) except *:
     # Per-channel reductions, bit-identical for every n_threads: mean and
-    # biased variance of x (dy NULL), or sum(dy) and sum(dy*(x - center)).
+    # biased variance of x (dy NULL), or sum(dy) and sum(dy*(x - center)),
+    # with dy masked by the fused ReLU's forward if ``mask`` is not NULL (the
+    # forward's coefficients; see _relu_gradient).
     # Each tile writes its partials to row ``tile`` of two (tiles, C) arrays;
     # the merge runs in tile order, split over threads by channels.
     cdef Py_ssize_t n_channels = g.channels, tiles = g.tiles
@@ -1908,15 +1987,13 @@ cdef void _reduce(const floating* dy, const floating* x, const double* center,
     cdef double* partial_a = _partials(tiles, n_channels)
     cdef double* partial_b = partial_a + tiles * n_channels
     cdef float* scratch = NULL
-    cdef floating* mask_scratch = NULL
     try:
         scratch = _half_scratch(g, n_threads, tensors)
-        mask_scratch = <floating*> _mask_scratch(g, n_threads, sizeof(floating), mask != NULL)
         if n_threads == 1:
             with nogil:
                 for t in range(tiles):
-                    _tile_partials(dy, x, center, g, t, order, partial_a, partial_b, scratch,
-                                   mask, mask_folded, mask_scratch)
+                    _tile_partials_of(dy, x, center, g, t, order, partial_a, partial_b,
+                                      scratch, mask, mask_folded)
                 _merge_partials(stats, partial_a, partial_b, g, 0, n_channels, total_a,
                                 total_b)
         else:
@@ -1926,12 +2003,10 @@ cdef void _reduce(const floating* dy, const floating* x, const double* center,
                                  num_threads=n_threads):
                 for t in range(_first_chunk(tiles, n_threads, thread),
                                _first_chunk(tiles, n_threads, thread + 1)):
-                    _tile_partials(dy, x, center, g, t, order, partial_a, partial_b,
-                                   NULL if scratch == NULL
-                                   else scratch + thread * tensors * _scratch_stride(g),
-                                   mask, mask_folded,
-                                   NULL if mask_scratch == NULL
-                                   else mask_scratch + thread * _scratch_stride(g))
+                    _tile_partials_of(dy, x, center, g, t, order, partial_a, partial_b,
+                                      NULL if scratch == NULL
+                                      else scratch + thread * tensors * _scratch_stride(g),
+                                      mask, mask_folded)
             for block in prange(blocks, nogil=True, schedule="static",
                                 num_threads=min(<Py_ssize_t>n_threads, blocks),
                                 use_threads_if=blocks > 1):
@@ -1941,7 +2016,6 @@ cdef void _reduce(const floating* dy, const floating* x, const double* center,
     finally:
         free(partial_a)
         free(scratch)
-        free(mask_scratch)
 
 
 def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n_threads,
@@ -1962,7 +2036,7 @@ def backward(dy, x, dx, mean, invstd, gamma, bint training, dgamma, dbeta, int n
     coefficients (the global count) in place of outer*inner. ``relu``: the
     backward of relu(bn(x)) (beta: float64 (C,) or None meaning 0), dy masked
     where the forward's gamma*(x - mean)*invstd + beta is not > 0, recomputed
-    from x in each pass (see _mask_tile). The caller has validated everything.
+    from x inside each pass (see _relu_gradient). The caller has validated everything.
     Returns False if it declined to write dx (extreme statistics; see
     _declines: dgamma and dbeta hold the sums then, dx is untouched), else True.
     """

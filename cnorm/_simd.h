@@ -93,18 +93,25 @@ static inline cn_vdn cn_load_dn(const double *p) {
 
 static inline void cn_store_dn(double *p, cn_vdn v) { memcpy(p, &v, sizeof v); }
 
-/* CN_VDN_LANES consecutive floats as doubles (exact). */
-static inline cn_vdn cn_load_dn_f32(const float *p) {
-#if defined(__AVX512F__)
-    return (cn_vdn)_mm512_cvtps_pd(_mm256_loadu_ps(p));
-#elif defined(__AVX2__)
-    return (cn_vdn)_mm256_cvtps_pd(_mm_loadu_ps(p));
-#else
+static inline cn_vfh cn_load_fh(const float *p) {
     cn_vfh v;
     memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* CN_VDN_LANES floats (a half-width register) as doubles (exact). */
+static inline cn_vdn cn_widen_fh(cn_vfh v) {
+#if defined(__AVX512F__)
+    return (cn_vdn)_mm512_cvtps_pd((__m256)v);
+#elif defined(__AVX2__)
+    return (cn_vdn)_mm256_cvtps_pd((__m128)v);
+#else
     return __builtin_convertvector(v, cn_vdn);
 #endif
 }
+
+/* CN_VDN_LANES consecutive floats as doubles (exact). */
+static inline cn_vdn cn_load_dn_f32(const float *p) { return cn_widen_fh(cn_load_fh(p)); }
 
 /* 8 consecutive floats as doubles (exact), from native-width loads. */
 static inline cn_vd cn_load_d_f32(const float *p) {
@@ -129,6 +136,32 @@ static inline cn_vdn cn_fma_dn(cn_vdn a, cn_vdn b, cn_vdn c) {
     return (cn_vdn)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
 #elif defined(__AVX2__)
     return (cn_vdn)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#else
+    return a * b + c;
+#endif
+}
+
+static inline cn_vfh cn_fma_fh(cn_vfh a, cn_vfh b, cn_vfh c) {
+#if defined(__AVX512F__)
+    return (cn_vfh)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#elif defined(__AVX2__)
+    return (cn_vfh)_mm_fmadd_ps((__m128)a, (__m128)b, (__m128)c);
+#else
+    return a * b + c;
+#endif
+}
+
+static inline float cn_fma_f(float a, float b, float c) {
+#if CN_NATIVE_BYTES >= 32
+    return __builtin_fmaf(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
+static inline double cn_fma_d1(double a, double b, double c) {
+#if CN_NATIVE_BYTES >= 32
+    return __builtin_fma(a, b, c);
 #else
     return a * b + c;
 #endif
@@ -160,6 +193,81 @@ static inline cn_vin cn_positive_fn(cn_vfn v) {
 }
 
 static inline cn_vfn cn_and_fn(cn_vfn v, cn_vin keep) { return (cn_vfn)((cn_vin)v & keep); }
+
+/* The dy that the backward of the fused ReLU reads (_relu_gradient in
+   _batchnorm.pyx): dy where the forward's ReLU passed its input, that is
+   where fma(x - center, scale, shift) > 0 computed in x's type as the
+   forward computes it (center 0 for the forward's folded form: x - 0 is x,
+   so the bits are the same), and +0.0 elsewhere. CN_VDN_LANES values as
+   doubles, the coefficients lane by lane (a group of channels); 8 values of
+   one channel (cn_vd, for planes); one value. */
+typedef int cn_vih __attribute__((vector_size(CN_NATIVE_BYTES / 2)));
+typedef long long cn_vln __attribute__((vector_size(CN_NATIVE_BYTES)));
+
+static inline cn_vdn cn_masked_dn_f32(const float *dy, const float *x, cn_vfh center,
+                                      cn_vfh scale, cn_vfh shift) {
+    cn_vfh zero = {0};
+    cn_vih keep = (cn_vih)(cn_fma_fh(cn_load_fh(x) - center, scale, shift) > zero);
+    return cn_widen_fh((cn_vfh)((cn_vih)cn_load_fh(dy) & keep));
+}
+
+static inline cn_vdn cn_masked_dn_f64(const double *dy, const double *x, cn_vdn center,
+                                      cn_vdn scale, cn_vdn shift) {
+    cn_vdn zero = {0};
+    cn_vln keep = (cn_vln)(cn_fma_dn(cn_load_dn(x) - center, scale, shift) > zero);
+    return (cn_vdn)((cn_vln)cn_load_dn(dy) & keep);
+}
+
+static inline cn_vd cn_masked_d_f32(const float *dy, const float *x, float center,
+                                    float scale, float shift) {
+    union { cn_vd v; cn_vdn part[CN_VD_LANES / CN_VDN_LANES]; } u;
+    cn_vfh c, s, b;
+    int j;
+    for (j = 0; j < CN_VDN_LANES; j++) { c[j] = center; s[j] = scale; b[j] = shift; }
+    for (j = 0; j < CN_VD_LANES / CN_VDN_LANES; j++)
+        u.part[j] = cn_masked_dn_f32(dy + j * CN_VDN_LANES, x + j * CN_VDN_LANES, c, s, b);
+    return u.v;
+}
+
+static inline cn_vd cn_masked_d_f64(const double *dy, const double *x, double center,
+                                    double scale, double shift) {
+    union { cn_vd v; cn_vdn part[CN_VD_LANES / CN_VDN_LANES]; } u;
+    cn_vdn c, s, b;
+    int j;
+    for (j = 0; j < CN_VDN_LANES; j++) { c[j] = center; s[j] = scale; b[j] = shift; }
+    for (j = 0; j < CN_VD_LANES / CN_VDN_LANES; j++)
+        u.part[j] = cn_masked_dn_f64(dy + j * CN_VDN_LANES, x + j * CN_VDN_LANES, c, s, b);
+    return u.v;
+}
+
+/* v where keep is 1, +0.0 where it is 0, by a mask of its bits: as a select
+   (keep ? v : 0) GCC does not if-convert it in loops that go on in double
+   (-ftrapping-math), and such loops were then not vectorised (the backward's
+   row sums with the ReLU mask 12x the plain sums' time). */
+static inline float cn_keep_f32(float v, int keep) {
+    unsigned int bits;
+    memcpy(&bits, &v, sizeof bits);
+    bits &= -(unsigned int)keep;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+static inline double cn_keep_f64(double v, int keep) {
+    unsigned long long bits;
+    memcpy(&bits, &v, sizeof bits);
+    bits &= -(unsigned long long)keep;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+static inline float cn_masked_f32(float dy, float x, float center, float scale, float shift) {
+    return cn_keep_f32(dy, cn_fma_f(x - center, scale, shift) > 0);
+}
+
+static inline double cn_masked_f64(double dy, double x, double center, double scale,
+                                   double shift) {
+    return cn_keep_f64(dy, cn_fma_d1(x - center, scale, shift) > 0);
+}
 
 /* A non-temporal store of v at p (CN_NATIVE_BYTES-aligned) where CN_WIDE. */
 static inline void cn_stream_fn(float *p, cn_vfn v) {

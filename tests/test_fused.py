@@ -319,6 +319,56 @@ def test_relu_backward_streaming_sizes(rng, isa):
             np.testing.assert_array_equal(a, b)
 
 
+# Rows of the reduction orders: channel groups (C <= 16 or 64 and multiples of the
+# vector), 8-row blocks (C = 96, 7), and, with the stream threshold at 0 bytes, rows
+# (C = 256) and streamed outputs; planes (NCHW, short and long, and a plane count
+# below the thread count).
+MASK_PATHS = [((70, 16), -1), ((33, 64), -1), ((9, 96), -1), ((40, 256), -1), ((13, 7), -1),
+              ((3, 40, 37), 1), ((2, 5, 19, 17), 1), ((1, 4, 600), 1)]
+
+
+@pytest.fixture(params=[False, True], ids=["cached", "streamed"])
+def stream_threshold(request, isa):
+    from cnorm import _tuning
+
+    if not request.param:
+        yield False
+        return
+    module = _dispatch.kernels("_batchnorm")
+    previous = _tuning.override(module, stream_bytes=0, reread_stream_bytes=0)
+    try:
+        yield True
+    finally:
+        _tuning.override(module, **previous)
+
+
+@pytest.mark.parametrize("shape, axis", MASK_PATHS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0.0, 30.0])  # folded and centered forward coefficients
+def test_relu_backward_masks_inside_every_kernel(shape, axis, dtype, offset, stream_threshold,
+                                                 rng, isa):
+    # Every kernel that reads dy masks it as it reads it (the sums' groups, blocks,
+    # rows and planes, the dx pass's rows, range kernel and planes): the same bits
+    # as the plain backward of the masked dy, and dy, x untouched.
+    x = rng.normal(offset, 1.0, shape).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    n = shape[axis]
+    gamma, beta = rng.normal(1, 0.5, n), rng.normal(0, 0.7, n)
+    y, mean, invstd = cnorm.batch_norm_training(x, gamma, beta, activation="relu", axis=axis)
+    masked = np.where(y > 0, dy, 0).astype(dtype)
+    assert 0 < (masked == 0).mean() < 1
+    dy_before, x_before = dy.copy(), x.copy()
+    for training in (True, False):
+        fused = cnorm.batch_norm_backward(dy, x, mean, invstd, gamma, beta=beta,
+                                          activation="relu", training=training, axis=axis)
+        plain = cnorm.batch_norm_backward(masked, x, mean, invstd, gamma, training=training,
+                                          axis=axis)
+        for a, b in zip(fused, plain):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(dy, dy_before)
+    np.testing.assert_array_equal(x, x_before)
+
+
 def test_backward_bad_input(rng):
     x = rng.normal(size=(8, 3))
     _, mean, invstd = cnorm.batch_norm_training(x)
