@@ -917,7 +917,8 @@ cdef inline floating _relu_gradient(floating dy, floating x, floating center, fl
     # (cn_keep_*: a select that loops vectorise.)
     if floating is float:
         return cn_keep_f32(dy, _affine(x, center, scale, shift, folded) > 0)
-    return cn_keep_f64(dy, _affine(x, center, scale, shift, folded) > 0)
+    else:
+        return cn_keep_f64(dy, _affine(x, center, scale, shift, folded) > 0)
 
 
 # The ways a kernel reads dy, as a compile-time parameter (a fused type of
@@ -947,9 +948,10 @@ cdef inline floating _dy_of(floating dy, floating x, floating center, floating s
     # dy as a kernel of the ``how`` variant reads it.
     if masking is _Masked:
         return _relu_gradient(dy, x, center, scale, shift, False)
-    if masking is _MaskedFolded:
+    elif masking is _MaskedFolded:
         return _relu_gradient(dy, x, 0, scale, shift, True)
-    return dy
+    else:
+        return dy
 
 
 cdef inline floating _relu(floating v) noexcept nogil:
