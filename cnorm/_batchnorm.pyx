@@ -339,7 +339,7 @@ cdef extern from *:
             ? cn_fma_fn(cn_load_fn(x + i), cn_load_fn(scale + c), cn_load_fn(shift + c)) \
             : cn_fma_fn(cn_load_fn(x + i) - cn_load_fn(center + c), \
                         cn_load_fn(scale + c), cn_load_fn(shift + c)))
-    /* The forward's epilogue (see _finish_run, whose bits these are: the
+    /* The forward's epilogue (see _finish, whose bits these are: the
        affine result rounded to float, plus the residual in float, then the
        ReLU), applied in registers before the store. */
     #define CNORM_EPILOGUE(v, i, with_residual, with_relu) \
@@ -912,7 +912,7 @@ cdef inline floating _relu_gradient(floating dy, floating x, floating center, fl
     # input (_affine(x) > 0, with the forward's own coefficients and so its
     # bits: center is 0 for its folded form, and x - 0 is x), else 0. The
     # mask is recomputed from x wherever dy is read, inside each kernel that
-    # reads dy (the `masking` variants below; cn_masked_* in _simd.h for the
+    # reads dy (the `form` variants below; cn_masked_* in _simd.h for the
     # vector kernels); no mask tensor is kept and no tile is masked first.
     # (cn_keep_*: a select that loops vectorise.)
     if floating is float:
@@ -921,13 +921,16 @@ cdef inline floating _relu_gradient(floating dy, floating x, floating center, fl
         return cn_keep_f64(dy, _affine(x, center, scale, shift, folded) > 0)
 
 
-# The ways a kernel reads dy, as a compile-time parameter (a fused type of
-# empty structs: each kernel taking a ``masking*`` is compiled once for each,
-# the pointer itself never read): as it is, or masked by the fused ReLU's
-# forward (_relu_gradient; the forward's (center, scale, shift) block from
-# _coefficients, which the kernel takes beside its own), in the forward's
-# centered or folded form (the folded one reads no center: one load and one
-# subtraction less per vector; the C kernels take the center, 0 there).
+# The form of a pass, as a compile-time parameter (a fused type of empty
+# structs: each kernel taking a ``form*`` is compiled once for each, the
+# pointer itself never read): how it reads dy and how it finishes its output.
+# dy as it is, or masked by the fused ReLU's forward (_relu_gradient; the
+# forward's (center, scale, shift) block from _coefficients, which the kernel
+# takes beside its own) in the forward's centered or folded form (the folded
+# one reads no center: one load and one subtraction less per vector; the C
+# kernels take the center, 0 there); the output as it is, or finished by the
+# forward's epilogue (_finish: the ReLU, the residual, both). The reductions
+# take the first three.
 cdef struct _Plain:
     char unused
 
@@ -937,72 +940,90 @@ cdef struct _Masked:
 cdef struct _MaskedFolded:
     char unused
 
-ctypedef fused masking:
+cdef struct _Relu:
+    char unused
+
+cdef struct _Residual:
+    char unused
+
+cdef struct _ResidualRelu:
+    char unused
+
+ctypedef fused form:
     _Plain
     _Masked
     _MaskedFolded
+    _Relu
+    _Residual
+    _ResidualRelu
 
 
 cdef inline floating _dy_of(floating dy, floating x, floating center, floating scale,
-                            floating shift, masking* how) noexcept nogil:
+                            floating shift, form* how) noexcept nogil:
     # dy as a kernel of the ``how`` variant reads it.
-    if masking is _Masked:
+    if form is _Masked:
         return _relu_gradient(dy, x, center, scale, shift, False)
-    elif masking is _MaskedFolded:
+    elif form is _MaskedFolded:
         return _relu_gradient(dy, x, 0, scale, shift, True)
     else:
         return dy
 
 
 cdef inline floating _relu(floating v) noexcept nogil:
-    # max(v, 0) with NaN passed through (as torch.relu); -0.0 stays -0.0.
-    return 0 if v < 0 else v
+    # max(v, 0) with NaN passed through (as torch.relu); -0.0 stays -0.0
+    # (cn_keep_*: a select that loops vectorise, see _relu_gradient).
+    if floating is float:
+        return cn_keep_f32(v, not v < 0)
+    else:
+        return cn_keep_f64(v, not v < 0)
 
 
-cdef void _finish_run(floating* out, const floating* residual, bint relu,
-                      Py_ssize_t n) noexcept nogil:
+cdef inline floating _finish(floating v, const floating* residual, Py_ssize_t i,
+                             form* how) noexcept nogil:
     # THE epilogue of the forward elementwise pass (docs/design.md, "Epilogue"):
-    # out = act(out + residual) over a run of n outputs that the affine step has
-    # just written (still in L1), residual NULL meaning none and ``relu`` the
-    # activation. Every layout, storage type and ISA path calls this one step
-    # after its own affine step, so the fused forms have the same bits
-    # everywhere. A call with neither is never made (the plain pass is unchanged).
-    cdef Py_ssize_t i
-    if residual != NULL and relu:
-        for i in range(n):
-            out[i] = _relu(out[i] + residual[i])
-    elif residual != NULL:
-        for i in range(n):
-            out[i] = out[i] + residual[i]
-    elif relu:
-        for i in range(n):
-            out[i] = _relu(out[i])
+    # act(v + residual[i]) of the output value v that the affine step has just
+    # computed, as the form ``how`` asks (residual NULL in the forms without
+    # one). Every layout, storage type and ISA path finishes its outputs with
+    # this one step (cnorm_affine_range with its vector copy, CNORM_EPILOGUE),
+    # in the loop that computes them, so the fused forms have the same bits
+    # everywhere; the plain form is v.
+    if form is _ResidualRelu:
+        return _relu(v + residual[i])
+    elif form is _Residual:
+        return v + residual[i]
+    elif form is _Relu:
+        return _relu(v)
+    else:
+        return v
 
 
 cdef void _apply_rows(const floating* dy, const floating* x, floating* out,
                       const floating* coefficients, bint folded, Py_ssize_t row_start,
                       Py_ssize_t row_stop, Py_ssize_t n_channels, const floating* mask,
-                      masking* how) noexcept nogil:
+                      const floating* residual, form* how) noexcept nogil:
     # Rows of channels (inner == 1): out = _affine(x), plus dy*dy_scale when dy
     # is not NULL, in the compute precision; coefficients holds center, scale,
-    # shift, dy_scale (see _coefficients), one vector of C each; dy read as
-    # ``how`` (_dy_of; ``mask`` the forward's coefficients).
+    # shift, dy_scale (see _coefficients), one vector of C each; dy read and
+    # the output finished as ``how`` asks (_dy_of, ``mask`` the forward's
+    # coefficients; _finish, ``residual`` at x's offsets).
     cdef Py_ssize_t r, c, n = n_channels
     cdef Py_ssize_t stride = _coefficient_stride(n_channels)
     cdef const floating* center = coefficients
     cdef const floating* scale = coefficients + stride
     cdef const floating* shift = coefficients + 2 * stride
     cdef const floating* dy_scale = coefficients + 3 * stride
-    cdef const floating* m = coefficients if masking is _Plain else mask
+    cdef const floating* m = mask if form is _Masked or form is _MaskedFolded else coefficients
     cdef Py_ssize_t offset
     for r in range(row_start, row_stop):
         offset = r * n
         if dy == NULL and folded:
             for c in range(n):
-                out[offset + c] = _affine(x[offset + c], center[c], scale[c], shift[c], True)
+                out[offset + c] = _finish(_affine(x[offset + c], center[c], scale[c], shift[c],
+                                                  True), residual, offset + c, how)
         elif dy == NULL:
             for c in range(n):
-                out[offset + c] = _affine(x[offset + c], center[c], scale[c], shift[c], False)
+                out[offset + c] = _finish(_affine(x[offset + c], center[c], scale[c], shift[c],
+                                                  False), residual, offset + c, how)
         elif folded:
             for c in range(n):
                 out[offset + c] = _dy_of(dy[offset + c], x[offset + c], m[c], m[stride + c],
@@ -1019,18 +1040,16 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
                         const floating* coefficients, bint folded, bint stream,
                         Py_ssize_t n_outer, Py_ssize_t n_channels, Py_ssize_t n_inner,
                         Py_ssize_t channel_stride, Py_ssize_t outer_stride,
-                        const floating* residual, bint relu, Py_ssize_t c_first,
-                        Py_ssize_t c_stop, const floating* mask, masking* how) noexcept nogil:
+                        const floating* residual, Py_ssize_t c_first, Py_ssize_t c_stop,
+                        const floating* mask, form* how) noexcept nogil:
     # Planes of channels [c_first, c_stop) of n_channels (inner > 1): the run
-    # of n_inner values of channel c at o*outer_stride + c*channel_stride, dy's
-    # read as ``how`` (_dy_of; ``mask`` the forward's coefficients), with that
+    # of n_inner values of channel c at o*outer_stride + c*channel_stride, dy
+    # read and the outputs finished as ``how`` asks (_dy_of, ``mask`` the
+    # forward's coefficients; _finish, ``residual`` at x's offsets), with that
     # channel's coefficients as scalars; the same formula as _apply_rows, so
-    # the same bits per element. ``stream`` (float32 only): whole aligned blocks of 16
-    # outputs written by cn_stream_f32 (see _streams), the same values,
-    # computed STREAM_BLOCK values at a time into a stack block. The
-    # epilogue (residual at the offsets of x, relu; see _finish_run) finishes
-    # each run or block before it is stored.
-    cdef bint epilogue = residual != NULL or relu
+    # the same bits per element. ``stream`` (float32 only): whole aligned
+    # blocks of 16 outputs written by cn_stream_f32 (see _streams), the same
+    # values, computed STREAM_BLOCK values at a time into a stack block.
     cdef Py_ssize_t o, c, i, base, aligned
     cdef Py_ssize_t stride = _coefficient_stride(n_channels)
     cdef floating center, scale, shift, dy_scale, mc = 0, ms = 0, mb = 0
@@ -1051,7 +1070,7 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
             scale = coefficients[stride + c]
             shift = coefficients[2 * stride + c]
             dy_scale = coefficients[3 * stride + c]
-            if masking is not _Plain:
+            if form is _Masked or form is _MaskedFolded:
                 mc = mask[c]
                 ms = mask[stride + c]
                 mb = mask[2 * stride + c]
@@ -1061,9 +1080,7 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
                         ((CN_STREAM_ALIGN - (<size_t>out_r) % CN_STREAM_ALIGN)
                          % CN_STREAM_ALIGN) // sizeof(float)))
                     _affine_run(dy_r, x_r, out_r, center, scale, shift, dy_scale, folded, 0,
-                                aligned, mc, ms, mb, how)
-                    if epilogue:
-                        _finish_run(out_r, residual_r, relu, aligned)
+                                aligned, mc, ms, mb, residual_r, how)
                     i = aligned
                     while i + 16 <= n_inner:
                         # up to STREAM_BLOCK values (whole 16-value stores) at a time,
@@ -1071,44 +1088,38 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
                         m = min(<Py_ssize_t>STREAM_BLOCK, (n_inner - i) // 16 * 16)
                         for j in range(m):
                             if dy == NULL:
-                                block[j] = _affine(x_r[i + j], center, scale, shift, folded)
+                                block[j] = _finish(_affine(x_r[i + j], center, scale, shift,
+                                                           folded), residual_r, i + j, how)
                             else:
                                 block[j] = _dy_of(dy_r[i + j], x_r[i + j], mc, ms, mb,
                                                   how) * dy_scale + _affine(
                                     x_r[i + j], center, scale, shift, folded)
-                        if epilogue:
-                            _finish_run(block, NULL if residual == NULL else residual_r + i,
-                                        relu, m)
                         for j in range(0, m, 16):
                             cn_stream_f32(out_r + i + j, block + j)
                         i += m
                     _affine_run(dy_r, x_r, out_r, center, scale, shift, dy_scale, folded, i,
-                                n_inner, mc, ms, mb, how)
-                    if epilogue:
-                        _finish_run(out_r + i, NULL if residual == NULL else residual_r + i,
-                                    relu, n_inner - i)
+                                n_inner, mc, ms, mb, residual_r, how)
                     continue
             _affine_run(dy_r, x_r, out_r, center, scale, shift, dy_scale, folded, 0, n_inner,
-                        mc, ms, mb, how)
-            if epilogue:
-                _finish_run(out_r, residual_r, relu, n_inner)
+                        mc, ms, mb, residual_r, how)
 
 
 cdef inline void _affine_run(const floating* dy, const floating* x, floating* out,
                              floating center, floating scale, floating shift,
                              floating dy_scale, bint folded, Py_ssize_t start,
                              Py_ssize_t stop, floating mc, floating ms, floating mb,
-                             masking* how) noexcept nogil:
+                             const floating* residual, form* how) noexcept nogil:
     # out[i] = _affine(x[i]) [+ dy[i]*dy_scale] for i in [start, stop), one
-    # channel; dy read as ``how`` (_dy_of; mc, ms, mb the forward's
-    # coefficients of the channel).
+    # channel; dy read and the output finished as ``how`` asks (_dy_of, mc,
+    # ms, mb the forward's coefficients of the channel; _finish, ``residual``
+    # at x's offsets).
     cdef Py_ssize_t i
     if dy == NULL and folded:
         for i in range(start, stop):
-            out[i] = _affine(x[i], center, scale, shift, True)
+            out[i] = _finish(_affine(x[i], center, scale, shift, True), residual, i, how)
     elif dy == NULL:
         for i in range(start, stop):
-            out[i] = _affine(x[i], center, scale, shift, False)
+            out[i] = _finish(_affine(x[i], center, scale, shift, False), residual, i, how)
     elif folded:
         for i in range(start, stop):
             out[i] = _dy_of(dy[i], x[i], mc, ms, mb, how) * dy_scale + _affine(
@@ -1319,7 +1330,7 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
                        bint by_range, const Grid* g, Py_ssize_t first, Py_ssize_t stop,
                        bint reverse, float* scratch, const floating* residual,
                        bint relu, const floating* mask, bint mask_folded,
-                       Py_ssize_t c_first, Py_ssize_t c_stop, masking* how) noexcept nogil:
+                       Py_ssize_t c_first, Py_ssize_t c_stop, form* how) noexcept nogil:
     # The elementwise pass over channels [c_first, c_stop) (all but for
     # planes: see _apply) of tiles [first, stop), last to first if
     # ``reverse``: rows (inner == 1) by _apply_rows, or by _affine_range if
@@ -1328,19 +1339,16 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
     # type, and floating is float) is loaded tile by tile into the scratch,
     # computed there in place and stored back, rounded once. A thread that
     # streamed fences its stores before the region ends.
-    # The epilogue (``residual``, of x's storage and offsets, and ``relu``; see
-    # _finish_run) is applied to each run of outputs after the affine step, in
-    # place on rows of HALF_PIECE values or so; by_range rows apply it in the
-    # range kernel's registers before the store (cnorm_affine_range: measured
-    # at 2 threads, NHWC 32x56x56x64 inference with ReLU 1.32x the plain pass
-    # when the streamed rows went through a scratch piece, _finish_run and a
-    # copying streamed store).
-    # ``how`` (the backward of the fused ReLU: _Masked, ``mask`` the forward's
-    # coefficients, folded or not; see _relu_gradient): every kernel masks dy
-    # as it reads it, in its registers.
+    # ``how``, the form of the pass (see `form`): every kernel masks dy as it
+    # reads it (the backward of the fused ReLU; ``mask`` the forward's
+    # coefficients, folded or not: see _relu_gradient) and finishes each
+    # output with the epilogue (``residual``, of x's storage and offsets, and
+    # ``relu``; see _finish) before it stores it, in its registers: the
+    # Cython loops through _finish, the range kernel through its vector copy
+    # (measured at 2 threads, NHWC 32x56x56x64 inference with ReLU 1.32x the
+    # plain pass when the streamed rows went through a scratch piece, a second
+    # loop and a copying streamed store).
     cdef Py_ssize_t i, t, offset, stride = _coefficient_stride(g.channels)
-    cdef Py_ssize_t r, n, rows = max(1, HALF_PIECE // g.channels)
-    cdef bint epilogue = residual != NULL or relu
     cdef Tile tile
     cdef const floating* dy_t
     cdef const floating* x_t
@@ -1374,24 +1382,14 @@ cdef void _apply_tiles(const floating* dy, const floating* x, floating* out,
                               coefficients + 2 * stride, coefficients + 3 * stride,
                               folded, stream, 0, tile.n_outer * g.channels, g.channels,
                               residual_t if residual != NULL else NULL, relu,
-                              NULL if masking is _Plain else mask, stride, mask_folded)
-        elif g.inner == 1 and epilogue:
-            r = 0
-            while r < tile.n_outer:
-                n = min(rows, tile.n_outer - r) * g.channels
-                offset = r * g.channels
-                r += rows
-                _apply_rows(dy_t, x_t + offset, out_t + offset, coefficients, folded, 0,
-                            n // g.channels, g.channels, mask, how)
-                _finish_run(out_t + offset, NULL if residual == NULL
-                            else residual_t + offset, relu, n)
+                              mask, stride, mask_folded)
         elif g.inner == 1:
             _apply_rows(dy_t, x_t, out_t, coefficients, folded, 0, tile.n_outer, g.channels,
-                        mask, how)
+                        mask, residual_t, how)
         else:
             _apply_planes(dy_t, x_t, out_t, coefficients, folded, stream, tile.n_outer,
                           g.channels, tile.n_inner, channel_stride, outer_stride, residual_t,
-                          relu, c_first, c_stop, mask, how)
+                          c_first, c_stop, mask, how)
     if stream:
         _stream_fence()
 
@@ -1403,35 +1401,45 @@ cdef inline void _apply_tiles_of(const floating* dy, const floating* x, floating
                                  const floating* residual, bint relu, const floating* mask,
                                  bint mask_folded, Py_ssize_t c_first,
                                  Py_ssize_t c_stop) noexcept nogil:
-    # _apply_tiles of the variant ``mask`` asks for (NULL: plain).
-    if mask == NULL:
-        _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, first, stop,
-                     reverse, scratch, residual, relu, mask, mask_folded, c_first, c_stop,
-                     <_Plain*> NULL)
-    elif mask_folded:
+    # _apply_tiles of the form that ``mask``, ``residual`` and ``relu`` ask for.
+    if mask != NULL and mask_folded:
         _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, first, stop,
                      reverse, scratch, residual, relu, mask, mask_folded, c_first, c_stop,
                      <_MaskedFolded*> NULL)
-    else:
+    elif mask != NULL:
         _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, first, stop,
                      reverse, scratch, residual, relu, mask, mask_folded, c_first, c_stop,
                      <_Masked*> NULL)
+    elif residual != NULL and relu:
+        _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, first, stop,
+                     reverse, scratch, residual, relu, mask, mask_folded, c_first, c_stop,
+                     <_ResidualRelu*> NULL)
+    elif residual != NULL:
+        _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, first, stop,
+                     reverse, scratch, residual, relu, mask, mask_folded, c_first, c_stop,
+                     <_Residual*> NULL)
+    elif relu:
+        _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, first, stop,
+                     reverse, scratch, residual, relu, mask, mask_folded, c_first, c_stop,
+                     <_Relu*> NULL)
+    else:
+        _apply_tiles(dy, x, out, coefficients, folded, stream, by_range, g, first, stop,
+                     reverse, scratch, residual, relu, mask, mask_folded, c_first, c_stop,
+                     <_Plain*> NULL)
 
 
 cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                            const float* coefficients, bint folded, const Grid* g,
                            const Tile* tile, float* x_s, float* dy_s, const void* residual,
                            bint relu, const float* mask, bint mask_folded, Py_ssize_t c_first,
-                           Py_ssize_t c_stop, masking* how) noexcept nogil:
+                           Py_ssize_t c_stop, form* how) noexcept nogil:
     # The elementwise pass over one tile of half-precision data, a piece of at
     # most HALF_PIECE values (or one row) at a time: loaded into the float
     # scratch, computed there in place by the float kernels, stored back
     # rounded once; the pieces stay in L1. Every value is computed as in a
-    # float32 tensor holding the same values. The epilogue (see _finish_run)
-    # adds the residual, loaded into the scratch after dy's (or in dy's place:
-    # the forward has no dy), before the store. dy is read as ``how`` (see
-    # _apply_tiles).
-    cdef bint epilogue = residual != NULL or relu
+    # float32 tensor holding the same values. dy is read and the outputs
+    # finished as ``how`` asks (see _apply_tiles), the residual loaded into
+    # the scratch after dy's (or in dy's place: the forward has no dy).
     cdef float* r_s = NULL
     cdef float mc = 0, ms = 0, mb = 0
     if residual != NULL:
@@ -1454,21 +1462,18 @@ cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                 cn_load_run(g.storage, dyb + offset * item, dy_s, n)
             if r_s != NULL:
                 cn_load_run(g.storage, rb + offset * item, r_s, n)
-            # With an epilogue (in registers) or narrow rows, the range kernel, as
-            # for float32 rows (see _apply); wide plain rows keep the row loop
-            # (the range kernel was 1.16-1.18x its time on float16 32x28x28x512
-            # and 32x7x7x2048 inference, 2 threads).
-            if RANGE_KERNEL and (epilogue or n_channels <= RANGE_MAX_CHANNELS):
+            # Narrow rows take the range kernel, as float32 rows (see _apply);
+            # wide rows keep the row loop (the range kernel was 1.16-1.18x its
+            # time on float16 32x28x28x512 and 32x7x7x2048 inference, 2 threads).
+            if RANGE_KERNEL and n_channels <= RANGE_MAX_CHANNELS:
                 _affine_range(NULL if dy == NULL else dy_s, x_s, x_s, coefficients,
                               coefficients + stride, coefficients + 2 * stride,
                               coefficients + 3 * stride, folded, False, 0, n, n_channels,
-                              r_s, relu, NULL if masking is _Plain else mask, stride,
+                              r_s, relu, mask, stride,
                               mask_folded)
             else:
                 _apply_rows(NULL if dy == NULL else dy_s, x_s, x_s, coefficients, folded, 0,
-                            n // n_channels, n_channels, mask, how)
-                if epilogue:
-                    _finish_run(x_s, r_s, relu, n)
+                            n // n_channels, n_channels, mask, r_s, how)
             cn_store_run(g.storage, x_s, outb + offset * item, n)
             r += rows
         return
@@ -1481,17 +1486,15 @@ cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                 cn_load_run(g.storage, xb + offset * item, x_s, n)
                 if dy != NULL:
                     cn_load_run(g.storage, dyb + offset * item, dy_s, n)
-                if masking is not _Plain:
+                if r_s != NULL:
+                    cn_load_run(g.storage, rb + offset * item, r_s, n)
+                if form is _Masked or form is _MaskedFolded:
                     mc = mask[c]
                     ms = mask[stride + c]
                     mb = mask[2 * stride + c]
                 _affine_run(NULL if dy == NULL else dy_s, x_s, x_s, coefficients[c],
                             coefficients[stride + c], coefficients[2 * stride + c],
-                            coefficients[3 * stride + c], folded, 0, n, mc, ms, mb, how)
-                if epilogue:
-                    if r_s != NULL:
-                        cn_load_run(g.storage, rb + offset * item, r_s, n)
-                    _finish_run(x_s, r_s, relu, n)
+                            coefficients[3 * stride + c], folded, 0, n, mc, ms, mb, r_s, how)
                 cn_store_run(g.storage, x_s, outb + offset * item, n)
                 i += HALF_PIECE
 
@@ -1513,7 +1516,7 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
     # faster, 32x56x56x32 6-25 %, training of both 3-14 %; 32x56x56x64
     # equal; 32x7x7x2048 0-5 % slower (so wider rows keep the row loop).
     # ``residual`` (x's storage and layout, or NULL) and ``relu``: the fused
-    # epilogue of the forward, act(out + residual) (see _finish_run; dy NULL).
+    # epilogue of the forward, act(out + residual) (see _finish; dy NULL).
     cdef Py_ssize_t n_channels = g.channels, n_rows = g.outer * g.inner
     cdef Py_ssize_t tiles = g.tiles
     cdef Py_ssize_t thread
@@ -1524,8 +1527,7 @@ cdef void _apply(const floating* dy, const floating* x, floating* out, const dou
         reverse) and cn_pages_resident(out, n_rows * n_channels * sizeof(floating)))
     cdef void* block = NULL
     cdef bint by_range = (floating is float and RANGE_KERNEL and native_rows
-                          and (stream or n_channels <= RANGE_MAX_CHANNELS
-                               or residual != NULL or relu))
+                          and (stream or n_channels <= RANGE_MAX_CHANNELS))
     cdef floating* coefficients = _coefficients(x, <size_t> out if by_range else 0, center,
                                                 scale, shift, dy_scale, invstd, n_channels,
                                                 &folded, &block)
@@ -1682,14 +1684,14 @@ cdef void _plane_sums(const floating* dy, const floating* x, const double* cente
                       Py_ssize_t n_outer, Py_ssize_t n_channels, Py_ssize_t n_inner,
                       Py_ssize_t channel_stride, Py_ssize_t outer_stride, double* sum_dy,
                       double* sum_dy_centered, const floating* mask,
-                      masking* how) noexcept nogil:
+                      form* how) noexcept nogil:
     # sum(dy) and sum(dy*(x - center)) of each channel over a tile of planes
     # (cn_plane_sums_*, lanes as _plane_stats; cn_plane_sums_masked_* read dy
     # as _dy_of, ``mask`` the forward's coefficients).
     cdef Py_ssize_t c, offset, stride = _coefficient_stride(n_channels)
     for c in range(n_channels):
         offset = c * channel_stride
-        if masking is not _Plain:
+        if form is _Masked or form is _MaskedFolded:
             if floating is float:
                 _plane_sums_masked_f32(dy + offset, x + offset, n_outer, n_inner,
                                        outer_stride, center[c], &sum_dy[c],
@@ -1776,7 +1778,7 @@ cdef bint _stats_view(const void* xp, double* mean_p, double* var_p, const Grid*
 cdef void _chunk_sums(const floating* dy, const floating* x, const double* center,
                       Py_ssize_t n_rows, Py_ssize_t n_channels, int order,
                       double* sum_dy, double* sum_dy_centered, const floating* mask,
-                      masking* how) noexcept nogil:
+                      form* how) noexcept nogil:
     # sum(dy) and sum(dy*(x - center)) over the rows of one chunk, REDUCE_ROWS
     # rows at a time as in _chunk_stats, one at a time (BY_ROWS) or by channel
     # groups (BY_GROUPS; see _reduction_order); dy read as ``how`` (_dy_of,
@@ -1791,7 +1793,7 @@ cdef void _chunk_sums(const floating* dy, const floating* x, const double* cente
     if floating is float:
         if order == BY_GROUPS:
             _group_sums(dy, x, center, n_rows, n_channels, sum_dy, sum_dy_centered,
-                        NULL if masking is _Plain else mask, stride)
+                        mask, stride)
             return
     for c in range(n_channels):
         sum_dy[c] = 0.0
@@ -1803,7 +1805,7 @@ cdef void _chunk_sums(const floating* dy, const floating* x, const double* cente
             _prefetch_block(x + o, block_bytes)
         for c in range(n_channels):
             m = center[c]
-            if masking is not _Plain:
+            if form is _Masked or form is _MaskedFolded:
                 mc = mask[c]
                 ms = mask[stride + c]
                 mb = mask[2 * stride + c]
@@ -1828,7 +1830,7 @@ cdef void _chunk_sums(const floating* dy, const floating* x, const double* cente
     for r in range(blocked, n_rows):
         o = r * n_channels
         for c in range(n_channels):
-            if masking is not _Plain:
+            if form is _Masked or form is _MaskedFolded:
                 mc = mask[c]
                 ms = mask[stride + c]
                 mb = mask[2 * stride + c]
@@ -1906,7 +1908,7 @@ cdef void _merge_sums(const double* chunk_a, const double* chunk_b, const Grid* 
 cdef inline void _tile_partials(const floating* dy, const floating* x, const double* center,
                                 const Grid* g, Py_ssize_t t, int order, double* partial_a,
                                 double* partial_b, float* scratch, const floating* mask,
-                                masking* how) noexcept nogil:
+                                form* how) noexcept nogil:
     # Row ``t`` of the partials: mean and M2 of the tile's x (dy NULL), or
     # sum(dy) and sum(dy*(x - center)) with dy read as ``how`` (the ReLU
     # backward: see _dy_of); half-precision data is loaded into ``scratch``
