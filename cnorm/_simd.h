@@ -151,21 +151,17 @@ static inline cn_vfh cn_fma_fh(cn_vfh a, cn_vfh b, cn_vfh c) {
 #endif
 }
 
-static inline float cn_fma_f(float a, float b, float c) {
-#if CN_NATIVE_BYTES >= 32
-    return __builtin_fmaf(a, b, c);
+/* The same for one float (cn_fma_f) or one double (cn_fma_d1). */
+#if CN_WIDE
+#define CN_FMA_SCALAR(NAME, T, FMA) \
+    static inline T NAME(T a, T b, T c) { return FMA(a, b, c); }
 #else
-    return a * b + c;
+#define CN_FMA_SCALAR(NAME, T, FMA) \
+    static inline T NAME(T a, T b, T c) { return a * b + c; }
 #endif
-}
-
-static inline double cn_fma_d1(double a, double b, double c) {
-#if CN_NATIVE_BYTES >= 32
-    return __builtin_fma(a, b, c);
-#else
-    return a * b + c;
-#endif
-}
+CN_FMA_SCALAR(cn_fma_f, float, __builtin_fmaf)
+CN_FMA_SCALAR(cn_fma_d1, double, __builtin_fma)
+#undef CN_FMA_SCALAR
 
 static inline cn_vfn cn_fma_fn(cn_vfn a, cn_vfn b, cn_vfn c) {
 #if defined(__AVX512F__)
