@@ -323,12 +323,10 @@ cdef extern from *:
             aligned = stream ? stop : start;
         if (aligned > stop) aligned = stop;
     /* dy, or with ``mask`` (the ReLU backward, see _relu_gradient: the
-       forward's center, scale, shift, wrapped as the others) dy where the
-       forward's affine step is > 0, else 0. */
+       forward's center, scale, shift, wrapped as the others; the center 0 in
+       its folded form) dy where the forward's affine step is > 0, else 0. */
     #define CNORM_DY(i, c) (mask == NULL ? dy[i] \
-            : ((mask_folded ? fmaf(x[i], mask[stride + c], mask[2 * stride + c]) \
-                            : fmaf(x[i] - mask[c], mask[stride + c], mask[2 * stride + c])) > 0 \
-               ? dy[i] : 0.0f))
+            : cn_masked_f32(dy[i], x[i], mask[c], mask[stride + c], mask[2 * stride + c]))
     #define CNORM_ONE(i, c) (dy == NULL \
             ? (folded ? fmaf(x[i], scale[c], shift[c]) \
                       : fmaf(x[i] - center[c], scale[c], shift[c])) \
@@ -958,6 +956,16 @@ ctypedef fused form:
     _ResidualRelu
 
 
+cdef inline void _mask_of(const floating* mask, Py_ssize_t stride, Py_ssize_t c,
+                          floating* mc, floating* ms, floating* mb, form* how) noexcept nogil:
+    # The forward's (center, scale, shift) of channel c from the mask block
+    # (arrays ``stride`` apart) for a masked form; nothing for the others.
+    if form is _Masked or form is _MaskedFolded:
+        mc[0] = mask[c]
+        ms[0] = mask[stride + c]
+        mb[0] = mask[2 * stride + c]
+
+
 cdef inline floating _dy_of(floating dy, floating x, floating center, floating scale,
                             floating shift, form* how) noexcept nogil:
     # dy as a kernel of the ``how`` variant reads it.
@@ -1070,10 +1078,7 @@ cdef void _apply_planes(const floating* dy, const floating* x, floating* out,
             scale = coefficients[stride + c]
             shift = coefficients[2 * stride + c]
             dy_scale = coefficients[3 * stride + c]
-            if form is _Masked or form is _MaskedFolded:
-                mc = mask[c]
-                ms = mask[stride + c]
-                mb = mask[2 * stride + c]
+            _mask_of(mask, stride, c, &mc, &ms, &mb, how)
             if floating is float:
                 if stream and (<size_t>out) % sizeof(float) == 0:
                     aligned = min(n_inner, <Py_ssize_t>(
@@ -1488,10 +1493,7 @@ cdef void _apply_half_tile(const void* dy, const void* x, void* out,
                     cn_load_run(g.storage, dyb + offset * item, dy_s, n)
                 if r_s != NULL:
                     cn_load_run(g.storage, rb + offset * item, r_s, n)
-                if form is _Masked or form is _MaskedFolded:
-                    mc = mask[c]
-                    ms = mask[stride + c]
-                    mb = mask[2 * stride + c]
+                _mask_of(mask, stride, c, &mc, &ms, &mb, how)
                 _affine_run(NULL if dy == NULL else dy_s, x_s, x_s, coefficients[c],
                             coefficients[stride + c], coefficients[2 * stride + c],
                             coefficients[3 * stride + c], folded, 0, n, mc, ms, mb, r_s, how)
@@ -1805,10 +1807,7 @@ cdef void _chunk_sums(const floating* dy, const floating* x, const double* cente
             _prefetch_block(x + o, block_bytes)
         for c in range(n_channels):
             m = center[c]
-            if form is _Masked or form is _MaskedFolded:
-                mc = mask[c]
-                ms = mask[stride + c]
-                mb = mask[2 * stride + c]
+            _mask_of(mask, stride, c, &mc, &ms, &mb, how)
             g0 = _dy_of(dy[o + c], x[o + c], mc, ms, mb, how)
             g1 = _dy_of(dy[o + n + c], x[o + n + c], mc, ms, mb, how)
             g2 = _dy_of(dy[o + 2 * n + c], x[o + 2 * n + c], mc, ms, mb, how)
@@ -1830,10 +1829,7 @@ cdef void _chunk_sums(const floating* dy, const floating* x, const double* cente
     for r in range(blocked, n_rows):
         o = r * n_channels
         for c in range(n_channels):
-            if form is _Masked or form is _MaskedFolded:
-                mc = mask[c]
-                ms = mask[stride + c]
-                mb = mask[2 * stride + c]
+            _mask_of(mask, stride, c, &mc, &ms, &mb, how)
             g0 = _dy_of(dy[o + c], x[o + c], mc, ms, mb, how)
             sum_dy[c] += g0
             sum_dy_centered[c] += g0 * (x[o + c] - center[c])
